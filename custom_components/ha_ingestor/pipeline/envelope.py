@@ -1,0 +1,332 @@
+"""The wire formats of DESIGN.md: event envelope, per-event results and errors.
+
+`EventValidator` turns a raw Home Assistant event (a mapping with ``event_type``,
+``time_fired`` and ``data``) into an encoded envelope, or raises `ValidationError`
+naming the field, what is wrong with it and what was expected. Encoding happens off the
+event loop (on the outbox's worker thread), so this module is plain synchronous code.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, NotRequired, TypedDict
+
+import orjson
+
+SOURCE = "ha_ingestor"
+DEFAULT_MAX_EVENT_BYTES = 256 * 1024
+
+# Reason codes shared by dead letters, per-event results and error bodies.
+VALIDATION_ERROR = "VALIDATION_ERROR"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+
+ResultStatus = Literal["stored", "duplicate", "rejected"]
+
+
+class StateContext(TypedDict):
+    """Home Assistant's context of the change."""
+
+    id: str | None
+    user_id: str | None
+    parent_id: str | None
+
+
+class EventData(TypedDict, total=False):
+    """The event itself, flattened for the receivers."""
+
+    event_type: str
+    entity_id: str
+    state: str | None
+    attributes: dict[str, Any]
+    old_state: str | None
+    context: StateContext
+    data: dict[str, Any]
+
+
+class Location(TypedDict):
+    latitude: float
+    longitude: float
+    elevation: float
+    time_zone: str
+
+
+class Weather(TypedDict, total=False):
+    entity_id: str
+    condition: str | None
+    temperature_c: float | None
+    humidity: float | None
+    pressure_hpa: float | None
+
+
+class EnvelopeContext(TypedDict, total=False):
+    instance_id: str
+    location: Location
+    weather: Weather
+
+
+class Envelope(TypedDict):
+    event_id: str
+    timestamp: str
+    source: str
+    correlation_id: NotRequired[str]
+    data: EventData
+    context: EnvelopeContext
+
+
+class ErrorInfo(TypedDict):
+    code: str
+    message: str
+    details: NotRequired[dict[str, Any]]
+
+
+class EventResult(TypedDict):
+    event_id: str
+    status: ResultStatus
+    error: NotRequired[ErrorInfo]
+
+
+class BatchResponse(TypedDict, total=False):
+    success: bool
+    processed_at: str
+    processing_time_ms: float
+    correlation_id: str
+    metadata: dict[str, Any]
+    results: list[EventResult]
+
+
+class ErrorResponse(TypedDict):
+    success: Literal[False]
+    error: ErrorInfo
+    timestamp: str
+    correlation_id: str | None
+
+
+class ValidationError(ValueError):
+    """An event (or request) that does not match the contract.
+
+    ``code`` is the machine-readable reason (``VALIDATION_ERROR`` or
+    ``payload_too_large``); ``field``, ``issue`` and ``expected`` say what to fix.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        issue: str,
+        expected: str | None = None,
+        *,
+        code: str = VALIDATION_ERROR,
+    ) -> None:
+        self.field = field
+        self.issue = issue
+        self.expected = expected
+        self.code = code
+        text = f"{field}: {issue}"
+        if expected:
+            text += f" (expected {expected})"
+        super().__init__(text)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def details(self) -> dict[str, Any]:
+        details: dict[str, Any] = {"field": self.field, "issue": self.issue}
+        if self.expected is not None:
+            details["expected"] = self.expected
+        return details
+
+    def to_error(self) -> ErrorInfo:
+        return {"code": self.code, "message": self.message, "details": self.details()}
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """An envelope serialized once, ready to be stored and sent as is."""
+
+    event_id: str
+    payload: bytes
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID as text; cheaper than ``str(uuid.uuid4())``."""
+    return str(uuid.UUID(bytes=os.urandom(16), version=4))
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def to_rfc3339(value: object, field: str) -> str:
+    """Normalize a datetime or RFC 3339 text to RFC 3339 UTC ('Z')."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError(field, "is not a valid timestamp", "RFC 3339 date-time") from None
+    else:
+        raise ValidationError(
+            field, f"has type {type(value).__name__}", "RFC 3339 date-time string"
+        )
+    if moment.tzinfo is None:
+        raise ValidationError(field, "has no time zone", "RFC 3339 date-time with offset")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _state_value(state: object, field: str) -> tuple[str | None, dict[str, Any] | None]:
+    """Split a state (HA's State.as_dict() shape, or None) into its text and attributes."""
+    if state is None:
+        return None, None
+    if not isinstance(state, Mapping):
+        raise ValidationError(field, f"has type {type(state).__name__}", "object or null")
+    value = state.get("state")
+    attributes = state.get("attributes", {})
+    if not isinstance(attributes, Mapping):
+        raise ValidationError(f"{field}.attributes", "is not an object", "object")
+    return (None if value is None else str(value)), dict(attributes)
+
+
+def _context(raw: object) -> StateContext:
+    if isinstance(raw, Mapping):
+        return {
+            "id": raw.get("id"),
+            "user_id": raw.get("user_id"),
+            "parent_id": raw.get("parent_id"),
+        }
+    return {"id": None, "user_id": None, "parent_id": None}
+
+
+@dataclass(slots=True)
+class EventValidator:
+    """Check a raw event and encode it as an envelope.
+
+    A raw event is a mapping with ``event_type`` (non-empty text), ``time_fired``
+    (datetime or RFC 3339 text) and ``data`` (a mapping), plus an optional ``context``.
+    ``state_changed`` events are flattened (entity_id, state, attributes, old_state);
+    other events keep their data under ``data.data``.
+    """
+
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    envelope_context: EnvelopeContext = field(default_factory=lambda: EnvelopeContext())
+
+    def validate(self, raw: object) -> None:
+        """Raise `ValidationError` when ``raw`` breaks the contract."""
+        if not isinstance(raw, Mapping):
+            raise ValidationError("event", f"has type {type(raw).__name__}", "object")
+        event_type = raw.get("event_type")
+        if event_type is None:
+            raise ValidationError("event_type", "is required", "string")
+        if not isinstance(event_type, str):
+            raise ValidationError("event_type", f"has type {type(event_type).__name__}", "string")
+        if not event_type.strip():
+            raise ValidationError("event_type", "is empty", "non-empty string")
+        if "time_fired" not in raw:
+            raise ValidationError("time_fired", "is required", "RFC 3339 date-time")
+        to_rfc3339(raw["time_fired"], "time_fired")
+        data = raw.get("data")
+        if data is None:
+            raise ValidationError("data", "is required", "object")
+        if not isinstance(data, Mapping):
+            raise ValidationError("data", f"has type {type(data).__name__}", "object")
+        if event_type == "state_changed":
+            entity_id = data.get("entity_id")
+            if not isinstance(entity_id, str) or "." not in entity_id:
+                raise ValidationError("data.entity_id", "is missing or malformed", "'domain.object_id'")
+
+    def build(self, raw: Mapping[str, Any], event_id: str | None = None) -> Envelope:
+        """Validate ``raw`` and build its envelope (not yet serialized)."""
+        self.validate(raw)
+        event_type: str = raw["event_type"]
+        data: Mapping[str, Any] = raw["data"]
+        event_data: EventData = {"event_type": event_type, "context": _context(raw.get("context"))}
+        if event_type == "state_changed":
+            state, attributes = _state_value(data.get("new_state"), "data.new_state")
+            old_state, _ = _state_value(data.get("old_state"), "data.old_state")
+            event_data["entity_id"] = data["entity_id"]
+            event_data["state"] = state
+            event_data["attributes"] = attributes or {}
+            event_data["old_state"] = old_state
+        else:
+            if isinstance(data.get("entity_id"), str):
+                event_data["entity_id"] = data["entity_id"]
+            event_data["data"] = dict(data)
+        return {
+            "event_id": event_id or new_event_id(),
+            "timestamp": to_rfc3339(raw["time_fired"], "time_fired"),
+            "source": SOURCE,
+            "data": event_data,
+            "context": self.envelope_context,
+        }
+
+    def encode(self, raw: Mapping[str, Any], event_id: str | None = None) -> EncodedEvent:
+        """Build and serialize the envelope, enforcing the per-event size limit."""
+        envelope = self.build(raw, event_id)
+        try:
+            payload = orjson.dumps(envelope, default=str)
+        except TypeError as err:  # e.g. keys that are not strings
+            raise ValidationError("data", f"cannot be serialized: {err}", "JSON-safe values") from None
+        if len(payload) > self.max_event_bytes:
+            raise ValidationError(
+                "event",
+                f"is {len(payload)} bytes, over the limit of {self.max_event_bytes}",
+                f"at most {self.max_event_bytes} bytes",
+                code=PAYLOAD_TOO_LARGE,
+            )
+        return EncodedEvent(envelope["event_id"], payload)
+
+
+def batch_body(payloads: list[bytes]) -> bytes:
+    """``{"events": [...]}`` from already encoded envelopes, without re-serializing."""
+    return b'{"events":[' + b",".join(payloads) + b"]}"
+
+
+def error_response(
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    correlation_id: str | None = None,
+) -> ErrorResponse:
+    error: ErrorInfo = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {
+        "success": False,
+        "error": error,
+        "timestamp": utc_now_iso(),
+        "correlation_id": correlation_id,
+    }
+
+
+def parse_results(body: object) -> dict[str, EventResult] | None:
+    """Per-event results of a success answer keyed by event_id, or None when absent.
+
+    Malformed entries are skipped: a receiver that answers oddly must not make the
+    forwarder ack events it did not confirm.
+    """
+    if not isinstance(body, Mapping):
+        return None
+    results = body.get("results")
+    if not isinstance(results, list):
+        return None
+    parsed: dict[str, EventResult] = {}
+    for item in results:
+        if not isinstance(item, Mapping):
+            continue
+        event_id = item.get("event_id")
+        status = item.get("status")
+        if not isinstance(event_id, str) or status not in ("stored", "duplicate", "rejected"):
+            continue
+        result: EventResult = {"event_id": event_id, "status": status}
+        error = item.get("error")
+        if isinstance(error, Mapping):
+            result["error"] = {
+                "code": str(error.get("code", VALIDATION_ERROR)),
+                "message": str(error.get("message", "")),
+            }
+        parsed[event_id] = result
+    return parsed

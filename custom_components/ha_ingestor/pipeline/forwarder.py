@@ -1,0 +1,437 @@
+"""EventForwarder: takes batches from the outbox and delivers them, one at a time.
+
+One loop, one batch in flight: FIFO holds because a failed batch goes back to its
+place in the outbox and is taken again before anything newer. What each answer means
+is DESIGN.md's table (see retry.Outcome):
+
+- success: ack per event from the per-event results; ``rejected`` -> dead letters
+- retryable / rate limited / breaker open: back to the outbox, back off, try again
+  (queued events retry without limit; they are on disk)
+- auth: back to the outbox, stop using that route, tell the owner (reauth)
+- too large, or permanent without per-event results: halve the batch limit and retry,
+  so the failing prefix is bisected down to the single bad event, which becomes a dead
+  letter; the limit doubles again after each success
+
+While the primary route's breaker is open (or its auth failed) and a fallback route is
+configured and allowed, batches go to the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .envelope import PAYLOAD_TOO_LARGE, batch_body, parse_results
+from .http_client import CircuitOpenError, ServiceCallError, ServiceHTTPClient, ServiceResponse
+from .message_queue import Outbox, OutboxRecord
+from .metrics import PipelineMetrics
+from .retry import BackoffPolicy, Outcome
+
+_LOGGER = logging.getLogger(__name__)
+
+BATCH_PATH = "/api/v1/events/batch"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where batches can go: a named service reached through its resilient client."""
+
+    name: str
+    client: ServiceHTTPClient
+    path: str = BATCH_PATH
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderConfig:
+    batch_size: int = 500
+    batch_bytes: int = 4 * 1024 * 1024
+    linger: float = 0.005  # wait this long for a batch to fill when fewer are ready
+    use_fallback: bool = True
+    backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base=1.0, cap=300.0))
+    stop_timeout: float = 5.0  # how long stop() lets the batch in flight finish
+
+
+class ForwarderState(StrEnum):
+    STOPPED = "stopped"
+    RUNNING = "running"
+    PAUSED = "paused"
+    BACKING_OFF = "backing_off"
+    WAITING = "waiting"  # no route can take events (breakers open or auth failed)
+
+
+class EventForwarder:
+    """Delivers what the outbox holds through a primary route and an optional fallback."""
+
+    def __init__(
+        self,
+        outbox: Outbox[Any],
+        primary: Route,
+        fallback: Route | None = None,
+        config: ForwarderConfig | None = None,
+        *,
+        metrics: PipelineMetrics | None = None,
+        on_auth_failure: Callable[[str], None] | None = None,
+        sleep_rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self.primary = primary
+        self.fallback = fallback
+        self.config = config or ForwarderConfig()
+        self.metrics = metrics or PipelineMetrics()
+        self._on_auth_failure = on_auth_failure
+        self._rng = sleep_rng
+        self._clock = clock
+        self._log = logger or _LOGGER
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._running = asyncio.Event()  # set while not paused
+        self._running.set()
+        self._wake = asyncio.Event()
+        self._state = ForwarderState.STOPPED
+        self._batch_limit = self.config.batch_size
+        self._failures = 0  # consecutive failed deliveries, for the backoff
+        self._retry_at: float | None = None
+        self._auth_failed: set[str] = set()
+        self._backlogged = False
+        self._last_route: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stopping = False
+        self._state = ForwarderState.RUNNING if self._running.is_set() else ForwarderState.PAUSED
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ha_ingestor_forwarder")
+
+    async def stop(self) -> None:
+        """Let the batch in flight finish (up to stop_timeout), then end the loop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._running.set()
+        done, _ = await asyncio.wait({task}, timeout=self.config.stop_timeout)
+        if not done:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._state = ForwarderState.STOPPED
+
+    def pause(self) -> None:
+        """Stop taking new batches; the one in flight finishes."""
+        self._running.clear()
+        self._state = ForwarderState.PAUSED
+
+    def resume(self) -> None:
+        self._running.set()
+        self._wake.set()
+        if self._task is not None:
+            self._state = ForwarderState.RUNNING
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def state(self) -> ForwarderState:
+        return self._state
+
+    def clear_auth_failure(self, route_name: str | None = None) -> None:
+        """After a reauth: use the route(s) again."""
+        if route_name is None:
+            self._auth_failed.clear()
+        else:
+            self._auth_failed.discard(route_name)
+        self._wake.set()
+
+    @property
+    def auth_failed(self) -> frozenset[str]:
+        return frozenset(self._auth_failed)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Send now (skipping linger and backoff) and wait until the outbox is empty.
+
+        True when everything was delivered (or dead-lettered) in time.
+        """
+        if self.paused:
+            raise RuntimeError("the forwarder is paused")
+        self._retry_at = None
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            stats = await self._outbox.stats()
+            if stats.pending == 0:
+                return True
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            self._wake.set()
+            await asyncio.sleep(0.02)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self._state.value,
+            "batch_limit": self._batch_limit,
+            "consecutive_failures": self._failures,
+            "retry_at": self._retry_at,
+            "auth_failed": sorted(self._auth_failed),
+            "last_route": self._last_route,
+            "backlogged": self._backlogged,
+            "metrics": self.metrics.snapshot(),
+        }
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            await self._running.wait()
+            if self._stopping:
+                break
+            await self._wait_for_events()
+            if self._stopping or self.paused:
+                continue
+            route = self._choose_route()
+            if route is None:
+                self._set_backlog(True)
+                self._state = ForwarderState.WAITING
+                await self._sleep(self._route_wait())
+                continue
+            records = await self._outbox.take(self._batch_limit, self.config.batch_bytes)
+            if not records:
+                continue
+            self._state = ForwarderState.RUNNING
+            delay = await self._deliver(route, records)
+            if delay:
+                self._state = ForwarderState.BACKING_OFF
+                self._retry_at = self._clock() + delay
+                await self._sleep(delay)
+                self._retry_at = None
+                if not self.paused:
+                    self._state = ForwarderState.RUNNING
+
+    async def _wait_for_events(self) -> None:
+        """Wait for work, then linger briefly so a batch can fill."""
+        ready = asyncio.ensure_future(self._outbox.wait_ready())
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({ready, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            woken.cancel()
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        if self.config.linger > 0 and self._outbox.ready_hint() < self._batch_limit:
+            await self._sleep(self.config.linger)
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep, but wake early for flush, resume, reauth or stop."""
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+        self._wake.clear()
+
+    def _usable(self, route: Route | None) -> bool:
+        return (
+            route is not None and route.name not in self._auth_failed and route.client.available()
+        )
+
+    def _choose_route(self) -> Route | None:
+        if self._usable(self.primary):
+            return self.primary
+        if self.config.use_fallback and self._usable(self.fallback):
+            return self.fallback
+        return None
+
+    def _route_wait(self) -> float:
+        """How long until some route may take events again."""
+        waits = [
+            route.client.retry_in()
+            for route in (self.primary, self.fallback)
+            if route is not None and route.name not in self._auth_failed
+        ]
+        # With every route waiting on a reauth, sleep until woken (or re-check now and then).
+        return max(min(waits), 0.05) if waits else 60.0
+
+    def _set_backlog(self, backlogged: bool) -> None:
+        if backlogged != self._backlogged:
+            self._backlogged = backlogged
+            self._outbox.set_backlog(backlogged)
+
+    # -- one batch -------------------------------------------------------------------
+
+    async def _deliver(self, route: Route, records: list[OutboxRecord]) -> float:
+        """Send one batch and settle every record; returns how long to wait before the next."""
+        self._last_route = route.name
+        seqs = [record.seq for record in records]
+        key = _batch_key(records)
+        try:
+            response = await route.client.post(
+                route.path,
+                batch_body([record.payload for record in records]),
+                idempotency_key=key,
+                correlation_id=key,
+            )
+        except CircuitOpenError as err:
+            await self._outbox.nack(seqs)
+            self._set_backlog(True)
+            return 0.0 if self._choose_route() is not None else max(err.retry_in, 0.05)
+        except ServiceCallError as err:
+            await self._outbox.nack(seqs)
+            return self._failed(route, f"{route.name}: {err}", None)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._outbox.nack(seqs))
+            raise
+        return await self._settle(route, records, response)
+
+    async def _settle(
+        self, route: Route, records: list[OutboxRecord], response: ServiceResponse
+    ) -> float:
+        seqs = [record.seq for record in records]
+        outcome = response.outcome
+        if outcome is Outcome.SUCCESS:
+            unconfirmed = await self._apply_results(
+                route, records, _results_of(response), default_ok=True
+            )
+            if unconfirmed:
+                return self._failed(route, f"{route.name}: {unconfirmed} events unconfirmed", None)
+            self._succeeded()
+            return 0.0
+        if outcome is Outcome.RETRYABLE or outcome is Outcome.RATE_LIMITED:
+            await self._outbox.nack(seqs)
+            return self._failed(
+                route, f"{route.name}: HTTP {response.status}", response.retry_after
+            )
+        if outcome is Outcome.AUTH:
+            await self._outbox.nack(seqs)
+            self._auth_failed.add(route.name)
+            self.metrics.inc("auth_failures")
+            self.metrics.record_error(f"{route.name}: HTTP {response.status} (authentication)")
+            self._log.error(
+                "%s refused the credentials (HTTP %s); events are kept until reauthentication",
+                route.name,
+                response.status,
+            )
+            if self._on_auth_failure is not None:
+                self._on_auth_failure(route.name)
+            return 0.0
+        # TOO_LARGE or PERMANENT
+        results = _results_of(response)
+        if outcome is Outcome.PERMANENT and results:
+            unconfirmed = await self._apply_results(route, records, results, default_ok=False)
+            return self._failed(route, f"{route.name}: HTTP {response.status}", None) if unconfirmed else 0.0
+        if len(records) > 1:
+            # Bisect: retry the first half; the bad event ends up alone in a batch.
+            await self._outbox.nack(seqs)
+            self._batch_limit = max(1, len(records) // 2)
+            self.metrics.inc("batches_split")
+            return 0.0
+        code, message = _error_of(response)
+        if outcome is Outcome.TOO_LARGE:
+            code = PAYLOAD_TOO_LARGE
+        await self._outbox.dead_letter(seqs, code, message, route.name)
+        self.metrics.inc("dead_lettered")
+        self.metrics.record_error(f"{route.name}: {code}: {message}")
+        return 0.0
+
+    async def _apply_results(
+        self,
+        route: Route,
+        records: Sequence[OutboxRecord],
+        results: dict[str, Any] | None,
+        *,
+        default_ok: bool,
+    ) -> int:
+        """Ack confirmed events, dead-letter rejected ones, return unconfirmed ones.
+
+        Returns how many were unconfirmed (and so go back to the outbox).
+        """
+        now = self._clock()
+        if results is None:
+            acked = list(records) if default_ok else []
+            rejected: list[tuple[OutboxRecord, str, str]] = []
+            unconfirmed: list[OutboxRecord] = [] if default_ok else list(records)
+        else:
+            acked, rejected, unconfirmed = [], [], []
+            for record in records:
+                result = results.get(record.event_id)
+                if result is None:
+                    unconfirmed.append(record)
+                elif result["status"] == "rejected":
+                    error = result.get("error") or {}
+                    rejected.append(
+                        (record, error.get("code", "rejected"), error.get("message", ""))
+                    )
+                else:
+                    acked.append(record)
+        if acked:
+            await self._outbox.ack([record.seq for record in acked])
+            self.metrics.record_delivery(
+                len(acked), [(now - record.enqueued_at) * 1000.0 for record in acked]
+            )
+            self.metrics.inc(f"delivered_{route.name}", len(acked))
+        for record, code, message in rejected:
+            await self._outbox.dead_letter([record.seq], code, message, route.name)
+            self.metrics.inc("dead_lettered")
+        if unconfirmed:
+            # The receiver did not say what became of these: send them again (dedupe by id).
+            await self._outbox.nack([record.seq for record in unconfirmed])
+        return len(unconfirmed)
+
+    def _succeeded(self) -> None:
+        self.metrics.inc("batches_ok")
+        self._failures = 0
+        self._batch_limit = min(self._batch_limit * 2, self.config.batch_size)
+        self._set_backlog(False)
+
+    def _failed(self, route: Route, message: str, retry_after: float | None) -> float:
+        self.metrics.inc("batches_failed")
+        self.metrics.record_error(message)
+        self._set_backlog(True)
+        delay = self.config.backoff.delay(self._failures, self._rng)
+        self._failures += 1
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.backoff.cap))
+        self._log.debug("%s; retrying in %.2fs", message, delay)
+        return delay
+
+
+def _batch_key(records: Sequence[OutboxRecord]) -> str:
+    """The same events give the same key, so a resent batch is recognised."""
+    digest = hashlib.blake2b(digest_size=16)
+    for record in records:
+        digest.update(record.event_id.encode())
+    return digest.hexdigest()
+
+
+def _results_of(response: ServiceResponse) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ServiceCallError:
+        return None
+    return dict(parse_results(body) or {}) or None
+
+
+def _error_of(response: ServiceResponse) -> tuple[str, str]:
+    """The error code and message of an error answer, or the HTTP status when it has none."""
+    try:
+        body = response.json()
+    except ServiceCallError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return str(error.get("code", f"HTTP_{response.status}")), str(error.get("message", ""))
+    return f"HTTP_{response.status}", response.body[:200].decode("utf-8", "replace")
