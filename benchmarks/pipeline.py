@@ -1,0 +1,267 @@
+"""scripts/bench pipeline: the delivery core's figures.
+
+- outbox_append_per_s: raw ~1 KB state_changed events appended from the event loop,
+  encoded and committed (durability "always"), until the last commit.
+- outbox_drain_per_s: take(500) + ack until the outbox is empty.
+- forward_events_per_s: EventForwarder, batches of 500, to a sink in another process
+  that parses every batch and acks every event.
+- p99_enqueue_to_ack_ms: a steady 200 events/s through the forwarder to the sink.
+- backlog_1m_rss_mb: peak RSS of a fresh process while 1,000,000 events sit in the
+  outbox and then drain to the sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from custom_components.ha_ingestor.pipeline.envelope import EventValidator
+from custom_components.ha_ingestor.pipeline.forwarder import (
+    EventForwarder,
+    ForwarderConfig,
+    Route,
+)
+from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient
+from custom_components.ha_ingestor.pipeline.message_queue import Durability, Outbox
+
+from .events import state_changed, stream
+
+APPEND_EVENTS = 100_000
+FORWARD_EVENTS = 100_000
+BACKLOG_EVENTS = 1_000_000
+LATENCY_RATE = 200
+LATENCY_SECONDS = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _sink() -> Any:
+    """Start benchmarks.sink in its own process; yields its base URL."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.sink", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the sink did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _outbox(path: Path) -> Outbox[dict[str, Any]]:
+    return Outbox(path, EventValidator().encode, durability=Durability.ALWAYS)
+
+
+async def _until_committed(outbox: Outbox[Any], count: int) -> None:
+    """Wait until ``count`` events have been committed (a round trip per check)."""
+    while (await outbox.stats()).pending < count:
+        await asyncio.sleep(0.001)
+
+
+async def bench_append_and_drain(folder: Path) -> dict[str, float]:
+    events = [state_changed(i) for i in range(APPEND_EVENTS)]
+    outbox = _outbox(folder / "append.db")
+    await outbox.open()
+    try:
+        start = time.perf_counter()
+        for event in events:
+            outbox.append(event)
+        await _until_committed(outbox, APPEND_EVENTS)
+        append_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        drained = 0
+        while records := await outbox.take(500):
+            await outbox.ack([record.seq for record in records])
+            drained += len(records)
+        drain_s = time.perf_counter() - start
+        assert drained == APPEND_EVENTS, drained
+    finally:
+        await outbox.close()
+    return {
+        "outbox_append_per_s": APPEND_EVENTS / append_s,
+        "outbox_drain_per_s": APPEND_EVENTS / drain_s,
+    }
+
+
+@contextlib.asynccontextmanager
+async def _forwarding(
+    outbox: Outbox[Any], url: str, config: ForwarderConfig
+) -> AsyncIterator[EventForwarder]:
+    async with aiohttp.ClientSession() as session:
+        client = ServiceHTTPClient("sink", [url], session)
+        forwarder = EventForwarder(outbox, Route("sink", client), config=config)
+        forwarder.start()
+        try:
+            yield forwarder
+        finally:
+            await forwarder.stop()
+
+
+async def bench_forward(folder: Path, url: str) -> dict[str, float]:
+    outbox = _outbox(folder / "forward.db")
+    await outbox.open()
+    try:
+        outbox.append_many(stream(FORWARD_EVENTS))
+        await _until_committed(outbox, FORWARD_EVENTS)
+        start = time.perf_counter()
+        async with _forwarding(outbox, url, ForwarderConfig(batch_size=500)) as forwarder:
+            assert await forwarder.flush(timeout=300)
+            elapsed = time.perf_counter() - start
+            delivered = forwarder.metrics.get("delivered")
+        assert delivered == FORWARD_EVENTS, delivered
+    finally:
+        await outbox.close()
+    return {"forward_events_per_s": FORWARD_EVENTS / elapsed}
+
+
+async def bench_latency(folder: Path, url: str) -> dict[str, float]:
+    outbox = _outbox(folder / "latency.db")
+    await outbox.open()
+    total = int(LATENCY_RATE * LATENCY_SECONDS)
+    try:
+        async with _forwarding(outbox, url, ForwarderConfig()) as forwarder:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for index in range(total):
+                # A steady rate: each event at its own moment, not in bursts.
+                await asyncio.sleep(max(0.0, start + index / LATENCY_RATE - loop.time()))
+                outbox.append(state_changed(index))
+            assert await forwarder.flush(timeout=60)
+            p50, p95, p99 = forwarder.metrics.latency.percentiles(50, 95, 99)
+            delivered = forwarder.metrics.get("delivered")
+        assert delivered == total, delivered
+    finally:
+        await outbox.close()
+    return {
+        "p50_enqueue_to_ack_ms": p50 or 0.0,
+        "p95_enqueue_to_ack_ms": p95 or 0.0,
+        "p99_enqueue_to_ack_ms": p99 or 0.0,
+    }
+
+
+async def backlog_child(folder: Path, url: str) -> None:
+    """In a fresh process: fill the outbox with a million events, then drain it."""
+    outbox = _outbox(folder / "backlog.db")
+    await outbox.open()
+    try:
+        chunk = 20_000
+        for start in range(0, BACKLOG_EVENTS, chunk):
+            outbox.append_many(stream(chunk, start))
+            await _until_committed(outbox, start + chunk)
+        filled_rss = _peak_rss_mb()
+        start_time = time.perf_counter()
+        async with _forwarding(outbox, url, ForwarderConfig(batch_size=500)) as forwarder:
+            assert await forwarder.flush(timeout=900)
+            delivered = forwarder.metrics.get("delivered")
+        drain_s = time.perf_counter() - start_time
+        assert delivered == BACKLOG_EVENTS, delivered
+    finally:
+        await outbox.close()
+    print(
+        json.dumps(
+            {
+                "backlog_filled_rss_mb": filled_rss,
+                "backlog_1m_rss_mb": _peak_rss_mb(),
+                "backlog_drain_per_s": BACKLOG_EVENTS / drain_s,
+            }
+        )
+    )
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_backlog(folder: Path, url: str) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pipeline", "--backlog-child", str(folder), url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    ).stdout
+    figures: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return figures
+
+
+TARGETS = {
+    "outbox_append_per_s": (">=", 50_000),
+    "forward_events_per_s": (">=", 30_000),
+    "p99_enqueue_to_ack_ms": ("<=", 20),
+    "backlog_1m_rss_mb": ("<=", 150),
+}
+
+
+def _print_table(figures: dict[str, float]) -> None:
+    print(f"{'figure':<28}{'value':>14}  target")
+    for name, value in figures.items():
+        target = TARGETS.get(name)
+        if target is None:
+            verdict = ""
+        else:
+            sign, limit = target
+            ok = value >= limit if sign == ">=" else value <= limit
+            verdict = f"{sign} {limit:,}  {'ok' if ok else 'MISSED'}"
+        print(f"{name:<28}{value:>14,.1f}  {verdict}")
+
+
+async def run(skip_backlog: bool) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, _sink() as url:
+        folder = Path(tmp)
+        figures |= await bench_append_and_drain(folder)
+        figures |= await bench_forward(folder, url)
+        figures |= await bench_latency(folder, url)
+        if not skip_backlog:
+            figures |= bench_backlog(folder, url)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-backlog", action="store_true", help="leave out the 1M backlog")
+    parser.add_argument("--backlog-child", nargs=2, metavar=("FOLDER", "URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.backlog_child:
+        asyncio.run(backlog_child(Path(args.backlog_child[0]), args.backlog_child[1]))
+        return
+    figures = asyncio.run(run(args.skip_backlog))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    _print_table(figures)
+    print(json.dumps({name: round(value, 2) for name, value in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
