@@ -1,0 +1,821 @@
+"""ServiceHTTPClient against real aiohttp servers on 127.0.0.1 (tests/pipeline/fault_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from custom_components.ha_ingestor.pipeline.circuit_breaker import BreakerConfig, BreakerState
+from custom_components.ha_ingestor.pipeline.envelope import batch_body
+from custom_components.ha_ingestor.pipeline.http_client import (
+    CircuitOpenError,
+    ServiceCallError,
+    ServiceHTTPClient,
+    ServiceResponse,
+    Timeouts,
+)
+from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy, Outcome
+from custom_components.ha_ingestor.pipeline.service_discovery import ServiceRegistry
+from tests.pipeline.fault_server import (
+    BATCH_PATH,
+    EVENT_PATH,
+    HEALTH_PATH,
+    REJECT_MARKER,
+    Fault,
+    FaultServer,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+CLIENT_LOGGER = "custom_components.ha_ingestor.pipeline.http_client"
+ServerFactory = Callable[..., Awaitable[FaultServer]]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Sleeper:
+    """Records the delays asked for and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def event(n: int, **data: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"evt-{n:05d}",
+        "timestamp": "2025-01-01T00:00:00Z",
+        "source": "ha_ingestor",
+        "data": {"event_type": "state_changed", "entity_id": "sensor.t", "state": str(n), **data},
+        "context": {},
+    }
+
+
+def batch(*numbers: int) -> bytes:
+    return batch_body([orjson.dumps(event(n)) for n in numbers])
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sleeper() -> Sleeper:
+    return Sleeper()
+
+
+@pytest.fixture
+def make_client(
+    http_session: aiohttp.ClientSession, clock: FakeClock, sleeper: Sleeper
+) -> Callable[..., ServiceHTTPClient]:
+    def make(*servers: FaultServer | str, **kwargs: Any) -> ServiceHTTPClient:
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("sleep", sleeper)
+        kwargs.setdefault("rng", lambda: 0.5)
+        kwargs.setdefault("timeouts", Timeouts(connect=2.0, total=5.0))
+        urls = [s if isinstance(s, str) else s.url for s in servers]
+        return ServiceHTTPClient("storage", urls, http_session, **kwargs)
+
+    return make
+
+
+# -- the answer table -----------------------------------------------------------------
+
+
+async def test_success_returns_per_event_results(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    client = make_client(fault_server)
+    response = await client.post(BATCH_PATH, batch(1, 2))
+    assert isinstance(response, ServiceResponse)
+    assert (response.status, response.outcome, response.attempt) == (200, Outcome.SUCCESS, 1)
+    assert response.endpoint == fault_server.url
+    assert response.retry_after is None
+    assert response.duration_ms > 0
+    results = response.json()["results"]
+    assert [(r["event_id"], r["status"]) for r in results] == [
+        ("evt-00001", "stored"),
+        ("evt-00002", "stored"),
+    ]
+    assert fault_server.stored_ids == ["evt-00001", "evt-00002"]
+    # Sending again is absorbed by the receiver's dedupe.
+    again = await client.post(BATCH_PATH, batch(2, 3))
+    assert [r["status"] for r in again.json()["results"]] == ["duplicate", "stored"]
+    assert fault_server.stored_ids == ["evt-00001", "evt-00002", "evt-00003"]
+    assert [e["event_id"] for e in fault_server.received] == [
+        "evt-00001",
+        "evt-00002",
+        "evt-00002",
+        "evt-00003",
+    ]
+
+
+async def test_single_event_and_non_bytes_body(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    client = make_client(fault_server)
+    response = await client.post(EVENT_PATH, event(7))  # a dict goes through orjson
+    assert response.outcome is Outcome.SUCCESS
+    assert response.json()["results"] == [{"event_id": "evt-00007", "status": "stored"}]
+    assert fault_server.requests[0].headers["Content-Type"] == "application/json"
+
+
+async def test_per_event_rejection(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    fault_server.reject("evt-00002")
+    body = batch_body(
+        [
+            orjson.dumps(event(1)),
+            orjson.dumps(event(2)),
+            orjson.dumps(event(3, attributes={REJECT_MARKER: True})),
+        ]
+    )
+    response = await make_client(fault_server).post(BATCH_PATH, body)
+    assert response.outcome is Outcome.SUCCESS
+    statuses = {r["event_id"]: r["status"] for r in response.json()["results"]}
+    assert statuses == {"evt-00001": "stored", "evt-00002": "rejected", "evt-00003": "rejected"}
+    assert fault_server.stored_ids == ["evt-00001"]
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (408, Outcome.RETRYABLE),
+        (429, Outcome.RATE_LIMITED),
+        (500, Outcome.RETRYABLE),
+        (502, Outcome.RETRYABLE),
+        (503, Outcome.RETRYABLE),
+        (401, Outcome.AUTH),
+        (403, Outcome.AUTH),
+        (413, Outcome.TOO_LARGE),
+        (400, Outcome.PERMANENT),
+        (422, Outcome.PERMANENT),
+    ],
+)
+async def test_http_errors_are_returned_with_their_outcome(
+    fault_server: FaultServer,
+    make_client: Callable[..., ServiceHTTPClient],
+    sleeper: Sleeper,
+    status: int,
+    outcome: Outcome,
+) -> None:
+    fault_server.fail_next(1, status)
+    response = await make_client(fault_server).post(BATCH_PATH, batch(1))
+    assert (response.status, response.outcome) == (status, outcome)
+    assert response.retry_after is None
+    assert response.json()["success"] is False
+    assert fault_server.stored_ids == []
+    assert len(fault_server.requests) == 1  # retry=False: exactly one round
+    assert sleeper.delays == []
+
+
+async def test_real_receiver_answers(
+    fault_server_factory: ServerFactory, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    """401, 413 and 400 as the receiver itself gives them (no injected fault)."""
+    server = await fault_server_factory(token="right", max_batch_events=2)
+    client = make_client(server, token="wrong")
+    assert (await client.post(BATCH_PATH, batch(1))).outcome is Outcome.AUTH
+    client.set_token("right")
+    too_large = await client.post(BATCH_PATH, batch(1, 2, 3))
+    assert (too_large.status, too_large.outcome) == (413, Outcome.TOO_LARGE)
+    malformed = await client.post(BATCH_PATH, b'{"events": "nope"}')
+    assert (malformed.status, malformed.outcome) == (400, Outcome.PERMANENT)
+    assert "results" not in malformed.json()  # no per-event results: bisect
+    assert (await client.post(BATCH_PATH, batch(1, 2))).outcome is Outcome.SUCCESS
+    assert server.stored_ids == ["evt-00001", "evt-00002"]
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+async def test_retry_after_in_seconds(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], status: int
+) -> None:
+    fault_server.fail_next(1, status, retry_after=7)
+    response = await make_client(fault_server).post(BATCH_PATH, batch(1))
+    assert response.retry_after == 7.0
+    assert response.headers["Retry-After"] == "7"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_as_http_date(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], status: int
+) -> None:
+    fault_server.fail_next(1, status, retry_after=datetime.now(UTC) + timedelta(seconds=20))
+    response = await make_client(fault_server).post(BATCH_PATH, batch(1))
+    assert response.retry_after is not None
+    assert 17.0 <= response.retry_after <= 20.0  # the date has whole seconds
+
+
+async def test_retry_after_is_clamped_to_the_backoff_cap(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    client = make_client(fault_server, backoff=BackoffPolicy(base=1.0, cap=30.0))
+    fault_server.fail_next(1, 503, retry_after=86400)
+    assert (await client.post(BATCH_PATH, batch(1))).retry_after == 30.0
+    fault_server.fail_next(1, 429, retry_after=datetime.now(UTC) + timedelta(days=2))
+    assert (await client.post(BATCH_PATH, batch(1))).retry_after == 30.0
+    fault_server.fail_next(1, 503, retry_after="soon")  # unreadable: ignored
+    assert (await client.post(BATCH_PATH, batch(1))).retry_after is None
+
+
+async def test_timeout(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    fault_server.add_faults(Fault.slow(10))
+    client = make_client(fault_server, timeouts=Timeouts(connect=1.0, total=0.3))
+    with pytest.raises(ServiceCallError) as err:
+        await client.post(BATCH_PATH, batch(1))
+    assert err.value.outcome is Outcome.RETRYABLE
+    assert err.value.endpoint == fault_server.url
+    assert err.value.status is None
+    assert "timed out" in str(err.value)
+    # A per-call timeout overrides the client's.
+    fault_server.add_faults(Fault.slow(10))
+    relaxed = make_client(fault_server, timeouts=Timeouts(connect=1.0, total=30.0))
+    with pytest.raises(ServiceCallError, match="timed out"):
+        await relaxed.post(BATCH_PATH, batch(1), timeout=Timeouts(connect=1.0, total=0.3))
+
+
+async def test_connection_refused(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    await fault_server.refuse()
+    with pytest.raises(ServiceCallError) as err:
+        await make_client(fault_server).post(BATCH_PATH, batch(1))
+    assert err.value.outcome is Outcome.RETRYABLE
+    assert not isinstance(err.value, CircuitOpenError)
+    assert "ClientConnectorError" in str(err.value)
+
+
+async def test_connection_reset(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    fault_server.add_faults(Fault.reset())
+    client = make_client(fault_server)
+    with pytest.raises(ServiceCallError) as err:
+        await client.post(BATCH_PATH, batch(1))
+    assert err.value.outcome is Outcome.RETRYABLE
+    assert fault_server.requests[0].status is None
+    # The connection pool recovers: the next call goes through.
+    assert (await client.post(BATCH_PATH, batch(1))).outcome is Outcome.SUCCESS
+
+
+async def test_fail_after_store_is_absorbed_by_dedupe(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    fault_server.add_faults(Fault.fail_after_store(503, retry_after=1))
+    client = make_client(fault_server)
+    first = await client.post(BATCH_PATH, batch(1, 2))
+    assert (first.outcome, first.retry_after) == (Outcome.RETRYABLE, 1.0)
+    assert fault_server.stored_ids == ["evt-00001", "evt-00002"]
+    second = await client.post(BATCH_PATH, batch(1, 2))
+    assert [r["status"] for r in second.json()["results"]] == ["duplicate", "duplicate"]
+    assert fault_server.stored_ids == ["evt-00001", "evt-00002"]
+
+
+async def test_body_that_is_not_json(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    fault_server.add_faults(Fault.answer(502, body=b"<html>bad gateway</html>"))
+    response = await make_client(fault_server).post(BATCH_PATH, batch(1))
+    assert response.outcome is Outcome.RETRYABLE
+    with pytest.raises(ServiceCallError, match="not JSON") as err:
+        response.json()
+    assert (err.value.outcome, err.value.status) == (Outcome.PERMANENT, 502)
+
+
+# -- interactive retries --------------------------------------------------------------
+
+
+async def test_no_retry_for_queued_events(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], sleeper: Sleeper
+) -> None:
+    fault_server.fail_next(5, 503)
+    response = await make_client(fault_server).post(BATCH_PATH, batch(1))
+    assert response.outcome is Outcome.RETRYABLE
+    assert len(fault_server.requests) == 1
+    assert sleeper.delays == []
+
+
+async def test_interactive_retry_with_full_jitter(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], sleeper: Sleeper
+) -> None:
+    draws = iter([0.25, 0.75])
+    client = make_client(
+        fault_server,
+        backoff=BackoffPolicy(base=1.0, cap=60.0),
+        rng=lambda: next(draws),
+        interactive_attempts=3,
+    )
+    fault_server.fail_next(2, 503)
+    response = await client.post(BATCH_PATH, batch(1), retry=True)
+    assert (response.outcome, response.attempt) == (Outcome.SUCCESS, 3)
+    assert len(fault_server.requests) == 3
+    # Full jitter: rng * min(cap, base * 2**n) for the n-th retry (0-based).
+    assert sleeper.delays == [0.25 * 1.0, 0.75 * 2.0]
+
+
+async def test_interactive_retry_gives_up_after_the_attempts(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], sleeper: Sleeper
+) -> None:
+    client = make_client(fault_server, interactive_attempts=4)
+    fault_server.fail_next(10, 500)
+    response = await client.post(BATCH_PATH, batch(1), retry=True)
+    assert (response.status, response.attempt) == (500, 4)
+    assert len(fault_server.requests) == 4
+    assert len(sleeper.delays) == 3
+
+
+async def test_interactive_retry_honours_and_clamps_retry_after(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], sleeper: Sleeper
+) -> None:
+    fault_server.add_faults(
+        Fault.answer(429, retry_after=9),  # longer than the jittered backoff: wins
+        Fault.answer(503, retry_after=0),  # shorter: the backoff wins
+        Fault.answer(429, retry_after=datetime.now(UTC) + timedelta(hours=1)),  # clamped
+    )
+    client = make_client(
+        fault_server, backoff=BackoffPolicy(base=1.0, cap=20.0), interactive_attempts=4
+    )
+    response = await client.post(BATCH_PATH, batch(1), retry=True)
+    assert response.outcome is Outcome.SUCCESS
+    assert sleeper.delays == [9.0, 0.5 * 2.0, 20.0]
+
+
+async def test_interactive_retry_of_transport_errors(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], sleeper: Sleeper
+) -> None:
+    fault_server.add_faults(Fault.reset(), Fault.reset())
+    response = await make_client(fault_server).post(BATCH_PATH, batch(1), retry=True)
+    assert (response.outcome, response.attempt) == (Outcome.SUCCESS, 3)
+    assert sleeper.delays == [0.5 * 0.5, 0.5 * 1.0]
+    fault_server.add_faults(Fault.reset(), Fault.reset(), Fault.reset())
+    with pytest.raises(ServiceCallError) as err:
+        await make_client(fault_server).post(BATCH_PATH, batch(1), retry=True)
+    assert err.value.outcome is Outcome.RETRYABLE
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 413])
+async def test_interactive_retry_stops_at_a_final_answer(
+    fault_server: FaultServer,
+    make_client: Callable[..., ServiceHTTPClient],
+    sleeper: Sleeper,
+    status: int,
+) -> None:
+    fault_server.fail_next(3, status)
+    response = await make_client(fault_server).post(BATCH_PATH, batch(1), retry=True)
+    assert (response.status, response.attempt) == (status, 1)
+    assert sleeper.delays == []
+
+
+async def test_get_retries_by_default(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], sleeper: Sleeper
+) -> None:
+    fault_server.fail_next(1, 503, path=HEALTH_PATH)
+    client = make_client(fault_server, token="secret")
+    response = await client.get(HEALTH_PATH, params={"verbose": "1"})
+    assert (response.status, response.attempt) == (200, 2)
+    assert response.json()["status"] == "healthy"
+    assert [r.query for r in fault_server.requests] == [{"verbose": "1"}] * 2
+    assert fault_server.requests[-1].headers["Authorization"] == "Bearer secret"
+    assert len(sleeper.delays) == 1
+    await client.get(HEALTH_PATH, auth=False)
+    assert "Authorization" not in fault_server.requests[-1].headers
+    fault_server.fail_next(1, 503, path=HEALTH_PATH)
+    assert (await client.get(HEALTH_PATH, retry=False)).status == 503
+
+
+# -- headers and body -----------------------------------------------------------------
+
+
+async def test_headers(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    client = make_client(fault_server, token="t0")
+    await client.post(
+        BATCH_PATH,
+        batch(1),
+        idempotency_key="key-1",
+        correlation_id="corr-1",
+        headers={"X-Extra": "yes"},
+    )
+    sent = fault_server.requests[-1]
+    assert sent.headers["Authorization"] == "Bearer t0"
+    assert sent.idempotency_key == "key-1"
+    assert sent.correlation_id == "corr-1"
+    assert sent.headers["X-Extra"] == "yes"
+    assert "ha-ingestor" in sent.headers["User-Agent"]
+    assert sent.content_encoding is None
+    client.set_token("t1")
+    await client.post(BATCH_PATH, batch(2))
+    sent = fault_server.requests[-1]
+    assert sent.headers["Authorization"] == "Bearer t1"
+    assert sent.idempotency_key is None
+    assert sent.correlation_id is None
+    client.set_token(None)
+    await client.post(BATCH_PATH, batch(3))
+    assert "Authorization" not in fault_server.requests[-1].headers
+
+
+async def test_set_token_after_auth_failure(
+    fault_server_factory: ServerFactory, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    server = await fault_server_factory(token="new")
+    client = make_client(server, token="old")
+    for _ in range(10):  # auth answers never trip the breaker: the server is alive
+        assert (await client.post(BATCH_PATH, batch(1))).outcome is Outcome.AUTH
+    assert client.breakers[server.url].state is BreakerState.CLOSED
+    client.set_token("new")
+    assert (await client.post(BATCH_PATH, batch(1))).outcome is Outcome.SUCCESS
+    assert server.stored_ids == ["evt-00001"]
+
+
+@pytest.mark.parametrize("count", [40, 900])  # small: inline; large: compressed on a thread
+async def test_gzip_above_the_threshold(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], count: int
+) -> None:
+    client = make_client(fault_server, gzip_min_bytes=1024)
+    body = batch(*range(count))
+    assert len(body) >= (64 * 1024 if count > 100 else 1024)
+    response = await client.post(BATCH_PATH, body)
+    assert response.outcome is Outcome.SUCCESS
+    sent = fault_server.requests[-1]
+    assert sent.content_encoding == "gzip"
+    assert sent.body_bytes == len(body)
+    assert sent.wire_bytes is not None
+    assert sent.wire_bytes < len(body)
+    assert fault_server.stored_ids == [f"evt-{n:05d}" for n in range(count)]
+    # Below the threshold the body goes as is.
+    await client.post(BATCH_PATH, batch(99999))
+    sent = fault_server.requests[-1]
+    assert sent.content_encoding is None
+    assert sent.wire_bytes == sent.body_bytes
+
+
+async def test_gzip_body_is_level_1_gzip(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    client = make_client(fault_server, gzip_min_bytes=10)
+    body = batch(1, 2, 3)
+    await client.post(BATCH_PATH, body)
+    sent = fault_server.requests[-1]
+    assert sent.content_encoding == "gzip"
+    assert sent.wire_bytes == len(gzip.compress(body, 1))
+
+
+# -- circuit breaker per endpoint ------------------------------------------------------
+
+BREAKER = BreakerConfig(
+    failure_threshold=3, open_interval=5.0, max_open_interval=20.0, interval_multiplier=2.0
+)
+
+
+async def test_breaker_opens_fast_fails_probes_and_closes(
+    fault_server: FaultServer,
+    make_client: Callable[..., ServiceHTTPClient],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = make_client(fault_server, breaker_config=BREAKER)
+    breaker = client.breakers[fault_server.url]
+    transitions: list[tuple[str, BreakerState, BreakerState]] = []
+    remove = client.add_breaker_listener(lambda *args: transitions.append(args))
+    fault_server.fail_next(100, 503)
+
+    for _ in range(3):
+        assert (await client.post(BATCH_PATH, batch(1))).status == 503
+    assert breaker.state is BreakerState.OPEN
+    assert not client.available()
+    assert client.retry_in() == 5.0
+
+    with pytest.raises(CircuitOpenError) as err:
+        await client.post(BATCH_PATH, batch(1))
+    assert err.value.retry_in == 5.0
+    assert err.value.outcome is Outcome.RETRYABLE
+    assert len(fault_server.requests) == 3  # nothing was sent
+
+    # Failed probes: the open interval doubles up to the cap.
+    for expected_interval in (10.0, 20.0, 20.0):
+        clock.advance(breaker.retry_in())
+        assert client.available()
+        assert breaker.state is BreakerState.OPEN  # available() consumed no probe
+        assert (await client.post(BATCH_PATH, batch(1))).status == 503
+        assert breaker.state is BreakerState.OPEN
+        assert client.retry_in() == expected_interval
+        clock.advance(expected_interval - 1)
+        with pytest.raises(CircuitOpenError):
+            await client.post(BATCH_PATH, batch(1))
+        clock.advance(1 - expected_interval)  # undo, so retry_in() is the whole interval
+
+    # A successful probe closes it and the interval starts over.
+    fault_server.clear_faults()
+    clock.advance(20.0)
+    assert (await client.post(BATCH_PATH, batch(1))).outcome is Outcome.SUCCESS
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.snapshot()["open_interval"] == 5.0
+
+    url = fault_server.url
+    assert transitions == [
+        (url, BreakerState.CLOSED, BreakerState.OPEN),
+        *[
+            (url, BreakerState.OPEN, BreakerState.HALF_OPEN),
+            (url, BreakerState.HALF_OPEN, BreakerState.OPEN),
+        ]
+        * 3,
+        (url, BreakerState.OPEN, BreakerState.HALF_OPEN),
+        (url, BreakerState.HALF_OPEN, BreakerState.CLOSED),
+    ]
+    # One line when it goes down and one when it is back; none for the probes.
+    client_records = [r for r in caplog.records if r.name == CLIENT_LOGGER]
+    warnings = [r for r in client_records if r.levelno == logging.WARNING]
+    infos = [r for r in client_records if r.levelno == logging.INFO]
+    assert len(warnings) == 1
+    assert "is down" in warnings[0].getMessage()
+    assert "HTTP 503" in warnings[0].getMessage()
+    assert len(infos) == 1
+    assert "is back after 55 s" in infos[0].getMessage()
+    remove()
+    fault_server.fail_next(3, 503)
+    for _ in range(3):
+        await client.post(BATCH_PATH, batch(1))
+    assert breaker.state is BreakerState.OPEN
+    assert len(transitions) == 9  # the removed listener heard nothing more
+
+
+async def test_transport_failures_trip_the_breaker(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    client = make_client(fault_server, breaker_config=BREAKER)
+    await fault_server.refuse()
+    for _ in range(3):
+        with pytest.raises(ServiceCallError):
+            await client.post(BATCH_PATH, batch(1))
+    with pytest.raises(CircuitOpenError):
+        await client.post(BATCH_PATH, batch(1))
+
+
+async def test_interactive_call_fast_fails_when_the_circuit_is_open(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], sleeper: Sleeper
+) -> None:
+    client = make_client(fault_server, breaker_config=BREAKER, interactive_attempts=5)
+    fault_server.fail_next(100, 500)
+    with pytest.raises(CircuitOpenError):
+        await client.post(BATCH_PATH, batch(1), retry=True)
+    assert len(fault_server.requests) == 3  # the breaker opened on the third attempt
+    assert len(sleeper.delays) == 3
+
+
+async def test_rate_limiting_does_not_trip_the_breaker(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], clock: FakeClock
+) -> None:
+    client = make_client(fault_server, breaker_config=BREAKER)
+    breaker = client.breakers[fault_server.url]
+    fault_server.fail_next(10, 429, retry_after=1)
+    for _ in range(10):
+        assert (await client.post(BATCH_PATH, batch(1))).outcome is Outcome.RATE_LIMITED
+    assert breaker.state is BreakerState.CLOSED
+    # In half-open, a 429 gives no verdict: the probe is released, the next may go.
+    fault_server.fail_next(3, 503)
+    for _ in range(3):
+        await client.post(BATCH_PATH, batch(1))
+    clock.advance(5.0)
+    fault_server.fail_next(1, 429)
+    assert (await client.post(BATCH_PATH, batch(1))).outcome is Outcome.RATE_LIMITED
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert client.available()
+    assert (await client.post(BATCH_PATH, batch(1))).outcome is Outcome.SUCCESS
+    assert breaker.state is BreakerState.CLOSED
+
+
+async def test_cancelled_probe_is_released(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], clock: FakeClock
+) -> None:
+    client = make_client(fault_server, breaker_config=BREAKER)
+    breaker = client.breakers[fault_server.url]
+    fault_server.fail_next(3, 503)
+    for _ in range(3):
+        await client.post(BATCH_PATH, batch(1))
+    clock.advance(5.0)
+    fault_server.add_faults(Fault.slow(30))
+    call = asyncio.create_task(client.post(BATCH_PATH, batch(1)))
+    await fault_server.wait_for_requests(4)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert not client.available()  # the probe is in flight
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert client.available()
+
+
+async def test_circuit_open_error_names_the_soonest_endpoint(
+    fault_server_factory: ServerFactory,
+    make_client: Callable[..., ServiceHTTPClient],
+    clock: FakeClock,
+) -> None:
+    first, second = await fault_server_factory(), await fault_server_factory()
+    client = make_client(first, second, breaker_config=BREAKER)
+    first.fail_next(100, 503)
+    for _ in range(3):  # first fails over to second each time, then opens at t=0
+        assert (await client.post(BATCH_PATH, batch(1))).endpoint == second.url
+    clock.advance(2.0)
+    second.fail_next(100, 503)
+    for _ in range(3):  # second opens at t=2
+        assert (await client.post(BATCH_PATH, batch(1))).status == 503
+    assert len(first.requests) == 3
+    with pytest.raises(CircuitOpenError) as err:
+        await client.post(BATCH_PATH, batch(1))
+    assert err.value.retry_in == 3.0  # first's 5 s interval, 2 s of it gone
+    assert client.snapshot()["circuit_open_rejections"] == 1
+
+
+# -- failover --------------------------------------------------------------------------
+
+
+async def test_failover_to_the_second_endpoint_and_back(
+    fault_server_factory: ServerFactory,
+    make_client: Callable[..., ServiceHTTPClient],
+    clock: FakeClock,
+) -> None:
+    first, second = await fault_server_factory(), await fault_server_factory()
+    client = make_client(first, second, breaker_config=BREAKER)
+    await first.refuse()
+    for n in range(5):
+        response = await client.post(BATCH_PATH, batch(n))
+        assert (response.outcome, response.endpoint) == (Outcome.SUCCESS, second.url)
+    assert client.breakers[first.url].state is BreakerState.OPEN
+    assert second.stored_ids == [f"evt-{n:05d}" for n in range(5)]
+
+    await first.restore()
+    # Until the open interval passes the first is skipped ...
+    assert (await client.post(BATCH_PATH, batch(5))).endpoint == second.url
+    assert first.requests == []
+    # ... then its probe succeeds and traffic goes back to it.
+    clock.advance(5.0)
+    assert (await client.post(BATCH_PATH, batch(6))).endpoint == first.url
+    assert client.breakers[first.url].state is BreakerState.CLOSED
+    assert (await client.post(BATCH_PATH, batch(7))).endpoint == first.url
+    assert first.stored_ids == ["evt-00006", "evt-00007"]
+
+
+async def test_failover_on_503_within_one_call(
+    fault_server_factory: ServerFactory,
+    make_client: Callable[..., ServiceHTTPClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first, second = await fault_server_factory(), await fault_server_factory()
+    client = make_client(first, second)
+    first.fail_next(1, 503)
+    response = await client.post(BATCH_PATH, batch(1), correlation_id="c-1")
+    assert (response.outcome, response.endpoint, response.attempt) == (
+        Outcome.SUCCESS,
+        second.url,
+        1,
+    )
+    assert len(first.requests) == 1
+    assert second.stored_ids == ["evt-00001"]
+    # One structured DEBUG record per HTTP attempt.
+    attempts = [r for r in caplog.records if r.name == CLIENT_LOGGER and r.levelno == logging.DEBUG]
+    assert [(r.endpoint, r.status) for r in attempts] == [(first.url, 503), (second.url, 200)]  # type: ignore[attr-defined]
+    for record in attempts:
+        assert record.service == "storage"  # type: ignore[attr-defined]
+        assert record.method == "POST"  # type: ignore[attr-defined]
+        assert record.path == BATCH_PATH  # type: ignore[attr-defined]
+        assert record.attempt == 1  # type: ignore[attr-defined]
+        assert record.correlation_id == "c-1"  # type: ignore[attr-defined]
+        assert record.breaker_state == "closed"  # type: ignore[attr-defined]
+        assert record.duration_ms >= 0  # type: ignore[attr-defined]
+
+
+async def test_no_failover_on_a_final_answer(
+    fault_server_factory: ServerFactory, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    first, second = await fault_server_factory(), await fault_server_factory()
+    client = make_client(first, second)
+    for status in (400, 401, 413, 429):
+        first.fail_next(1, status)
+        assert (await client.post(BATCH_PATH, batch(1))).status == status
+    assert second.requests == []
+
+
+async def test_every_endpoint_failing(
+    fault_server_factory: ServerFactory, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    first, second = await fault_server_factory(), await fault_server_factory()
+    client = make_client(first, second)
+    first.fail_next(1, 503, retry_after=3)
+    await second.refuse()
+    # An HTTP answer says more than a refused connection: it is the one returned.
+    response = await client.post(BATCH_PATH, batch(1))
+    assert (response.status, response.endpoint, response.retry_after) == (503, first.url, 3.0)
+    await first.refuse()
+    with pytest.raises(ServiceCallError) as err:
+        await client.post(BATCH_PATH, batch(1))
+    assert err.value.endpoint == second.url  # the last one tried
+
+
+async def test_failover_follows_the_registry(
+    fault_server_factory: ServerFactory,
+    http_session: aiohttp.ClientSession,
+    make_client: Callable[..., ServiceHTTPClient],
+) -> None:
+    first, second = await fault_server_factory(), await fault_server_factory()
+    registry = ServiceRegistry(http_session, failures_to_down=2)
+    registry.register_service("storage", [first.url, second.url])
+    client = make_client(registry=registry)
+    assert client.breakers == {}  # breakers come with the registry's URLs
+    await first.refuse()
+    response = await client.post(BATCH_PATH, batch(1))
+    assert response.endpoint == second.url
+    # The failed attempt was reported: the registry now puts the second first ...
+    assert [s.available for s in registry.status("storage")] == [False, True]
+    assert registry.get_service_urls("storage") == [second.url, first.url]
+    # ... so calls go straight there, although first's breaker is still closed.
+    assert client.breakers[first.url].state is BreakerState.CLOSED
+    assert (await client.post(BATCH_PATH, batch(2))).endpoint == second.url
+    assert client.breakers[first.url].snapshot()["consecutive_failures"] == 1
+    # When the registry sees the first back, calls return to it.
+    await first.restore()
+    await registry.check_service("storage")
+    assert (await client.post(BATCH_PATH, batch(3))).endpoint == first.url
+    assert first.stored_ids == ["evt-00003"]
+
+
+async def test_registry_without_the_service_falls_back_to_configured_endpoints(
+    fault_server: FaultServer,
+    http_session: aiohttp.ClientSession,
+    make_client: Callable[..., ServiceHTTPClient],
+) -> None:
+    registry = ServiceRegistry(http_session)
+    client = make_client(fault_server, registry=registry)
+    assert (await client.post(BATCH_PATH, batch(1))).endpoint == fault_server.url
+    no_endpoints = make_client(registry=registry)
+    with pytest.raises(ServiceCallError, match="no endpoint"):
+        await no_endpoints.post(BATCH_PATH, batch(1))
+
+
+# -- construction, snapshot ------------------------------------------------------------
+
+
+def test_constructor_validation() -> None:
+    session: Any = object()
+    with pytest.raises(ValueError, match="endpoint"):
+        ServiceHTTPClient("storage", [], session)
+    with pytest.raises(ValueError, match="interactive_attempts"):
+        ServiceHTTPClient("storage", ["http://127.0.0.1:1"], session, interactive_attempts=0)
+    client = ServiceHTTPClient("storage", ["http://127.0.0.1:1/", "http://127.0.0.1:2"], session)
+    assert list(client.breakers) == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    assert client.available()
+    assert client.retry_in() == 0.0
+
+
+async def test_snapshot(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    client = make_client(fault_server, token="secret", wall_clock=lambda: 1_700_000_000.0)
+    snapshot = client.snapshot()
+    assert snapshot["requests"] == 0
+    assert snapshot["last_error"] is None
+    await client.post(BATCH_PATH, batch(1))
+    fault_server.fail_next(1, 503)
+    await client.post(BATCH_PATH, batch(1))
+    fault_server.fail_next(1, 429)
+    await client.post(BATCH_PATH, batch(1))
+    snapshot = client.snapshot()
+    assert snapshot["service"] == "storage"
+    assert snapshot["endpoints"] == [fault_server.url]
+    assert snapshot["available"] is True
+    assert snapshot["requests"] == 3
+    assert snapshot["failures"] == 1
+    assert snapshot["outcomes"]["success"] == 1
+    assert snapshot["outcomes"]["retryable"] == 1
+    assert snapshot["outcomes"]["rate_limited"] == 1
+    assert snapshot["last_error"] == {
+        "message": f"POST {BATCH_PATH}: HTTP 503",
+        "endpoint": fault_server.url,
+        "time": "2023-11-14T22:13:20+00:00",
+    }
+    assert snapshot["breakers"][fault_server.url]["state"] == "closed"
+    assert snapshot["token_set"] is True
+    assert "secret" not in orjson.dumps(snapshot).decode()
