@@ -165,6 +165,8 @@ def to_rfc3339(value: object, field: str) -> str:
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
+        if value.endswith("z"):  # RFC 3339 allows a lower-case 'z'; fromisoformat does not
+            value = value[:-1] + "Z"
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
@@ -173,9 +175,15 @@ def to_rfc3339(value: object, field: str) -> str:
         raise ValidationError(
             field, f"has type {type(value).__name__}", "RFC 3339 date-time string"
         )
-    if moment.tzinfo is None:
+    # utcoffset(), not tzinfo: a tzinfo that answers None is naive too, and astimezone()
+    # would silently read it as the machine's local time.
+    if moment.utcoffset() is None:
         raise ValidationError(field, "has no time zone", "RFC 3339 date-time with offset")
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValidationError(field, "is out of range in UTC", "RFC 3339 date-time") from None
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _state_value(state: object, field: str) -> tuple[str | None, dict[str, Any] | None]:
@@ -188,7 +196,13 @@ def _state_value(state: object, field: str) -> tuple[str | None, dict[str, Any] 
     attributes = state.get("attributes", {})
     if not isinstance(attributes, Mapping):
         raise ValidationError(f"{field}.attributes", "is not an object", "object")
-    return (None if value is None else str(value)), dict(attributes)
+    if value is None or isinstance(value, str):
+        return value, dict(attributes)
+    try:
+        text = str(value)
+    except Exception:  # a value whose __str__ fails must not escape as anything else
+        raise ValidationError(f"{field}.state", "cannot be read as text", "string") from None
+    return text, dict(attributes)
 
 
 def _context(raw: object) -> StateContext:
@@ -236,7 +250,9 @@ class EventValidator:
         if event_type == "state_changed":
             entity_id = data.get("entity_id")
             if not isinstance(entity_id, str) or "." not in entity_id:
-                raise ValidationError("data.entity_id", "is missing or malformed", "'domain.object_id'")
+                raise ValidationError(
+                    "data.entity_id", "is missing or malformed", "'domain.object_id'"
+                )
 
     def build(self, raw: Mapping[str, Any], event_id: str | None = None) -> Envelope:
         """Validate ``raw`` and build its envelope (not yet serialized)."""
@@ -269,7 +285,9 @@ class EventValidator:
         try:
             payload = orjson.dumps(envelope, default=str)
         except TypeError as err:  # e.g. keys that are not strings
-            raise ValidationError("data", f"cannot be serialized: {err}", "JSON-safe values") from None
+            raise ValidationError(
+                "data", f"cannot be serialized: {err}", "JSON-safe values"
+            ) from None
         if len(payload) > self.max_event_bytes:
             raise ValidationError(
                 "event",
@@ -328,5 +346,8 @@ def parse_results(body: object) -> dict[str, EventResult] | None:
                 "code": str(error.get("code", VALIDATION_ERROR)),
                 "message": str(error.get("message", "")),
             }
+            details = error.get("details")
+            if isinstance(details, Mapping):
+                result["error"]["details"] = dict(details)
         parsed[event_id] = result
     return parsed

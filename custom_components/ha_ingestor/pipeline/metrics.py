@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 
 class LatencyWindow:
@@ -40,11 +42,17 @@ class LatencyWindow:
         return sorted(value for _, value in self._samples)
 
     def percentiles(self, *quantiles: float) -> list[float | None]:
-        """Nearest-rank percentiles (0 < q <= 100); None when there are no samples."""
+        """Nearest-rank percentiles (0 <= q <= 100, 0 gives the minimum); None when empty."""
+        for q in quantiles:
+            if not 0 <= q <= 100:
+                raise ValueError(f"percentile {q!r} is outside 0..100")
         values = self._values()
         if not values:
             return [None for _ in quantiles]
-        return [values[max(0, math.ceil(q / 100 * len(values)) - 1)] for q in quantiles]
+        count = len(values)
+        # rank = ceil(q/100 * n). Quantiles are written in decimal (95, 99.9) and float
+        # noise must not push an exact rank to the next one (0.07 * 100 == 7.000000000000001).
+        return [values[max(0, math.ceil(round(q * count / 100, 9)) - 1)] for q in quantiles]
 
     def percentile(self, quantile: float) -> float | None:
         return self.percentiles(quantile)[0]
@@ -89,7 +97,12 @@ class RateMeter:
 class PipelineMetrics:
     """The figures a forwarder keeps: counters by name, gauges, latency and rate."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._wall_clock = wall_clock
         self.counters: dict[str, int] = {}
         self.gauges: dict[str, float] = {}
         self.latency = LatencyWindow(clock=clock)
@@ -111,12 +124,12 @@ class PipelineMetrics:
         self.inc("delivered", count)
         self.delivered_rate.mark(count)
         self.latency.record_many(latencies_ms)
-        self.last_success = time.time()
+        self.last_success = self._wall_clock()
 
     def record_error(self, message: str) -> None:
         self.inc("errors")
         self.last_error = message
-        self.last_error_at = time.time()
+        self.last_error_at = self._wall_clock()
 
     def success_rate(self) -> float | None:
         """Share of delivery attempts that succeeded, in percent (None before any)."""
