@@ -252,13 +252,16 @@ async def run(skip_backlog: bool) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-backlog", action="store_true", help="leave out the 1M backlog")
-    parser.add_argument("--backlog-child", nargs=2, metavar=("FOLDER", "URL"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--backlog-child", nargs=2, metavar=("FOLDER", "URL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.backlog_child:
         asyncio.run(backlog_child(Path(args.backlog_child[0]), args.backlog_child[1]))
         return
     figures = asyncio.run(run(args.skip_backlog))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}")
     _print_table(figures)
     print(json.dumps({name: round(value, 2) for name, value in figures.items()}))
 

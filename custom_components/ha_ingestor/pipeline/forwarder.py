@@ -112,7 +112,8 @@ class EventForwarder:
             return
         self._stopping = False
         self._state = ForwarderState.RUNNING if self._running.is_set() else ForwarderState.PAUSED
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ha_ingestor_forwarder")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="ha_ingestor_forwarder")
 
     async def stop(self) -> None:
         """Let the batch in flight finish (up to stop_timeout), then end the loop."""
@@ -194,13 +195,18 @@ class EventForwarder:
 
     # -- the loop --------------------------------------------------------------------
 
+    @property
+    def _stop_requested(self) -> bool:
+        # A property, so type checkers do not assume it is unchanged across an await.
+        return self._stopping
+
     async def _run(self) -> None:
-        while not self._stopping:
+        while not self._stop_requested:
             await self._running.wait()
-            if self._stopping:
+            if self._stop_requested:
                 break
             await self._wait_for_events()
-            if self._stopping or self.paused:
+            if self._stop_requested or self.paused:
                 continue
             route = self._choose_route()
             if route is None:
@@ -332,7 +338,9 @@ class EventForwarder:
         results = _results_of(response)
         if outcome is Outcome.PERMANENT and results:
             unconfirmed = await self._apply_results(route, records, results, default_ok=False)
-            return self._failed(route, f"{route.name}: HTTP {response.status}", None) if unconfirmed else 0.0
+            if unconfirmed:
+                return self._failed(route, f"{route.name}: HTTP {response.status}", None)
+            return 0.0
         if len(records) > 1:
             # Bisect: retry the first half; the bad event ends up alone in a batch.
             await self._outbox.nack(seqs)
