@@ -195,18 +195,17 @@ class EventForwarder:
 
     # -- the loop --------------------------------------------------------------------
 
-    @property
     def _stop_requested(self) -> bool:
-        # A property, so type checkers do not assume it is unchanged across an await.
+        # A call, so type checkers do not assume the flag is unchanged across an await.
         return self._stopping
 
     async def _run(self) -> None:
-        while not self._stop_requested:
+        while not self._stop_requested():
             await self._running.wait()
-            if self._stop_requested:
+            if self._stop_requested():
                 break
             await self._wait_for_events()
-            if self._stop_requested or self.paused:
+            if self._stop_requested() or self.paused:
                 continue
             route = self._choose_route()
             if route is None:
