@@ -6,16 +6,21 @@ answers one result per event, like the real services. Tests flip its switches at
 moment:
 
 - a plan of faults, one per request, in order: ``add_faults(Fault.answer(503), ...)`` or
-  the shortcut ``fail_next(3, 503, retry_after=2)``;
+  the shortcut ``fail_next(3, 503, retry_after=2)``; the kinds are ``Fault.answer``
+  (any status, Retry-After as seconds or a datetime), ``Fault.slow`` (answer late),
+  ``Fault.reset`` (drop the connection mid-request) and ``Fault.fail_after_store``
+  (store, then answer an error); a fault without ``path`` hits the events paths only;
 - random faults with a seeded RNG: ``set_random_faults(0.3, Fault.answer(500), ...)``;
 - per-event rejection: ``reject(event_id, ...)``, or events whose ``data`` (or
   ``data.attributes``) holds the key `REJECT_MARKER`;
 - ``max_batch_events`` (413 above it), ``token`` (401 without it), ``health_status``;
 - ``refuse()`` closes the port (connections refused) and ``restore()`` reopens it.
 
-What happened is in ``received`` (every event parsed from any request, in arrival
-order, duplicates included), ``stored_ids`` (first storage order) and ``requests`` (one
-`RequestRecord` per request, with the status answered).
+What happened is in ``received`` (every event parsed from any request that got past
+the token check, in arrival order, duplicates and faulted requests included),
+``stored_ids`` (first storage order) and ``requests`` (one `RequestRecord` per request:
+headers, Idempotency-Key, sizes, event ids, fault, status answered). Await
+``wait_for_stored(n)`` or ``wait_for_requests(n)`` instead of polling.
 
     server = FaultServer(token="secret")
     await server.start()
@@ -252,11 +257,11 @@ class FaultServer:
     def requests_to(self, path: str) -> list[RequestRecord]:
         return [record for record in self.requests if record.path == path]
 
-    async def wait_for_stored(self, count: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for_stored(self, count: int, timeout: float = 5.0) -> None:
         """Wait until at least ``count`` distinct events are stored."""
         await self._wait_until(lambda: len(self.stored_ids) >= count, timeout)
 
-    async def wait_for_requests(self, count: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for_requests(self, count: int, timeout: float = 5.0) -> None:
         """Wait until at least ``count`` requests have arrived (any path)."""
         await self._wait_until(lambda: len(self.requests) >= count, timeout)
 

@@ -205,7 +205,7 @@ class ServiceHTTPClient:
         *,
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
-        timeout: Timeouts | None = None,  # noqa: ASYNC109 - aiohttp applies it per attempt
+        timeout: Timeouts | None = None,
         retry: bool = False,
         headers: Mapping[str, str] | None = None,
     ) -> ServiceResponse:
@@ -238,7 +238,7 @@ class ServiceHTTPClient:
         path: str,
         *,
         params: Mapping[str, str] | None = None,
-        timeout: Timeouts | None = None,  # noqa: ASYNC109 - aiohttp applies it per attempt
+        timeout: Timeouts | None = None,
         retry: bool = True,
         auth: bool = True,
     ) -> ServiceResponse:

@@ -189,7 +189,11 @@ class ServiceRegistry:
         self._apply(name, status, ok, None if ok else "request failed")
 
     async def check_service(self, name: str) -> list[EndpointStatus]:
-        """GET health on every URL at once and record the results; never raises."""
+        """GET health on every URL at once and record the results.
+
+        A failing endpoint never raises (its status says what went wrong); an unknown
+        service is a KeyError like everywhere else.
+        """
         service = self._service(name)
         endpoints = list(service.endpoints)
         await asyncio.gather(*(self._check(name, service.health_path, s) for s in endpoints))
