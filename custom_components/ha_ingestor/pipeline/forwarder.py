@@ -291,14 +291,14 @@ class EventForwarder:
                 correlation_id=key,
             )
         except CircuitOpenError as err:
-            await self._outbox.nack(seqs)
+            await self._outbox.release(seqs)  # never sent: no attempt to count
             self._set_backlog(True)
             return 0.0 if self._choose_route() is not None else max(err.retry_in, 0.05)
         except ServiceCallError as err:
             await self._outbox.nack(seqs)
             return self._failed(route, f"{route.name}: {err}", None)
         except asyncio.CancelledError:
-            await asyncio.shield(self._outbox.nack(seqs))
+            await asyncio.shield(self._outbox.release(seqs))
             raise
         return await self._settle(route, records, response)
 
@@ -429,7 +429,10 @@ def _results_of(response: ServiceResponse) -> dict[str, Any] | None:
         body = response.json()
     except ServiceCallError:
         return None
-    return dict(parse_results(body) or {}) or None
+    results = parse_results(body)
+    # None: the receiver gives no per-event results (ack all on success);
+    # a dict, even empty: only the events it names are settled.
+    return None if results is None else dict(results)
 
 
 def _error_of(response: ServiceResponse) -> tuple[str, str]:

@@ -62,14 +62,16 @@ class BackoffPolicy:
     multiplier: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.base <= 0 or self.cap < self.base or self.multiplier < 1:
+        # Written so that NaN fails every comparison and is refused too.
+        if not (0 < self.base <= self.cap and self.multiplier >= 1):
             raise ValueError("backoff needs 0 < base <= cap and multiplier >= 1")
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay for the given 0-based attempt."""
-        # Cap the exponent so huge attempt counts never overflow a float.
-        exponent = min(max(attempt, 0), 64)
-        return min(self.cap, self.base * self.multiplier**exponent)
+        try:
+            return min(self.cap, self.base * self.multiplier ** max(attempt, 0))
+        except OverflowError:  # huge attempt counts: long past the cap anyway
+            return self.cap
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """A jittered delay for the 0-based attempt; ``rng`` returns a float in [0, 1)."""
@@ -92,7 +94,7 @@ def parse_retry_after(
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # isdigit alone accepts "²" and other scripts
         return min(float(text), cap)
     try:
         when = parsedate_to_datetime(text)

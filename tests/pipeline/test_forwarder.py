@@ -1,0 +1,445 @@
+"""EventForwarder against real receivers on 127.0.0.1 (FaultServer) and a real outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from custom_components.ha_ingestor.pipeline.circuit_breaker import BreakerConfig, BreakerState
+from custom_components.ha_ingestor.pipeline.envelope import EventValidator
+from custom_components.ha_ingestor.pipeline.forwarder import (
+    EventForwarder,
+    ForwarderConfig,
+    ForwarderState,
+    Route,
+)
+from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient, Timeouts
+from custom_components.ha_ingestor.pipeline.message_queue import Outbox
+from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
+from tests.pipeline.fault_server import REJECT_MARKER, Fault, FaultServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    import aiohttp
+
+FAST_BACKOFF = BackoffPolicy(base=0.005, cap=0.03)
+FAST_BREAKER = BreakerConfig(failure_threshold=2, open_interval=0.05, max_open_interval=0.2)
+BASE_TIME = datetime(2026, 11, 26, 19, 0, tzinfo=UTC)
+
+
+def event(n: int, **attributes: Any) -> dict[str, Any]:
+    """A raw state_changed event numbered ``n`` (the number travels in the attributes)."""
+    return {
+        "event_type": "state_changed",
+        "time_fired": BASE_TIME + timedelta(milliseconds=n),
+        "data": {
+            "entity_id": f"sensor.s{n % 7}",
+            "old_state": None,
+            "new_state": {"state": str(n), "attributes": {"n": n, **attributes}},
+        },
+    }
+
+
+def numbers(server: FaultServer) -> list[int]:
+    """The event numbers the server stored, in first-storage order."""
+    by_id = {item["event_id"]: item["data"]["attributes"]["n"] for item in server.received}
+    return [by_id[event_id] for event_id in server.stored_ids]
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox[dict[str, Any]]]:
+    box: Outbox[dict[str, Any]] = Outbox(tmp_path / "outbox.db", EventValidator().encode)
+    await box.open()
+    yield box
+    await box.close()
+
+
+class Harness:
+    """Builds routes and a forwarder; stops the forwarder at the end of the test."""
+
+    def __init__(self, session: aiohttp.ClientSession, outbox: Outbox[dict[str, Any]]) -> None:
+        self.session = session
+        self.outbox = outbox
+        self.forwarders: list[EventForwarder] = []
+        self.auth_failures: list[str] = []
+
+    def route(
+        self, name: str, *servers: FaultServer, token: str | None = None, **client: Any
+    ) -> Route:
+        client.setdefault("breaker_config", FAST_BREAKER)
+        return Route(
+            name,
+            ServiceHTTPClient(
+                name, [server.url for server in servers], self.session, token=token, **client
+            ),
+        )
+
+    def forwarder(
+        self, primary: Route, fallback: Route | None = None, **config: Any
+    ) -> EventForwarder:
+        config.setdefault("backoff", FAST_BACKOFF)
+        config.setdefault("linger", 0.0)
+        forwarder = EventForwarder(
+            self.outbox,
+            primary,
+            fallback,
+            ForwarderConfig(**config),
+            on_auth_failure=self.auth_failures.append,
+        )
+        self.forwarders.append(forwarder)
+        forwarder.start()
+        return forwarder
+
+
+@pytest.fixture
+async def harness(
+    http_session: aiohttp.ClientSession, outbox: Outbox[dict[str, Any]]
+) -> AsyncIterator[Harness]:
+    harness = Harness(http_session, outbox)
+    yield harness
+    for forwarder in harness.forwarders:
+        await forwarder.stop()
+
+
+async def test_delivers_envelopes_in_order(harness: Harness, fault_server: FaultServer) -> None:
+    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=7)
+    harness.outbox.append_many(event(n) for n in range(50))
+
+    assert await forwarder.flush(timeout=10)
+
+    assert numbers(fault_server) == list(range(50))
+    first = fault_server.received[0]
+    assert first["source"] == "ha_ingestor"
+    assert first["timestamp"] == "2026-11-26T19:00:00Z"
+    assert first["data"]["entity_id"] == "sensor.s0"
+    assert all(len(request.event_ids) <= 7 for request in fault_server.requests)
+    # Every batch carries an idempotency key derived from its events.
+    keys = [request.idempotency_key for request in fault_server.requests]
+    assert all(keys)
+    assert len(set(keys)) == len(keys)
+    assert forwarder.metrics.get("delivered") == 50
+    assert forwarder.metrics.latency.percentile(99) is not None
+    assert (await harness.outbox.stats()).pending == 0
+
+
+async def test_linger_lets_a_batch_fill(harness: Harness, fault_server: FaultServer) -> None:
+    forwarder = harness.forwarder(harness.route("storage", fault_server), linger=0.2)
+    for n in range(20):
+        harness.outbox.append(event(n))
+    await fault_server.wait_for_stored(20)
+    assert len(fault_server.requests) == 1
+    assert await forwarder.flush(timeout=5)
+
+
+async def test_rejected_events_become_dead_letters(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    forwarder = harness.forwarder(harness.route("storage", fault_server))
+    harness.outbox.append_many(
+        event(n, **({REJECT_MARKER: True} if n in (3, 8) else {})) for n in range(10)
+    )
+
+    assert await forwarder.flush(timeout=10)
+
+    assert numbers(fault_server) == [0, 1, 2, 4, 5, 6, 7, 9]
+    dead = await harness.outbox.list_dead_letters()
+    assert [orjson.loads(d.payload)["data"]["attributes"]["n"] for d in dead] == [3, 8]
+    assert {(d.reason, d.target) for d in dead} == {("VALIDATION_ERROR", "storage")}
+    assert forwarder.metrics.get("dead_lettered") == 2
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.answer(500),
+        Fault.answer(503, retry_after=1),
+        Fault.answer(429, retry_after=1),
+        Fault.answer(408),
+        Fault.reset(),
+        Fault.fail_after_store(503),
+    ],
+    ids=["500", "503-retry-after", "429", "408", "reset", "stored-then-503"],
+)
+async def test_retryable_answers_are_retried_in_order(
+    harness: Harness, fault_server: FaultServer, fault: Fault
+) -> None:
+    fault_server.add_faults(fault, fault)
+    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=4)
+    harness.outbox.append_many(event(n) for n in range(12))
+
+    assert await forwarder.flush(timeout=10)
+
+    assert numbers(fault_server) == list(range(12))
+    # The failed batch was resent first, with the same idempotency key.
+    first_keys = [request.idempotency_key for request in fault_server.requests[:3]]
+    assert first_keys[0] == first_keys[1] == first_keys[2]
+    assert forwarder.metrics.get("batches_failed") == 2
+    assert not await harness.outbox.list_dead_letters()
+
+
+async def test_timeout_is_retried(harness: Harness, fault_server: FaultServer) -> None:
+    fault_server.add_faults(Fault.slow(1.0))
+    route = harness.route("storage", fault_server, timeouts=Timeouts(connect=1.0, total=0.2))
+    forwarder = harness.forwarder(route)
+    harness.outbox.append_many(event(n) for n in range(5))
+
+    assert await forwarder.flush(timeout=10)
+    assert numbers(fault_server) == list(range(5))
+    assert "storage" in (forwarder.metrics.last_error or "")
+
+
+async def test_retry_after_is_honoured(harness: Harness, fault_server: FaultServer) -> None:
+    fault_server.fail_next(1, 503, retry_after=1)
+    forwarder = harness.forwarder(
+        harness.route("storage", fault_server),
+        backoff=BackoffPolicy(base=0.001, cap=0.3),  # Retry-After 1 s, clamped to 0.3 s
+    )
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    harness.outbox.append(event(0))
+    await fault_server.wait_for_stored(1)
+    assert loop.time() - start >= 0.25
+    assert await forwarder.flush(timeout=5)
+
+
+async def test_auth_failure_keeps_events_until_reauth(
+    harness: Harness, fault_server_factory: Any
+) -> None:
+    server: FaultServer = await fault_server_factory(token="right")
+    route = harness.route("storage", server, token="wrong")
+    forwarder = harness.forwarder(route)
+    harness.outbox.append_many(event(n) for n in range(5))
+
+    await server.wait_for_requests(1)
+    await asyncio.sleep(0.1)
+    assert harness.auth_failures == ["storage"]
+    assert forwarder.auth_failed == {"storage"}
+    assert forwarder.state is ForwarderState.WAITING
+    assert len(server.requests) == 1  # no hammering with bad credentials
+    assert (await harness.outbox.stats()).pending == 5
+
+    route.client.set_token("right")
+    forwarder.clear_auth_failure("storage")
+    assert await forwarder.flush(timeout=5)
+    assert numbers(server) == list(range(5))
+
+
+async def test_too_large_batches_are_split(harness: Harness, fault_server_factory: Any) -> None:
+    server: FaultServer = await fault_server_factory(max_batch_events=10)
+    forwarder = harness.forwarder(harness.route("storage", server), batch_size=64)
+    harness.outbox.append_many(event(n) for n in range(100))
+
+    assert await forwarder.flush(timeout=10)
+
+    assert numbers(server) == list(range(100))
+    assert forwarder.metrics.get("batches_split") >= 3
+    assert not await harness.outbox.list_dead_letters()
+
+
+async def test_single_event_too_large_is_dead_lettered(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    fault_server.add_faults(Fault.answer(413))
+    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=1)
+    harness.outbox.append_many(event(n) for n in range(3))
+
+    assert await forwarder.flush(timeout=10)
+
+    assert numbers(fault_server) == [1, 2]
+    [dead] = await harness.outbox.list_dead_letters()
+    assert dead.reason == "payload_too_large"
+
+
+class PickyServer(FaultServer):
+    """Answers a whole batch with 400 and no per-event results when one event is bad."""
+
+    async def _handle_events(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if b'"poison":true' in body:
+            record = self._record(request)
+            return self._error(record, 400, "BAD_EVENT", "one event is malformed")
+        return await super()._handle_events(request)
+
+
+async def test_permanent_error_bisects_to_the_bad_event(
+    harness: Harness, http_session: aiohttp.ClientSession
+) -> None:
+    server = PickyServer()
+    await server.start()
+    try:
+        forwarder = harness.forwarder(harness.route("storage", server), batch_size=32)
+        harness.outbox.append_many(
+            event(n, **({"poison": True} if n == 21 else {})) for n in range(40)
+        )
+
+        assert await forwarder.flush(timeout=10)
+
+        assert numbers(server) == [n for n in range(40) if n != 21]
+        [dead] = await harness.outbox.list_dead_letters()
+        assert orjson.loads(dead.payload)["data"]["attributes"]["n"] == 21
+        assert (dead.reason, dead.message, dead.target) == (
+            "BAD_EVENT",
+            "one event is malformed",
+            "storage",
+        )
+        # Bisection: a handful of requests, not one per event.
+        assert len(server.requests) < 20
+    finally:
+        await server.stop()
+
+
+async def test_fallback_while_primary_breaker_is_open(
+    harness: Harness, fault_server_factory: Any
+) -> None:
+    enrichment: FaultServer = await fault_server_factory(name="enrichment")
+    storage: FaultServer = await fault_server_factory(name="storage")
+    primary = harness.route("enrichment", enrichment)
+    forwarder = harness.forwarder(primary, harness.route("storage", storage), batch_size=5)
+
+    await enrichment.refuse()
+    harness.outbox.append_many(event(n) for n in range(20))
+    assert await forwarder.flush(timeout=10)
+
+    assert numbers(storage) == list(range(20))
+    assert forwarder.metrics.get("delivered_storage") == 20
+    [breaker] = primary.client.breakers.values()
+    assert breaker.state is BreakerState.OPEN
+
+    # The primary comes back: once its breaker lets a probe through, traffic returns.
+    await enrichment.restore()
+    await asyncio.sleep(FAST_BREAKER.open_interval * 2)
+    harness.outbox.append_many(event(n) for n in range(20, 30))
+    assert await forwarder.flush(timeout=10)
+    assert numbers(enrichment) == list(range(20, 30))
+
+
+async def test_no_fallback_when_not_allowed(harness: Harness, fault_server_factory: Any) -> None:
+    enrichment: FaultServer = await fault_server_factory()
+    storage: FaultServer = await fault_server_factory()
+    forwarder = harness.forwarder(
+        harness.route("enrichment", enrichment),
+        harness.route("storage", storage),
+        use_fallback=False,
+    )
+    await enrichment.refuse()
+    harness.outbox.append_many(event(n) for n in range(5))
+
+    assert not await forwarder.flush(timeout=0.5)
+    assert storage.requests == []
+    assert (await harness.outbox.stats()).pending == 5
+
+    await enrichment.restore()
+    assert await forwarder.flush(timeout=5)
+    assert numbers(enrichment) == list(range(5))
+
+
+async def test_pause_resume_and_flush(harness: Harness, fault_server: FaultServer) -> None:
+    forwarder = harness.forwarder(harness.route("storage", fault_server))
+    forwarder.pause()
+    assert forwarder.paused
+    assert forwarder.state is ForwarderState.PAUSED
+    harness.outbox.append_many(event(n) for n in range(5))
+    await asyncio.sleep(0.1)
+    assert fault_server.requests == []
+    with pytest.raises(RuntimeError, match="paused"):
+        await forwarder.flush()
+
+    forwarder.resume()
+    assert await forwarder.flush(timeout=5)
+    assert numbers(fault_server) == list(range(5))
+    assert forwarder.snapshot()["state"] == "running"
+
+
+async def test_flush_skips_a_long_backoff(harness: Harness, fault_server: FaultServer) -> None:
+    fault_server.fail_next(1, 503)
+    forwarder = harness.forwarder(
+        harness.route("storage", fault_server), backoff=BackoffPolicy(base=30.0, cap=60.0)
+    )
+    harness.outbox.append(event(0))
+    await fault_server.wait_for_requests(1)
+    await asyncio.sleep(0.05)
+    assert forwarder.state is ForwarderState.BACKING_OFF
+    assert forwarder.snapshot()["retry_at"] is not None
+    assert await forwarder.flush(timeout=5)
+    assert numbers(fault_server) == [0]
+
+
+async def test_stop_releases_the_batch_in_flight(
+    tmp_path: Path, harness: Harness, fault_server: FaultServer
+) -> None:
+    fault_server.add_faults(Fault.slow(5.0))
+    route = harness.route("storage", fault_server)
+    forwarder = EventForwarder(
+        harness.outbox, route, config=ForwarderConfig(linger=0.0, stop_timeout=0.1)
+    )
+    forwarder.start()
+    harness.outbox.append_many(event(n) for n in range(3))
+    await fault_server.wait_for_requests(1)
+
+    await forwarder.stop()
+    await forwarder.stop()  # idempotent
+
+    assert forwarder.state is ForwarderState.STOPPED
+    stats = await harness.outbox.stats()
+    assert (stats.pending, stats.in_flight) == (3, 0)
+    # Not sent to completion, so no attempt was counted.
+    records = await harness.outbox.take(10)
+    assert [record.attempts for record in records] == [0, 0, 0]
+
+
+async def test_unconfirmed_events_are_resent(
+    harness: Harness, fault_server: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 200 whose results leave some events out: those are sent again."""
+    partial = orjson.dumps({"success": True, "results": []})
+    fault_server.add_faults(Fault.answer(200, body=partial))
+    caplog.set_level(logging.DEBUG)
+    forwarder = harness.forwarder(harness.route("storage", fault_server))
+    harness.outbox.append_many(event(n) for n in range(3))
+
+    assert await forwarder.flush(timeout=5)
+    assert numbers(fault_server) == [0, 1, 2]
+
+
+async def test_ten_thousand_events_through_mixed_faults(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    """About 30% of requests fail in mixed ways; each event is stored once, in order."""
+    fault_server.set_random_faults(
+        0.3,
+        Fault.answer(500),
+        Fault.answer(503, retry_after=1),
+        Fault.answer(429, retry_after=1),
+        Fault.answer(408),
+        Fault.reset(),
+        Fault.fail_after_store(503),
+        Fault.slow(0.5),
+        seed=1234,
+    )
+    route = harness.route(
+        "storage",
+        fault_server,
+        timeouts=Timeouts(connect=1.0, total=0.25),
+        breaker_config=BreakerConfig(failure_threshold=50, min_calls=1000, open_interval=0.05),
+    )
+    forwarder = harness.forwarder(route, batch_size=250)
+    total = 10_000
+    harness.outbox.append_many(event(n) for n in range(total))
+
+    assert await forwarder.flush(timeout=120)
+
+    assert numbers(fault_server) == list(range(total))
+    assert len(fault_server.stored_ids) == len(set(fault_server.stored_ids)) == total
+    failed = forwarder.metrics.get("batches_failed")
+    assert failed >= 5  # the faults really happened
+    # Duplicates reached the receiver (stored, then 503) and were absorbed by its dedupe.
+    assert len(fault_server.received) > total
+    assert not await harness.outbox.list_dead_letters()
