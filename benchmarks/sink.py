@@ -12,11 +12,13 @@ import sys
 import orjson
 from aiohttp import web
 
+RECEIVED = web.AppKey("received", list[int])
+
 
 async def _batch(request: web.Request) -> web.Response:
     body = orjson.loads(await request.read())
     events = body["events"]
-    request.app["received"] += len(events)
+    request.app[RECEIVED][0] += len(events)
     results = [{"event_id": event["event_id"], "status": "stored"} for event in events]
     return web.Response(
         body=orjson.dumps({"success": True, "results": results}),
@@ -25,12 +27,12 @@ async def _batch(request: web.Request) -> web.Response:
 
 
 async def _count(request: web.Request) -> web.Response:
-    return web.json_response({"received": request.app["received"]})
+    return web.json_response({"received": request.app[RECEIVED][0]})
 
 
 async def main(port: int) -> None:
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["received"] = 0
+    app[RECEIVED] = [0]  # a mutable cell: the app's own state is frozen once started
     app.router.add_post("/api/v1/events/batch", _batch)
     app.router.add_get("/api/v1/health", _count)
     runner = web.AppRunner(app, access_log=None)
