@@ -1,0 +1,1215 @@
+"""The durable outbox: the only buffer of the pipeline.
+
+The event loop only appends raw items to an in-memory intake (a deque: O(1), no I/O, no
+encoding) and wakes the worker thread, at most one wake-up pending at a time. One
+dedicated worker thread owns everything else: it encodes the intake (validation
+failures become dead letters at once), keeps the SQLite file (WAL, ``synchronous=NORMAL``
+like Home Assistant's recorder, so a committed record survives a process crash), and
+answers the async methods, which hand it a command and await its future.
+
+State of a record: ready or in flight. In-flight state lives only in memory, so after a
+crash or a restart every row in the file is ready again. Records are ordered by ``seq``
+(FIFO); a nacked record goes back to its original position.
+
+Where records live:
+
+- the file (``outbox`` table): everything in ``always`` mode, and in ``on_backlog`` mode
+  once a target is down, the memory buffer is full, on ``persist()`` and on close;
+- memory: new records in ``on_backlog`` mode while delivery keeps up, and in ``always``
+  mode only while the file refuses writes (disk full), so no event is lost to that.
+
+Every in-memory record is newer than every record in the file (memory is always written
+out as a whole), so FIFO holds across both: ready records in the file go first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import heapq
+import logging
+import os
+import queue
+import sqlite3
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
+
+import orjson
+
+from .envelope import EncodedEvent, ValidationError, new_event_id
+
+_LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Marks the file as ours, so a foreign SQLite database is never mistaken for an outbox.
+APPLICATION_ID: Final = 0x48414F42  # "HAOB"
+SCHEMA_VERSION: Final = 1
+
+ENCODE_ERROR = "encode_error"
+OUTBOX_TARGET = "outbox"
+
+_BATCH_EVENTS = 1000  # intake items encoded per transaction
+_BATCH_BYTES = 8 * 1024 * 1024  # ... or fewer when they are big
+_DEAD_PAYLOAD_LIMIT = 64 * 1024  # best-effort copy of an item that could not be encoded
+_IN_CHUNK = 500  # ids per "IN (...)" query
+_LOG_EVERY = 60.0  # seconds between repeated warnings of one kind
+_DISK_RETRY = 1.0  # seconds before writing again after the file refused a write
+
+_SCHEMA = (
+    """CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        enqueued_at REAL NOT NULL,
+        first_failure REAL,
+        last_failure REAL
+    )""",
+    """CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL,
+        target TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        first_failure REAL NOT NULL,
+        last_failure REAL NOT NULL
+    )""",
+)
+_COLUMNS: Final = {
+    "outbox": {
+        "seq",
+        "event_id",
+        "payload",
+        "attempts",
+        "enqueued_at",
+        "first_failure",
+        "last_failure",
+    },
+    "dead_letters": {
+        "id",
+        "event_id",
+        "payload",
+        "reason",
+        "message",
+        "target",
+        "attempts",
+        "first_failure",
+        "last_failure",
+    },
+}
+_OUR_TABLES: Final = {*_COLUMNS, "sqlite_sequence"}
+
+_INSERT = "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)"
+_SCAN = (
+    "SELECT seq, event_id, payload, attempts, enqueued_at, first_failure, last_failure"
+    " FROM outbox WHERE seq > ? ORDER BY seq"
+)
+_DELETE = "DELETE FROM outbox WHERE seq = ?"
+_INSERT_DEAD = (
+    "INSERT INTO dead_letters (event_id, payload, reason, message, target, attempts,"
+    " first_failure, last_failure) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DEAD_COLUMNS = (
+    "id, event_id, payload, reason, message, target, attempts, first_failure, last_failure"
+)
+
+# (seq, event_id, payload, attempts, enqueued_at, first_failure, last_failure): the
+# outbox row as stored, and as kept in memory, so writing memory out is one executemany.
+type _Row = tuple[int, str, bytes, int, float, float | None, float | None]
+# (event_id, payload, reason, message, target, attempts, first_failure, last_failure)
+type _DeadRow = tuple[str, bytes, str, str, str, int, float, float]
+
+
+class Durability(StrEnum):
+    """When records are written to the file."""
+
+    ALWAYS = "always"  # every record, committed within ~commit_interval
+    ON_BACKLOG = "on_backlog"  # only while delivery does not keep up, and on close
+
+
+class OutboxClosedError(RuntimeError):
+    """The outbox is closing or closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One pending event handed to the forwarder."""
+
+    seq: int  # FIFO position; the SQLite rowid
+    event_id: str
+    payload: bytes  # the encoded envelope, sent as is
+    attempts: int  # failed delivery attempts so far
+    enqueued_at: float  # clock() when the worker took it in (for enqueue-to-ack latency)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event that will not be delivered without a person's decision."""
+
+    id: int
+    event_id: str
+    payload: bytes
+    reason: str  # machine-readable code, e.g. VALIDATION_ERROR, payload_too_large
+    message: str
+    target: str  # the route that refused it, or "outbox" when it could not be encoded
+    attempts: int  # including the one that failed for good
+    first_failure: float
+    last_failure: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int  # waiting: in the file and in memory, including in flight
+    pending_bytes: int
+    in_flight: int
+    dead_letters: int
+    dropped: int  # dropped at the caps since open
+    oldest_enqueued_at: float | None
+    appended: int  # counters since open
+    acked: int
+    on_disk: int  # how many of pending are in the file
+    dead_letters_dropped: int = 0  # oldest dead letters dropped at their cap since open
+
+
+_EMPTY_STATS = OutboxStats(0, 0, 0, 0, 0, None, 0, 0, 0)
+
+
+class _Unusable(Exception):
+    """The file is not a usable outbox (corrupt, not a database, or foreign)."""
+
+
+class _RateLimitedLog:
+    """Log one kind of problem at most once per interval, with a count of the rest."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(
+        self, key: str, level: int, msg: str, *args: object, exc_info: BaseException | None = None
+    ) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < _LOG_EVERY:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, suppressed)
+        self._logger.log(level, msg, *args, exc_info=exc_info)
+
+
+def _chunks[X](items: list[X], size: int) -> Iterator[list[X]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _is_corruption(err: sqlite3.DatabaseError) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is None:  # no code: judge by the message SQLite gives for these two cases
+        text = str(err)
+        return "not a database" in text or "malformed" in text
+    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+class _Store:
+    """Every piece of outbox state. Only the worker thread touches it."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: Durability,
+        max_events: int,
+        max_bytes: int,
+        memory_limit_events: int,
+        max_dead_letters: int,
+        on_drop: Callable[[int], None] | None,
+        on_dead_letter: Callable[[DeadLetter], None] | None,
+        clock: Callable[[], float],
+        logger: logging.Logger,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.memory_limit_events = memory_limit_events
+        self.max_dead_letters = max_dead_letters
+        self.on_drop = on_drop
+        self.on_dead_letter = on_dead_letter
+        self.clock = clock
+        self.logger = logger
+        self.log_limited = _RateLimitedLog(logger)
+        self.conn: sqlite3.Connection | None = None
+        self.backlogged = False  # set from the loop thread; a bool store is atomic
+        self.next_seq = 1
+        # The file. Every ready row has seq > cursor (nack moves it back).
+        self.disk_count = 0
+        self.disk_bytes = 0
+        self.cursor = 0
+        self.disk_inflight: dict[int, _Row] = {}
+        self.oldest_disk: float | None = None
+        self.oldest_dirty = True
+        self.disk_retry_at = 0.0
+        # Memory, all newer than the file: nacked rows (a heap by seq, all older than
+        # mem_ready), never-taken rows in order, and rows in flight.
+        self.mem_returned: list[_Row] = []
+        self.mem_ready: deque[_Row] = deque()
+        self.mem_inflight: dict[int, _Row] = {}
+        self.mem_bytes = 0
+        self.dead_count = 0
+        # Counters since open.
+        self.appended = 0
+        self.acked = 0
+        self.dropped = 0
+        self.dead_dropped = 0
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise OutboxClosedError("the outbox file is not open")
+        return self.conn
+
+    # -- opening ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+        except _Unusable as err:
+            self._move_aside(str(err))
+            conn = self._connect()
+        self.conn = conn
+        count, total, max_seq = conn.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(seq), 0) FROM outbox"
+        ).fetchone()
+        self.disk_count, self.disk_bytes = count, total
+        self.next_seq = max_seq + 1
+        self.dead_count = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        self.logger.info(
+            "Outbox %s opened: %d pending events recovered, %d dead letters",
+            self.path,
+            count,
+            self.dead_count,
+        )
+        self.enforce_caps()  # the caps may have been lowered since the last run
+
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit mode: transactions are explicit (BEGIN ... COMMIT), one per batch.
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            # Only reads until the file is known to be ours: a foreign file stays as it was.
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise _Unusable("quick_check failed: " + "; ".join(map(str, problems[:3])))
+            new = self._check_schema(conn)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                self.logger.warning("Outbox %s: journal mode is %s, not WAL", self.path, mode)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # Let the WAL shrink back after a big backlog has been checkpointed.
+            conn.execute("PRAGMA journal_size_limit=67108864")
+            if new:
+                conn.execute("BEGIN")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+        except _Unusable:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as err:
+            conn.close()
+            if _is_corruption(err):
+                raise _Unusable(str(err)) from err
+            raise  # locked, unreadable, ...: not a reason to move a file aside
+        return conn
+
+    @staticmethod
+    def _check_schema(conn: sqlite3.Connection) -> bool:
+        """True for a new (empty) file; raises `_Unusable` unless the file is ours."""
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if app_id == 0 and not tables:
+            return True
+        if app_id != APPLICATION_ID:
+            raise _Unusable(f"foreign database (application_id {app_id}, tables {sorted(tables)})")
+        if version != SCHEMA_VERSION:
+            raise _Unusable(f"schema version {version}, expected {SCHEMA_VERSION}")
+        if not tables <= _OUR_TABLES:
+            raise _Unusable(f"unexpected tables {sorted(tables - _OUR_TABLES)}")
+        for table, columns in _COLUMNS.items():
+            found = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if found != columns:
+                raise _Unusable(f"table {table} has columns {sorted(found)}")
+        return False
+
+    def _move_aside(self, why: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                os.replace(source, f"{target}{suffix}")
+        self.logger.error(
+            "Outbox file %s is unusable (%s); moved it aside to %s and started a new, empty outbox",
+            self.path,
+            why,
+            target,
+        )
+
+    def spill_at_close(self) -> None:
+        try:
+            self.spill()
+        except sqlite3.Error as err:
+            self.logger.error(
+                "Outbox %s: could not write %d in-memory events at close, they are lost: %s",
+                self.path,
+                self.mem_count,
+                err,
+            )
+
+    def close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.close()
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db
+        conn.execute("BEGIN")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def mem_count(self) -> int:
+        return len(self.mem_returned) + len(self.mem_ready) + len(self.mem_inflight)
+
+    @property
+    def pending(self) -> int:
+        return self.disk_count + self.mem_count
+
+    @property
+    def ready(self) -> int:
+        return (
+            self.disk_count - len(self.disk_inflight) + len(self.mem_returned) + len(self.mem_ready)
+        )
+
+    def stats(self) -> OutboxStats:
+        return OutboxStats(
+            pending=self.pending,
+            pending_bytes=self.disk_bytes + self.mem_bytes,
+            in_flight=len(self.disk_inflight) + len(self.mem_inflight),
+            dead_letters=self.dead_count,
+            dropped=self.dropped,
+            oldest_enqueued_at=self._oldest(),
+            appended=self.appended,
+            acked=self.acked,
+            on_disk=self.disk_count,
+            dead_letters_dropped=self.dead_dropped,
+        )
+
+    def _oldest(self) -> float | None:
+        if self.disk_count:  # the file holds the oldest records
+            if self.oldest_dirty:
+                row = self.db.execute(
+                    "SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1"
+                ).fetchone()
+                self.oldest_disk = None if row is None else row[0]
+                self.oldest_dirty = False
+            return self.oldest_disk
+        heads: list[_Row] = []
+        if self.mem_returned:
+            heads.append(self.mem_returned[0])
+        if self.mem_ready:
+            heads.append(self.mem_ready[0])
+        if self.mem_inflight:
+            heads.append(self.mem_inflight[min(self.mem_inflight)])
+        return min(heads)[4] if heads else None
+
+    # -- adding ------------------------------------------------------------------------
+
+    def add(self, rows: list[_Row], nbytes: int) -> None:
+        """New records: the newest of all, so they join the memory tail, then maybe the file."""
+        self.mem_ready.extend(rows)
+        self.mem_bytes += nbytes
+        self.appended += len(rows)
+        self.enforce_caps()  # before writing, so records dropped at once cost no I/O
+        if self._should_spill():
+            try:
+                self.spill()
+            except sqlite3.Error as err:
+                # Keep them in memory (delivery goes on from there) and try again soon.
+                self.disk_retry_at = time.monotonic() + _DISK_RETRY
+                self.log_limited(
+                    "write",
+                    logging.ERROR,
+                    "Outbox %s: cannot write to the file (%s); keeping %d events in memory",
+                    self.path,
+                    err,
+                    self.mem_count,
+                )
+
+    def _should_spill(self) -> bool:
+        if not self.mem_count or time.monotonic() < self.disk_retry_at:
+            return False
+        return (
+            self.durability is Durability.ALWAYS
+            or self.backlogged
+            or self.disk_count > 0  # keep memory newer than the file
+            or self.mem_count > self.memory_limit_events
+        )
+
+    def _memory_rows(self) -> list[_Row]:
+        return [*self.mem_returned, *self.mem_ready, *self.mem_inflight.values()]
+
+    def _memory_written(self) -> None:
+        """Memory was just committed to the file: account for it there."""
+        self.disk_count += self.mem_count
+        self.disk_bytes += self.mem_bytes
+        self.disk_inflight.update(self.mem_inflight)
+        self.mem_returned.clear()
+        self.mem_ready.clear()
+        self.mem_inflight.clear()
+        self.mem_bytes = 0
+        self.oldest_dirty = True
+        self.disk_retry_at = 0.0
+
+    def spill(self) -> None:
+        """Write every in-memory record to the file, in one transaction."""
+        if not self.mem_count:
+            return
+        rows = self._memory_rows()
+        with self._transaction() as conn:
+            conn.executemany(_INSERT, rows)
+        self._memory_written()
+
+    def enforce_caps(self) -> None:
+        """Drop the oldest ready records while over a cap; in-flight ones stay."""
+        over_events = self.pending - self.max_events
+        over_bytes = self.disk_bytes + self.mem_bytes - self.max_bytes
+        if over_events <= 0 and over_bytes <= 0:
+            return
+        dropped = 0
+        if self.disk_count > len(self.disk_inflight):
+            victims: list[tuple[int]] = []
+            freed = 0
+            last = self.cursor
+            cursor = self.db.execute(
+                "SELECT seq, length(payload) FROM outbox WHERE seq > ? ORDER BY seq",
+                (self.cursor,),
+            )
+            try:
+                for seq, size in cursor:
+                    if seq in self.disk_inflight:
+                        continue
+                    victims.append((seq,))
+                    freed += size
+                    last = seq
+                    if over_events - len(victims) <= 0 and over_bytes - freed <= 0:
+                        break
+            finally:
+                cursor.close()
+            try:
+                with self._transaction() as conn:
+                    conn.executemany(_DELETE, victims)
+            except sqlite3.Error as err:
+                self.log_limited(
+                    "drop", logging.ERROR, "Outbox %s: cannot drop events: %s", self.path, err
+                )
+            else:
+                self.disk_count -= len(victims)
+                self.disk_bytes -= freed
+                self.cursor = last
+                self.oldest_dirty = True
+                dropped += len(victims)
+                over_events -= len(victims)
+                over_bytes -= freed
+        while (over_events > 0 or over_bytes > 0) and (self.mem_returned or self.mem_ready):
+            row = (
+                heapq.heappop(self.mem_returned) if self.mem_returned else self.mem_ready.popleft()
+            )
+            size = len(row[2])
+            self.mem_bytes -= size
+            over_events -= 1
+            over_bytes -= size
+            dropped += 1
+        if not dropped:
+            return
+        self.dropped += dropped
+        self.log_limited(
+            "cap",
+            logging.WARNING,
+            "Outbox %s is full (%d events, %d bytes; caps %d events, %d bytes): dropped the"
+            " %d oldest events (%d since open)",
+            self.path,
+            self.pending,
+            self.disk_bytes + self.mem_bytes,
+            self.max_events,
+            self.max_bytes,
+            dropped,
+            self.dropped,
+        )
+        if self.on_drop is not None:
+            try:
+                self.on_drop(dropped)
+            except Exception:
+                self.logger.exception("Outbox on_drop callback failed")
+
+    # -- the forwarder's side --------------------------------------------------------
+
+    def take(self, max_events: int, max_bytes: int | None) -> list[OutboxRecord]:
+        taken: list[OutboxRecord] = []
+        budget = sys.maxsize if max_bytes is None else max_bytes
+        total = 0
+        if self.disk_count > len(self.disk_inflight):
+            cursor = self.db.execute(_SCAN, (self.cursor,))  # read lazily, never the whole file
+            try:
+                for row in cursor:
+                    seq = row[0]
+                    if seq in self.disk_inflight:
+                        continue
+                    size = len(row[2])
+                    if taken and total + size > budget:
+                        return taken
+                    self.disk_inflight[seq] = row
+                    # Everything up to here is now in flight (or gone).
+                    self.cursor = seq
+                    taken.append(OutboxRecord(seq, row[1], row[2], row[3], row[4]))
+                    total += size
+                    if len(taken) >= max_events:
+                        return taken
+            finally:
+                cursor.close()
+        while self.mem_returned or self.mem_ready:
+            row = self.mem_returned[0] if self.mem_returned else self.mem_ready[0]
+            size = len(row[2])
+            if taken and total + size > budget:
+                break
+            if self.mem_returned:
+                heapq.heappop(self.mem_returned)
+            else:
+                self.mem_ready.popleft()
+            self.mem_inflight[row[0]] = row
+            taken.append(OutboxRecord(row[0], row[1], row[2], row[3], row[4]))
+            total += size
+            if len(taken) >= max_events:
+                break
+        return taken
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        unique = list(dict.fromkeys(seqs))
+        disk = [seq for seq in unique if seq in self.disk_inflight]
+        if disk:
+            with self._transaction() as conn:
+                conn.executemany(_DELETE, [(seq,) for seq in disk])
+            for seq in disk:
+                row = self.disk_inflight.pop(seq)
+                self.disk_count -= 1
+                self.disk_bytes -= len(row[2])
+            self.oldest_dirty = True
+        acked = len(disk)
+        for seq in unique:
+            mem_row = self.mem_inflight.pop(seq, None)
+            if mem_row is not None:
+                self.mem_bytes -= len(mem_row[2])
+                acked += 1
+        self.acked += acked
+
+    def nack(self, seqs: Iterable[int], *, count_attempt: bool) -> None:
+        unique = list(dict.fromkeys(seqs))
+        now = self.clock()
+        disk = [seq for seq in unique if seq in self.disk_inflight]
+        if disk and count_attempt:
+            with self._transaction() as conn:
+                conn.executemany(
+                    "UPDATE outbox SET attempts = attempts + 1,"
+                    " first_failure = coalesce(first_failure, ?), last_failure = ?"
+                    " WHERE seq = ?",
+                    [(now, now, seq) for seq in disk],
+                )
+        for seq in disk:
+            del self.disk_inflight[seq]
+        if disk:
+            self.cursor = min(self.cursor, min(disk) - 1)
+        for seq in unique:
+            row = self.mem_inflight.pop(seq, None)
+            if row is None:
+                continue
+            if count_attempt:
+                _, event_id, payload, attempts, enqueued_at, first, _ = row
+                first = now if first is None else first
+                row = (seq, event_id, payload, attempts + 1, enqueued_at, first, now)
+            heapq.heappush(self.mem_returned, row)
+
+    def dead_letter(self, seqs: Iterable[int], reason: str, message: str, target: str) -> None:
+        now = self.clock()
+        disk: list[int] = []
+        memory: list[int] = []
+        dead: list[_DeadRow] = []
+        for seq in dict.fromkeys(seqs):
+            row = self.disk_inflight.get(seq)
+            if row is not None:
+                disk.append(seq)
+            else:
+                row = self.mem_inflight.get(seq)
+                if row is None:
+                    continue  # not in flight: nothing to move
+                memory.append(seq)
+            _, event_id, payload, attempts, _, first, _ = row
+            first = now if first is None else first
+            dead.append((event_id, payload, reason, message, target, attempts + 1, first, now))
+        if not dead:
+            return
+        with self._transaction() as conn:
+            ids = [conn.execute(_INSERT_DEAD, values).lastrowid or 0 for values in dead]
+            conn.executemany(_DELETE, [(seq,) for seq in disk])
+        for seq in disk:
+            row = self.disk_inflight.pop(seq)
+            self.disk_count -= 1
+            self.disk_bytes -= len(row[2])
+        if disk:
+            self.oldest_dirty = True
+        for seq in memory:
+            self.mem_bytes -= len(self.mem_inflight.pop(seq)[2])
+        self._dead_added(ids, dead)
+
+    def store_dead(self, dead: list[_DeadRow]) -> None:
+        """Dead letters that never were records (the item could not be encoded)."""
+        with self._transaction() as conn:
+            ids = [conn.execute(_INSERT_DEAD, values).lastrowid or 0 for values in dead]
+        self._dead_added(ids, dead)
+
+    def _dead_added(self, ids: list[int], dead: list[_DeadRow]) -> None:
+        self.dead_count += len(ids)
+        self.log_limited(
+            "dead",
+            logging.WARNING,
+            "Outbox %s: %d events moved to dead letters (last reason %s: %s)",
+            self.path,
+            len(ids),
+            dead[-1][2],
+            dead[-1][3],
+        )
+        over = self.dead_count - self.max_dead_letters
+        if over > 0:
+            with self._transaction() as conn:
+                conn.execute(
+                    "DELETE FROM dead_letters WHERE id IN"
+                    " (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+                    (over,),
+                )
+            self.dead_count -= over
+            self.dead_dropped += over
+            self.log_limited(
+                "dead_cap",
+                logging.WARNING,
+                "Outbox %s: over %d dead letters, dropped the %d oldest",
+                self.path,
+                self.max_dead_letters,
+                over,
+            )
+        if self.on_dead_letter is not None:
+            for dead_id, values in zip(ids, dead, strict=True):
+                try:
+                    self.on_dead_letter(DeadLetter(dead_id, *values))
+                except Exception:
+                    self.logger.exception("Outbox on_dead_letter callback failed")
+
+    # -- dead letters ------------------------------------------------------------------
+
+    def list_dead(self, limit: int, offset: int) -> list[DeadLetter]:
+        rows = self.db.execute(
+            f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY id LIMIT ? OFFSET ?",
+            (limit, offset),
+        ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def _dead_chunks(self, ids: Iterable[int] | None) -> Iterator[list[Any]]:
+        select = (
+            "SELECT id, event_id, payload, attempts, first_failure, last_failure FROM dead_letters"
+        )
+        if ids is None:
+            after = 0
+            while rows := self.db.execute(
+                f"{select} WHERE id > ? ORDER BY id LIMIT ?", (after, _IN_CHUNK)
+            ).fetchall():
+                after = rows[-1][0]
+                yield rows
+            return
+        for chunk in _chunks(sorted(set(ids)), _IN_CHUNK):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"{select} WHERE id IN ({marks}) ORDER BY id", chunk).fetchall()
+            if rows:
+                yield rows
+
+    def replay(self, ids: Iterable[int] | None) -> int:
+        """Dead letters back to the end of the outbox, written to the file at once."""
+        replayed = 0
+        for rows in self._dead_chunks(ids):
+            now = self.clock()
+            seq = self.next_seq
+            new: list[_Row] = [
+                (seq + index, event_id, payload, attempts, now, first, last)
+                for index, (_, event_id, payload, attempts, first, last) in enumerate(rows)
+            ]
+            memory = self._memory_rows()
+            with self._transaction() as conn:
+                conn.executemany(_INSERT, memory)  # first, so memory stays the newest
+                conn.executemany(_INSERT, new)
+                conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
+            if memory:
+                self._memory_written()
+            self.next_seq = seq + len(new)
+            self.disk_count += len(new)
+            self.disk_bytes += sum(len(row[2]) for row in new)
+            self.dead_count -= len(rows)
+            self.oldest_dirty = True
+            replayed += len(rows)
+        if replayed:
+            self.enforce_caps()
+        return replayed
+
+    def purge(self, ids: Iterable[int] | None) -> int:
+        with self._transaction() as conn:
+            if ids is None:
+                purged = conn.execute("DELETE FROM dead_letters").rowcount
+            else:
+                purged = conn.executemany(
+                    "DELETE FROM dead_letters WHERE id = ?", [(i,) for i in set(ids)]
+                ).rowcount
+        self.dead_count -= purged
+        return purged
+
+
+# (work, its future, whether to skip it when cancelled before it ran). Only a take is
+# skipped: an ack, nack or dead letter the caller stopped waiting for still happens.
+_Command = tuple[Callable[[], Any], "concurrent.futures.Future[Any]", bool]
+
+
+class _State(Enum):
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Outbox(Generic[T]):
+    """Durable FIFO outbox with dead letters; one worker thread owns the SQLite file.
+
+    ``append``/``append_many`` are for the event loop and never block. Every other
+    coroutine is one round trip to the worker thread. Callbacks (``on_drop``,
+    ``on_dead_letter``) run on the worker thread: keep them short and thread-safe.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        encode: Callable[[T], EncodedEvent],
+        *,
+        durability: Durability = Durability.ALWAYS,
+        max_events: int = 1_000_000,
+        max_bytes: int = 512 * 1024 * 1024,
+        memory_limit_events: int = 10_000,
+        commit_interval: float = 0.1,
+        max_dead_letters: int = 100_000,
+        on_drop: Callable[[int], None] | None = None,
+        on_dead_letter: Callable[[DeadLetter], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if max_events < 1 or max_bytes < 1 or memory_limit_events < 0 or max_dead_letters < 0:
+            raise ValueError("outbox caps must be positive")
+        self.path = Path(path)
+        self._encode = encode
+        self._clock = clock
+        self._logger = logger or _LOGGER
+        self._log_limited = _RateLimitedLog(self._logger)
+        self._commit_interval = commit_interval
+        self._store = _Store(
+            self.path,
+            durability=Durability(durability),
+            max_events=max_events,
+            max_bytes=max_bytes,
+            memory_limit_events=memory_limit_events,
+            max_dead_letters=max_dead_letters,
+            on_drop=on_drop,
+            on_dead_letter=on_dead_letter,
+            clock=clock,
+            logger=self._logger,
+        )
+        self._intake: deque[T] = deque()
+        self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
+        self._wake_pending = False
+        self._state = _State.NEW
+        self._accepting = True  # append allowed (False from the start of close)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False  # the worker thread leaves its loop
+        self._close_future: concurrent.futures.Future[None] | None = None
+        # Readiness, shared with the loop: the worker writes the hint, then sets the
+        # event when the loop announced a waiter (checked in this order on both sides).
+        self._ready_event = asyncio.Event()
+        self._want_ready = False
+        self._ready_hint = 0
+        self._snapshot = _EMPTY_STATS
+
+    @property
+    def durability(self) -> Durability:
+        return self._store.durability
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the worker thread and open (or create, or recover) the file."""
+        if self._state is not _State.NEW:
+            raise RuntimeError("an outbox can be opened once")
+        self._loop = asyncio.get_running_loop()
+        self._state = _State.OPENING
+        self._thread = threading.Thread(
+            target=self._run, name=f"ha_ingestor_outbox[{self.path.name}]", daemon=True
+        )
+        self._thread.start()
+        try:
+            await self._call(self._open_in_worker)
+        except BaseException:
+            self._accepting = False
+            self._stop_worker()
+            self._state = _State.CLOSED
+            raise
+        if self._state is _State.OPENING:
+            self._state = _State.OPEN
+
+    async def close(self) -> None:
+        """Drain the intake, write memory to the file, close it and join the thread.
+
+        Idempotent, and safe when ``open()`` was never called or failed.
+        """
+        if self._state is _State.CLOSED:
+            return
+        self._accepting = False
+        self._ready_event.set()  # waiters wake and see the outbox closing
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return
+        if self._close_future is None:
+            self._state = _State.CLOSING
+            self._close_future = concurrent.futures.Future()
+            self._commands.put((self._close_in_worker, self._close_future, False))
+        try:
+            # Shielded: a cancelled close must not cancel the worker's last command.
+            await asyncio.shield(asyncio.wrap_future(self._close_future))
+        finally:
+            if self._close_future.done():
+                self._join()
+                self._state = _State.CLOSED
+
+    @property
+    def closed(self) -> bool:
+        return self._state in (_State.CLOSING, _State.CLOSED)
+
+    # -- the event loop's side -------------------------------------------------------
+
+    def append(self, item: T) -> None:
+        """Hand one item over (event loop only): O(1), no I/O, no encoding."""
+        if not self._accepting:
+            raise OutboxClosedError("the outbox is closed")
+        self._intake.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._commands.put(None)
+
+    def append_many(self, items: Iterable[T]) -> None:
+        if not self._accepting:
+            raise OutboxClosedError("the outbox is closed")
+        self._intake.extend(items)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._commands.put(None)
+
+    def set_backlog(self, backlogged: bool) -> None:
+        """on_backlog: while True (a target is down) records go to the file."""
+        self._store.backlogged = backlogged
+        if backlogged and self._state in (_State.OPENING, _State.OPEN):
+            self._submit(self._persist_quietly)
+
+    def ready_hint(self) -> int:
+        """Ready records as of the worker's last batch: cheap and approximate."""
+        return self._ready_hint
+
+    async def wait_ready(self) -> None:
+        """Return when at least one record is ready to take (at once if so)."""
+        while True:
+            if not self._accepting:
+                raise OutboxClosedError("the outbox is closed")
+            if self._ready_hint > 0:
+                return
+            self._ready_event.clear()
+            self._want_ready = True
+            if self._ready_hint > 0:  # the worker may have updated it meanwhile
+                return
+            await self._ready_event.wait()
+
+    def stats_nowait(self) -> OutboxStats:
+        """The worker's last snapshot, plus what waits in the intake; from any thread."""
+        waiting = len(self._intake)
+        snapshot = self._snapshot
+        if waiting:
+            return replace(snapshot, pending=snapshot.pending + waiting)
+        return snapshot
+
+    # -- round trips to the worker -----------------------------------------------------
+
+    async def take(self, max_events: int, max_bytes: int | None = None) -> list[OutboxRecord]:
+        """The oldest ready records, FIFO, now in flight; at least one if any is ready.
+
+        ``max_bytes`` bounds the sum of payloads, except that a single record larger than
+        it is still taken alone. A take that is cancelled after the worker ran it puts
+        its records back (without counting an attempt).
+        """
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        future = self._submit(lambda: self._store.take(max_events, max_bytes), skippable=True)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(self._release_lost_take)
+            raise
+
+    async def ack(self, seqs: Iterable[int]) -> None:
+        """Delivered: delete. Seqs that are not in flight are ignored."""
+        seqs = list(seqs)
+        await self._call(lambda: self._store.ack(seqs))
+
+    async def nack(self, seqs: Iterable[int]) -> None:
+        """Failed: count the attempt and put them back at their original position."""
+        seqs = list(seqs)
+        await self._call(lambda: self._store.nack(seqs, count_attempt=True))
+
+    async def release(self, seqs: Iterable[int]) -> None:
+        """Back to ready at their position without counting an attempt (not sent)."""
+        seqs = list(seqs)
+        await self._call(lambda: self._store.nack(seqs, count_attempt=False))
+
+    async def dead_letter(
+        self, seqs: Iterable[int], reason: str, message: str, target: str
+    ) -> None:
+        """Move in-flight records to the dead letters (attempts count this failure)."""
+        seqs = list(seqs)
+        await self._call(lambda: self._store.dead_letter(seqs, reason, message, target))
+
+    async def list_dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Oldest first."""
+        return await self._call(lambda: self._store.list_dead(limit, offset))
+
+    async def replay_dead_letters(self, ids: Iterable[int] | None = None) -> int:
+        """Back into the outbox, at the end; ``None`` = all. Returns how many."""
+        chosen = None if ids is None else list(ids)
+        return await self._call(lambda: self._store.replay(chosen))
+
+    async def purge_dead_letters(self, ids: Iterable[int] | None = None) -> int:
+        """Delete dead letters; ``None`` = all. Returns how many."""
+        chosen = None if ids is None else list(ids)
+        return await self._call(lambda: self._store.purge(chosen))
+
+    async def persist(self) -> None:
+        """Write every in-memory record to the file now."""
+        await self._call(self._store.spill)
+
+    async def sync(self) -> int:
+        """Return once everything appended before the call is stored (committed to the
+        file in ``always`` mode); returns the number of pending records."""
+        return await self._call(lambda: self._store.pending)
+
+    async def stats(self) -> OutboxStats:
+        """Exact figures (one round trip); the last snapshot when not open."""
+        if self._state not in (_State.OPENING, _State.OPEN):
+            return self.stats_nowait()
+        return await self._call(self._store.stats)
+
+    def _submit(
+        self, fn: Callable[[], R], *, skippable: bool = False
+    ) -> concurrent.futures.Future[R]:
+        if self._state not in (_State.OPENING, _State.OPEN):
+            if self._state is _State.NEW:
+                raise RuntimeError("the outbox is not open")
+            raise OutboxClosedError("the outbox is closed")
+        future: concurrent.futures.Future[R] = concurrent.futures.Future()
+        self._commands.put((fn, future, skippable))
+        return future
+
+    async def _call(self, fn: Callable[[], R]) -> R:
+        return await asyncio.wrap_future(self._submit(fn))
+
+    def _release_lost_take(self, future: concurrent.futures.Future[list[OutboxRecord]]) -> None:
+        # Runs on the worker thread or the loop: hand the release to the worker either way.
+        if future.cancelled() or future.exception() is not None:
+            return
+        seqs = [record.seq for record in future.result()]
+        if seqs and self._state in (_State.OPENING, _State.OPEN):
+            self._submit(lambda: self._store.nack(seqs, count_attempt=False))
+
+    # -- the worker thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        get = self._commands.get
+        while not self._stopped:
+            command = get()
+            self._wake_pending = False  # before draining: a later append sends a new wake
+            self._drain()
+            if command is not None:
+                fn, future, skippable = command
+                running = future.set_running_or_notify_cancel()
+                if running or not skippable:
+                    try:
+                        result = fn()
+                    except Exception as err:
+                        if running:
+                            future.set_exception(err)
+                        else:
+                            self._logger.error("Outbox %s: %s", self.path, err)
+                    else:
+                        if running:
+                            future.set_result(result)
+            if not self._stopped and self._store.conn is not None:
+                self._publish()
+
+    def _open_in_worker(self) -> None:
+        self._store.open()
+        self._drain()  # items appended before open
+
+    def _close_in_worker(self) -> None:
+        try:
+            if self._store.conn is not None:
+                self._drain()
+                self._store.spill_at_close()
+                self._publish()
+        finally:
+            self._stopped = True
+            self._ready_hint = 0
+            self._store.close()
+
+    def _persist_quietly(self) -> None:
+        try:
+            self._store.spill()
+        except sqlite3.Error as err:
+            self._store.log_limited(
+                "write", logging.ERROR, "Outbox %s: cannot write to the file (%s)", self.path, err
+            )
+
+    def _stop_worker(self) -> None:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._commands.put((self._close_in_worker, future, False))
+        self._join()
+
+    def _join(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            # The worker has finished its last command; this returns at once.
+            thread.join(timeout=10)
+
+    def _drain(self) -> None:
+        """Encode the intake and store it: one transaction per batch (group commit)."""
+        store = self._store
+        if store.conn is None:
+            return  # not open yet: the open command drains when done
+        intake = self._intake
+        encode = self._encode
+        popleft = intake.popleft
+        while intake:
+            deadline = time.monotonic() + self._commit_interval
+            now = self._clock()
+            seq = store.next_seq
+            rows: list[_Row] = []
+            nbytes = 0
+            failed: list[_DeadRow] = []
+            for index in range(min(len(intake), _BATCH_EVENTS)):
+                item = popleft()
+                try:
+                    encoded = encode(item)
+                except ValidationError as err:
+                    failed.append(self._dead_item(item, err.code, err.message, now))
+                    continue
+                except Exception as err:
+                    self._log_limited(
+                        "encode",
+                        logging.ERROR,
+                        "Outbox %s: encoding an event failed; it is now a dead letter",
+                        self.path,
+                        exc_info=err,
+                    )
+                    message = f"{type(err).__name__}: {err}"
+                    failed.append(self._dead_item(item, ENCODE_ERROR, message, now))
+                    continue
+                payload = encoded.payload
+                rows.append((seq, encoded.event_id, payload, 0, now, None, None))
+                seq += 1
+                nbytes += len(payload)
+                if nbytes >= _BATCH_BYTES or (index & 127 == 127 and time.monotonic() > deadline):
+                    break
+            store.next_seq = seq
+            try:
+                if rows:
+                    store.add(rows, nbytes)
+                if failed:
+                    store.store_dead(failed)
+            except Exception:
+                self._logger.exception("Outbox %s: storing a batch failed", self.path)
+
+    def _dead_item(self, item: object, reason: str, message: str, now: float) -> _DeadRow:
+        try:
+            payload = orjson.dumps(item, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except Exception:  # anything at all: this is only a best-effort copy
+            payload = b""
+        return (
+            new_event_id(),
+            payload[:_DEAD_PAYLOAD_LIMIT],
+            reason,
+            message,
+            OUTBOX_TARGET,
+            1,
+            now,
+            now,
+        )
+
+    def _publish(self) -> None:
+        """Once per batch of work: snapshot for the sensors and readiness for the loop."""
+        store = self._store
+        try:
+            self._snapshot = store.stats()
+        except sqlite3.Error:
+            self._logger.exception("Outbox %s: reading stats failed", self.path)
+        ready = store.ready
+        self._ready_hint = ready
+        if ready > 0 and self._want_ready and self._loop is not None:
+            self._want_ready = False
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._ready_event.set)
