@@ -513,10 +513,10 @@ async def test_on_backlog_close_writes_memory(make_outbox: OutboxFactory) -> Non
 async def test_write_failure_keeps_records_in_memory(
     make_outbox: OutboxFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(message_queue, "_DISK_RETRY", 0.0)
+    monkeypatch.setattr(message_queue, "_DISK_RETRY", 3600.0)
     outbox = await opened(make_outbox)
     real_spill = message_queue._Store.spill
-    failures = [sqlite3.OperationalError("database or disk is full")]
+    failures: list[Exception] = []
 
     def flaky_spill(store: Any) -> None:
         if failures:
@@ -524,15 +524,30 @@ async def test_write_failure_keeps_records_in_memory(
         real_spill(store)
 
     monkeypatch.setattr(message_queue._Store, "spill", flaky_spill)
+    failures.append(sqlite3.OperationalError("database or disk is full"))
     outbox.append_many(["a", "b"])
     stats = await outbox.stats()
     assert (stats.pending, stats.on_disk) == (2, 0)
     assert "disk is full" in caplog.text
     assert ids_of(await outbox.take(1)) == ["a"]  # delivery goes on from memory
-    outbox.append("c")  # the next batch writes them all
+    outbox.append("c")  # joins memory (FIFO) until the retry is due
+    stats = await outbox.stats()
+    assert (stats.pending, stats.on_disk) == (3, 0)
+    await outbox.persist()
     stats = await outbox.stats()
     assert (stats.pending, stats.on_disk, stats.in_flight) == (3, 3, 1)
     assert ids_of(await outbox.take(10)) == ["b", "c"]
+
+    # Without further appends, the worker tries again by itself.
+    monkeypatch.setattr(message_queue, "_DISK_RETRY", 0.01)
+    failures.append(sqlite3.OperationalError("database or disk is full"))
+    outbox.append("d")
+    for _ in range(500):
+        stats = await outbox.stats()
+        if stats.on_disk == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert (stats.pending, stats.on_disk) == (4, 4)
 
 
 # -- caps ---------------------------------------------------------------------------
@@ -730,17 +745,27 @@ async def test_outbox_file_survives_reopen_untouched(
 
 
 async def test_open_failure_leaves_the_file_and_close_is_safe(
-    make_outbox: OutboxFactory, tmp_path: Path
+    make_outbox: OutboxFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "a_directory"
     path.mkdir()
     outbox = make_outbox(path=path)
+    outbox.append("early")
     with pytest.raises(sqlite3.OperationalError):
         await outbox.open()
     assert path.is_dir()
+    assert list(tmp_path.glob("*.corrupt-*")) == []
+    assert "could not be opened; 1 events appended before are lost" in caplog.text
     await outbox.close()
     with pytest.raises(OutboxClosedError):
         outbox.append("a")
+
+    # A close racing a failing open neither hangs nor hides the error.
+    racing = make_outbox(path=path)
+    opening, closing = await asyncio.gather(racing.open(), racing.close(), return_exceptions=True)
+    assert isinstance(opening, sqlite3.OperationalError)
+    assert closing is None
+    assert racing.closed
 
 
 # -- lifecycle ------------------------------------------------------------------------
@@ -772,6 +797,24 @@ async def test_close_is_safe_and_idempotent(make_outbox: OutboxFactory) -> None:
 
     reopened = await opened(make_outbox)
     assert await drain_ids(reopened) == [*(f"e{i}" for i in range(3000)), "last"]
+
+
+async def test_close_while_opening(make_outbox: OutboxFactory) -> None:
+    outbox = make_outbox()
+    outbox.append("a")
+    await asyncio.gather(outbox.open(), outbox.close())
+    assert outbox.closed
+    reopened = await opened(make_outbox)
+    assert await drain_ids(reopened) == ["a"]
+
+
+async def test_close_without_open_says_what_it_drops(
+    make_outbox: OutboxFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = make_outbox()
+    outbox.append_many(["a", "b"])
+    await outbox.close()
+    assert "closed without being opened; 2 events appended before are lost" in caplog.text
 
 
 # -- crash ------------------------------------------------------------------------------

@@ -477,6 +477,17 @@ class _Store:
                     self.mem_count,
                 )
 
+    def retry_write(self) -> None:
+        """Write memory out once the file accepts writes again (``always`` mode, disk full)."""
+        if not self.disk_retry_at or time.monotonic() < self.disk_retry_at:
+            return
+        self.disk_retry_at = 0.0
+        if self._should_spill():
+            try:
+                self.spill()
+            except sqlite3.Error:
+                self.disk_retry_at = time.monotonic() + _DISK_RETRY
+
     def _should_spill(self) -> bool:
         if not self.mem_count or time.monotonic() < self.disk_retry_at:
             return False
@@ -875,6 +886,9 @@ class Outbox(Generic[T]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False  # the worker thread leaves its loop
         self._close_future: concurrent.futures.Future[None] | None = None
+        # Takes whose caller was cancelled while the worker ran them (see take()).
+        self._settle_lock = threading.Lock()
+        self._abandoned: set[concurrent.futures.Future[Any]] = set()
         # Readiness, shared with the loop: the worker writes the hint, then sets the
         # event when the loop announced a waiter (checked in this order on both sides).
         self._ready_event = asyncio.Event()
@@ -902,8 +916,11 @@ class Outbox(Generic[T]):
             await self._call(self._open_in_worker)
         except BaseException:
             self._accepting = False
-            self._stop_worker()
-            self._state = _State.CLOSED
+            try:
+                await self._wait_closed()
+            finally:
+                self._state = _State.CLOSED
+                self._discard_intake("the outbox could not be opened")
             raise
         if self._state is _State.OPENING:
             self._state = _State.OPEN
@@ -919,17 +936,13 @@ class Outbox(Generic[T]):
         self._ready_event.set()  # waiters wake and see the outbox closing
         if self._state is _State.NEW:
             self._state = _State.CLOSED
+            self._discard_intake("the outbox was closed without being opened")
             return
-        if self._close_future is None:
-            self._state = _State.CLOSING
-            self._close_future = concurrent.futures.Future()
-            self._commands.put((self._close_in_worker, self._close_future, False))
+        self._state = _State.CLOSING
         try:
-            # Shielded: a cancelled close must not cancel the worker's last command.
-            await asyncio.shield(asyncio.wrap_future(self._close_future))
+            await self._wait_closed()
         finally:
-            if self._close_future.done():
-                self._join()
+            if self._close_future is not None and self._close_future.done():
                 self._state = _State.CLOSED
 
     @property
@@ -992,8 +1005,8 @@ class Outbox(Generic[T]):
         """The oldest ready records, FIFO, now in flight; at least one if any is ready.
 
         ``max_bytes`` bounds the sum of payloads, except that a single record larger than
-        it is still taken alone. A take that is cancelled after the worker ran it puts
-        its records back (without counting an attempt).
+        it is still taken alone. A cancelled take never leaves records stuck in flight:
+        they are back (without counting an attempt) before any later command runs.
         """
         if max_events < 1:
             raise ValueError("max_events must be at least 1")
@@ -1001,7 +1014,15 @@ class Outbox(Generic[T]):
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            future.add_done_callback(self._release_lost_take)
+            with self._settle_lock:
+                if not future.done():
+                    self._abandoned.add(future)  # the worker puts them back itself
+                    raise
+            if not future.cancelled() and future.exception() is None:
+                seqs = [record.seq for record in future.result()]
+                if seqs:
+                    with contextlib.suppress(OutboxClosedError):  # ready again at reopen
+                        self._submit(lambda: self._store.nack(seqs, count_attempt=False))
             raise
 
     async def ack(self, seqs: Iterable[int]) -> None:
@@ -1069,38 +1090,66 @@ class Outbox(Generic[T]):
     async def _call(self, fn: Callable[[], R]) -> R:
         return await asyncio.wrap_future(self._submit(fn))
 
-    def _release_lost_take(self, future: concurrent.futures.Future[list[OutboxRecord]]) -> None:
-        # Runs on the worker thread or the loop: hand the release to the worker either way.
-        if future.cancelled() or future.exception() is not None:
-            return
-        seqs = [record.seq for record in future.result()]
-        if seqs and self._state in (_State.OPENING, _State.OPEN):
-            self._submit(lambda: self._store.nack(seqs, count_attempt=False))
-
     # -- the worker thread -------------------------------------------------------------
 
     def _run(self) -> None:
         get = self._commands.get
+        store = self._store
         while not self._stopped:
-            command = get()
+            try:
+                # After a refused write, wake up by ourselves to try again.
+                command = get(timeout=_DISK_RETRY) if store.disk_retry_at else get()
+            except queue.Empty:
+                command = None
             self._wake_pending = False  # before draining: a later append sends a new wake
-            self._drain()
-            if command is not None:
-                fn, future, skippable = command
-                running = future.set_running_or_notify_cancel()
-                if running or not skippable:
-                    try:
-                        result = fn()
-                    except Exception as err:
-                        if running:
-                            future.set_exception(err)
-                        else:
-                            self._logger.error("Outbox %s: %s", self.path, err)
-                    else:
-                        if running:
-                            future.set_result(result)
-            if not self._stopped and self._store.conn is not None:
+            try:
+                self._drain()
+                store.retry_write()
+            except Exception:  # never let the thread die: every caller would hang
+                self._logger.exception("Outbox %s: unexpected error", self.path)
+            if command is None:
                 self._publish()
+            else:
+                self._execute(*command)
+        # Nothing may wait forever on a command the thread will never run.
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command is not None and command[1].set_running_or_notify_cancel():
+                command[1].set_exception(OutboxClosedError("the outbox is closed"))
+
+    def _execute(
+        self, fn: Callable[[], Any], future: concurrent.futures.Future[Any], skippable: bool
+    ) -> None:
+        running = future.set_running_or_notify_cancel()
+        if not running and skippable:
+            with self._settle_lock:
+                self._abandoned.discard(future)
+            return
+        error: Exception | None = None
+        result: Any = None
+        try:
+            result = fn()
+        except Exception as err:
+            error = err
+        # Publish first, so the hint and the snapshot already show what the caller sees.
+        self._publish()
+        if not running:
+            if error is not None:
+                self._logger.error("Outbox %s: %s", self.path, error)
+            return
+        with self._settle_lock:
+            if future in self._abandoned:  # a take whose caller was cancelled meanwhile
+                self._abandoned.discard(future)
+                if error is None:
+                    self._store.nack([record.seq for record in result], count_attempt=False)
+                    self._publish()
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     def _open_in_worker(self) -> None:
         self._store.open()
@@ -1125,10 +1174,28 @@ class Outbox(Generic[T]):
                 "write", logging.ERROR, "Outbox %s: cannot write to the file (%s)", self.path, err
             )
 
-    def _stop_worker(self) -> None:
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._commands.put((self._close_in_worker, future, False))
-        self._join()
+    async def _wait_closed(self) -> None:
+        """Have the worker close the file (once) and wait for its thread to end."""
+        if self._close_future is None:
+            self._close_future = concurrent.futures.Future()
+            self._commands.put((self._close_in_worker, self._close_future, False))
+        future = self._close_future
+        try:
+            # Shielded: a cancelled close must not cancel the worker's last command.
+            await asyncio.shield(asyncio.wrap_future(future))
+        finally:
+            if future.done():
+                self._join()
+
+    def _discard_intake(self, why: str) -> None:
+        if self._intake:
+            self._logger.warning(
+                "Outbox %s: %s; %d events appended before are lost",
+                self.path,
+                why,
+                len(self._intake),
+            )
+            self._intake.clear()
 
     def _join(self) -> None:
         thread, self._thread = self._thread, None
@@ -1203,9 +1270,11 @@ class Outbox(Generic[T]):
     def _publish(self) -> None:
         """Once per batch of work: snapshot for the sensors and readiness for the loop."""
         store = self._store
+        if self._stopped or store.conn is None:
+            return
         try:
             self._snapshot = store.stats()
-        except sqlite3.Error:
+        except Exception:  # stats are not worth stopping the thread for
             self._logger.exception("Outbox %s: reading stats failed", self.path)
         ready = store.ready
         self._ready_hint = ready
