@@ -176,7 +176,7 @@ async def backlog_child(folder: Path, url: str) -> None:
     outbox = _outbox(folder / "backlog.db")
     await outbox.open()
     try:
-        chunk = 20_000
+        chunk = 2_000  # events arrive a few at a time; the outbox, not this loop, holds them
         for start in range(0, BACKLOG_EVENTS, chunk):
             outbox.append_many(stream(chunk, start))
             await _until_committed(outbox, start + chunk)
