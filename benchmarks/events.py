@@ -20,7 +20,7 @@ def _state(entity_id: str, value: str, when: datetime, context: dict[str, Any]) 
     return {
         "entity_id": entity_id,
         "state": value,
-        "attributes": _ATTRIBUTES,
+        "attributes": dict(_ATTRIBUTES),  # each state has its own, as in Home Assistant
         "last_changed": stamp,
         "last_reported": stamp,
         "last_updated": stamp,
@@ -28,8 +28,13 @@ def _state(entity_id: str, value: str, when: datetime, context: dict[str, Any]) 
     }
 
 
-def state_changed(index: int) -> dict[str, Any]:
-    """The raw form the integration hands to the outbox for one state change."""
+def state_changed(index: int, padding: int = 0) -> dict[str, Any]:
+    """The raw form the integration hands to the outbox for one state change.
+
+    As Home Assistant serializes it, such an event is ~1.1 KB; its envelope is ~460 B
+    (the envelope drops the repeated state bookkeeping). ``padding`` adds an attribute
+    of that many characters, for envelopes of a given size.
+    """
     entity_id = f"sensor.temperature_{index % 100}"
     when = _BASE + timedelta(microseconds=index * 1000)
     context = {"id": f"01JDXYZ{index:019d}", "user_id": None, "parent_id": None}
@@ -40,7 +45,8 @@ def state_changed(index: int) -> dict[str, Any]:
         "data": {
             "entity_id": entity_id,
             "old_state": _state(entity_id, f"{20 + index % 50 / 10:.1f}", when, context),
-            "new_state": _state(entity_id, f"{20 + (index + 1) % 50 / 10:.1f}", when, context),
+            "new_state": _state(entity_id, f"{20 + (index + 1) % 50 / 10:.1f}", when, context)
+            | ({"attributes": {**_ATTRIBUTES, "note": "x" * padding}} if padding else {}),
         },
     }
 

@@ -1,7 +1,8 @@
 """scripts/bench pipeline: the delivery core's figures.
 
 - outbox_append_per_s: raw ~1 KB state_changed events appended from the event loop,
-  encoded and committed (durability "always"), until the last commit.
+  encoded and committed (durability "always"), until the last commit; also with
+  attributes padded to ~1 KB envelopes (outbox_append_1kb_envelope_per_s).
 - outbox_drain_per_s: take(500) + ack until the outbox is empty.
 - forward_events_per_s: EventForwarder, batches of 500, to a sink in another process
   that parses every batch and acks every event.
@@ -18,7 +19,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import socket
 import subprocess
 import sys
@@ -84,9 +84,25 @@ def _outbox(path: Path) -> Outbox[dict[str, Any]]:
 
 
 async def _until_committed(outbox: Outbox[Any], count: int) -> None:
-    """Wait until ``count`` events have been committed (a round trip per check)."""
-    while (await outbox.stats()).pending < count:
-        await asyncio.sleep(0.001)
+    """Wait until everything appended so far is committed (``count`` events pending)."""
+    pending = await outbox.sync()
+    assert pending == count, (pending, count)
+
+
+async def bench_append_1kb_envelopes(folder: Path) -> dict[str, float]:
+    """The same with attributes padded so each envelope is ~1 KB."""
+    events = [state_changed(i, padding=570) for i in range(APPEND_EVENTS)]
+    outbox = _outbox(folder / "append-1kb.db")
+    await outbox.open()
+    try:
+        start = time.perf_counter()
+        outbox.append_many(events)
+        await _until_committed(outbox, APPEND_EVENTS)
+        elapsed = time.perf_counter() - start
+        size = len((await outbox.take(1))[0].payload)
+    finally:
+        await outbox.close()
+    return {"outbox_append_1kb_envelope_per_s": APPEND_EVENTS / elapsed, "envelope_bytes": size}
 
 
 async def bench_append_and_drain(folder: Path) -> dict[str, float]:
@@ -201,7 +217,13 @@ async def backlog_child(folder: Path, url: str) -> None:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak RSS (VmHWM). Not getrusage: its maxrss is inherited across
+    fork+exec, so a child of a big parent would report the parent's peak."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def bench_backlog(folder: Path, url: str) -> dict[str, float]:
@@ -242,6 +264,7 @@ async def run(skip_backlog: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, _sink() as url:
         folder = Path(tmp)
         figures |= await bench_append_and_drain(folder)
+        figures |= await bench_append_1kb_envelopes(folder)
         figures |= await bench_forward(folder, url)
         figures |= await bench_latency(folder, url)
         if not skip_backlog:

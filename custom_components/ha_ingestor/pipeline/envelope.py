@@ -8,7 +8,7 @@ event loop (on the outbox's worker thread), so this module is plain synchronous 
 
 from __future__ import annotations
 
-import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,12 +150,18 @@ class EncodedEvent:
     payload: bytes
 
 
+# Version 4 and RFC 4122 variant bits of a UUID held as a 128-bit integer.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_event_id() -> str:
-    """A random (version 4) UUID as text, formatted without building a UUID object."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
+    """A random (version 4) UUID as text.
+
+    From the random module (seeded from the OS, reseeded after fork) rather than
+    os.urandom: ids must be unique, not secret, and this is on the per-event path.
+    """
+    h = f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

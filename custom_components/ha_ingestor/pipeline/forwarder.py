@@ -263,10 +263,11 @@ class EventForwarder:
 
     def _route_wait(self) -> float:
         """How long until some route may take events again."""
+        candidates = [self.primary]
+        if self.config.use_fallback and self.fallback is not None:
+            candidates.append(self.fallback)
         waits = [
-            route.client.retry_in()
-            for route in (self.primary, self.fallback)
-            if route is not None and route.name not in self._auth_failed
+            route.client.retry_in() for route in candidates if route.name not in self._auth_failed
         ]
         # With every route waiting on a reauth, sleep until woken (or re-check now and then).
         return max(min(waits), 0.05) if waits else 60.0
