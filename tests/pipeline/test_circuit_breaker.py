@@ -11,25 +11,15 @@ from custom_components.ha_ingestor.pipeline.circuit_breaker import (
     BreakerState,
     CircuitBreaker,
 )
+from tests.pipeline.fakes import FakeClock
 
 BREAKER_LOGGER = "custom_components.ha_ingestor.pipeline.circuit_breaker"
 Transition = tuple[str, BreakerState, BreakerState]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(500.0)
 
 
 def make(clock: FakeClock, **config: float) -> tuple[CircuitBreaker, list[Transition]]:

@@ -23,6 +23,7 @@ from custom_components.ha_ingestor.pipeline.http_client import (
 )
 from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy, Outcome
 from custom_components.ha_ingestor.pipeline.service_discovery import ServiceRegistry
+from tests.pipeline.fakes import FakeClock
 from tests.pipeline.fault_server import (
     BATCH_PATH,
     EVENT_PATH,
@@ -37,17 +38,6 @@ if TYPE_CHECKING:
 
 CLIENT_LOGGER = "custom_components.ha_ingestor.pipeline.http_client"
 ServerFactory = Callable[..., Awaitable[FaultServer]]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Sleeper:

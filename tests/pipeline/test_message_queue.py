@@ -45,6 +45,7 @@ from custom_components.ha_ingestor.pipeline.message_queue import (
     OutboxClosedError,
     OutboxRecord,
 )
+from tests.pipeline.fakes import FakeClock
 
 CHILD = Path(__file__).with_name("outbox_writer_child.py")
 LOGGER_NAME = "custom_components.ha_ingestor.pipeline.message_queue"
@@ -64,14 +65,6 @@ def encode(item: str) -> EncodedEvent:
     if size:
         payload = payload.ljust(int(size), b" ")
     return EncodedEvent(event_id, payload)
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 OutboxFactory = Callable[..., Outbox[str]]

@@ -14,21 +14,9 @@ from custom_components.ha_ingestor.pipeline.metrics import (
     PipelineMetrics,
     RateMeter,
 )
+from tests.pipeline.fakes import FakeClock
 
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def nearest_rank(values: list[float], q: float) -> float:

@@ -14,6 +14,7 @@ from custom_components.ha_ingestor.pipeline.service_discovery import (
     EndpointStatus,
     ServiceRegistry,
 )
+from tests.pipeline.fakes import FakeClock
 from tests.pipeline.fault_server import HEALTH_PATH, Fault, FaultServer
 
 if TYPE_CHECKING:
@@ -21,14 +22,6 @@ if TYPE_CHECKING:
 
 REGISTRY_LOGGER = "custom_components.ha_ingestor.pipeline.service_discovery"
 ServerFactory = Callable[..., Awaitable[FaultServer]]
-
-
-class WallClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class GatedSleep:
@@ -53,13 +46,13 @@ class GatedSleep:
 
 
 @pytest.fixture
-def wall() -> WallClock:
-    return WallClock()
+def wall() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
 
 
 @pytest.fixture
 def make_registry(
-    http_session: aiohttp.ClientSession, wall: WallClock
+    http_session: aiohttp.ClientSession, wall: FakeClock
 ) -> Callable[..., ServiceRegistry]:
     def make(**kwargs: Any) -> ServiceRegistry:
         kwargs.setdefault("clock", wall)
@@ -77,7 +70,7 @@ async def two_servers(factory: ServerFactory) -> tuple[FaultServer, FaultServer]
 
 
 async def test_check_marks_up_with_latency_and_since(
-    fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry], wall: WallClock
+    fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry], wall: FakeClock
 ) -> None:
     registry = make_registry()
     registry.register_service("storage", [fault_server.url + "/"])  # trailing slash is fine
@@ -170,7 +163,7 @@ async def test_one_failure_does_not_take_an_up_url_down(
 async def test_failover_and_back(
     fault_server_factory: ServerFactory,
     make_registry: Callable[..., ServiceRegistry],
-    wall: WallClock,
+    wall: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     first, second = await two_servers(fault_server_factory)
@@ -443,7 +436,7 @@ async def test_re_register_during_a_check(
 
 
 async def test_snapshot(
-    fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry], wall: WallClock
+    fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry], wall: FakeClock
 ) -> None:
     registry = make_registry(interval=15.0)
     registry.register_service("storage", [fault_server.url], health_path=HEALTH_PATH)
