@@ -130,6 +130,12 @@ class EventForwarder:
             await task
         self._state = ForwarderState.STOPPED
 
+    def update_config(self, config: ForwarderConfig) -> None:
+        """New batch, linger, fallback or backoff settings, from the next batch on."""
+        self.config = config
+        self._batch_limit = min(self._batch_limit, config.batch_size)
+        self._wake.set()
+
     def pause(self) -> None:
         """Stop taking new batches; the one in flight finishes."""
         self._running.clear()

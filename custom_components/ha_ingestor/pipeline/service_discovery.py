@@ -206,6 +206,12 @@ class ServiceRegistry:
 
     # -- periodic checks -------------------------------------------------------------
 
+    def set_interval(self, interval: float) -> None:
+        """Seconds between check rounds; takes effect after the current wait."""
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        self._interval = interval
+
     def start(self) -> None:
         """Check every service now and then every `interval` seconds, until `stop`."""
         if self._task is not None and not self._task.done():
