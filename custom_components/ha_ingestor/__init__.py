@@ -1,0 +1,86 @@
+"""HA Ingestor: every chosen Home Assistant event, durably forwarded to a pipeline."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
+from homeassistant.core import Event, HomeAssistant
+from homeassistant.helpers import config_validation as cv
+
+from .const import DOMAIN, LOGGER
+from .coordinator import HaIngestorConfigEntry, HaIngestorData, IngestorCoordinator
+from .runtime import IngestorRuntime, outbox_path
+
+if TYPE_CHECKING:
+    from homeassistant.config_entries import ConfigEntry
+    from homeassistant.const import Platform
+    from homeassistant.helpers.typing import ConfigType
+
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+
+PLATFORMS: list[Platform] = []
+
+
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Set up what the integration offers regardless of entries."""
+    return True
+
+
+async def async_setup_entry(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> bool:
+    """Start the pipeline of one entry: outbox, delivery, health checks, listener."""
+    runtime = IngestorRuntime(hass, entry)
+    await runtime.async_start()
+    coordinator = IngestorCoordinator(hass, entry, runtime)
+    try:
+        await coordinator.async_config_entry_first_refresh()
+    except BaseException:
+        await runtime.async_stop()
+        raise
+    entry.runtime_data = HaIngestorData(runtime=runtime, coordinator=coordinator)
+
+    async def _final_write(_: Event[Any]) -> None:
+        # Home Assistant does not unload entries when it stops: write what is queued now.
+        await runtime.async_stop()
+
+    entry.async_on_unload(hass.bus.async_listen_once(EVENT_HOMEASSISTANT_FINAL_WRITE, _final_write))
+    entry.async_on_unload(entry.add_update_listener(_async_options_updated))
+    await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    return True
+
+
+async def _async_options_updated(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> None:
+    await entry.runtime_data.runtime.async_apply_options(entry)
+    await entry.runtime_data.coordinator.async_request_refresh()
+
+
+async def async_unload_entry(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> bool:
+    """Stop the pipeline; queued events stay in the outbox file for next time."""
+    unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+    if unloaded:
+        await entry.runtime_data.runtime.async_stop()
+    return unloaded
+
+
+async def async_remove_entry(hass: HomeAssistant, entry: ConfigEntry) -> None:
+    """The entry is gone for good: delete its outbox file."""
+    path = outbox_path(hass, entry.entry_id)
+
+    def _remove() -> None:
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                file.unlink()
+
+    await hass.async_add_executor_job(_remove)
+
+
+async def async_migrate_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:
+    """Bring older entries to the current version; refuse entries from the future."""
+    if entry.version > 1:
+        LOGGER.error(
+            "This HA Ingestor entry was made by a newer version (%s); downgrade not supported",
+            entry.version,
+        )
+        return False
+    return True

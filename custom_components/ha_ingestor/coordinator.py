@@ -1,0 +1,141 @@
+"""Once a second, a snapshot of the pipeline's health for the entities.
+
+Reading is cheap (the outbox keeps a ready-made snapshot; metrics are in memory), and
+figures are rounded so that entities, which only write when the snapshot changed,
+update at most once a second and not at all while nothing happens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from homeassistant.config_entries import ConfigEntry
+from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
+
+from .const import DOMAIN, LOGGER
+from .pipeline.circuit_breaker import BreakerState
+
+if TYPE_CHECKING:
+    from homeassistant.core import HomeAssistant
+
+    from .runtime import IngestorRuntime
+
+UPDATE_INTERVAL = timedelta(seconds=1)
+
+# Worst first: the state a service shows is that of its best endpoint.
+_BREAKER_ORDER = (BreakerState.CLOSED, BreakerState.HALF_OPEN, BreakerState.OPEN)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceHealth:
+    """How one service (all its URLs) looks right now."""
+
+    name: str
+    available: bool
+    down_since: datetime | None  # when the last of its URLs went down
+    circuit: str  # BreakerState value of its best endpoint
+    latency_ms: float | None  # last health-check latency of the URL in use
+    url: str  # the URL in use
+
+
+@dataclass(frozen=True, slots=True)
+class IngestorSnapshot:
+    forwarded: int
+    dead_letters: int
+    dropped: int
+    pending: int
+    oldest_pending_age_s: int | None
+    success_rate: float | None
+    p95_latency_ms: float | None
+    events_per_minute: int
+    last_success: datetime | None
+    forwarder_state: str
+    paused: bool
+    auth_failed: tuple[str, ...]
+    services: dict[str, ServiceHealth] = field(default_factory=dict)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else float(round(value))
+
+
+def _as_datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def build_snapshot(runtime: IngestorRuntime, now: float) -> IngestorSnapshot:
+    """The current figures of ``runtime``; ``now`` is wall time (time.time())."""
+    stats = runtime.outbox.stats_nowait()
+    metrics = runtime.metrics
+    p95 = metrics.latency.percentile(95)
+    services: dict[str, ServiceHealth] = {}
+    for name, client in runtime.clients.items():
+        statuses = runtime.registry.status(name)
+        url = runtime.registry.get_service_url(name)
+        in_use = next((status for status in statuses if status.url == url), None)
+        states = {breaker.state for breaker in client.breakers.values()}
+        circuit = next((state for state in _BREAKER_ORDER if state in states), BreakerState.CLOSED)
+        available = runtime.registry.is_available(name) and circuit is not BreakerState.OPEN
+        down = [status.since for status in statuses if status.available is False and status.since]
+        services[name] = ServiceHealth(
+            name=name,
+            available=available,
+            down_since=None if available or not down else _as_datetime(max(down)),
+            circuit=circuit.value,
+            latency_ms=_rounded(in_use.last_latency_ms if in_use else None),
+            url=url,
+        )
+    forwarder = runtime.forwarder
+    oldest = stats.oldest_enqueued_at
+    return IngestorSnapshot(
+        forwarded=metrics.get("delivered"),
+        dead_letters=stats.dead_letters,
+        dropped=stats.dropped,
+        pending=stats.pending,
+        oldest_pending_age_s=None if oldest is None else max(0, int(now - oldest)),
+        success_rate=metrics.success_rate(),
+        p95_latency_ms=None if p95 is None else round(p95, 1),
+        events_per_minute=round(metrics.delivered_rate.per_minute()),
+        last_success=_as_datetime(
+            None if metrics.last_success is None else round(metrics.last_success)
+        ),
+        forwarder_state=forwarder.state.value,
+        paused=forwarder.paused,
+        auth_failed=tuple(sorted(forwarder.auth_failed)),
+        services=services,
+    )
+
+
+@dataclass(slots=True)
+class HaIngestorData:
+    """What a loaded entry holds (``entry.runtime_data``)."""
+
+    runtime: IngestorRuntime
+    coordinator: IngestorCoordinator
+
+
+type HaIngestorConfigEntry = ConfigEntry[HaIngestorData]
+
+
+class IngestorCoordinator(DataUpdateCoordinator[IngestorSnapshot]):
+    """Polls the in-memory figures once a second; entities write only on change."""
+
+    config_entry: HaIngestorConfigEntry
+
+    def __init__(
+        self, hass: HomeAssistant, entry: HaIngestorConfigEntry, runtime: IngestorRuntime
+    ) -> None:
+        super().__init__(
+            hass,
+            LOGGER,
+            config_entry=entry,
+            name=DOMAIN,
+            update_interval=UPDATE_INTERVAL,
+            always_update=False,
+        )
+        self.runtime = runtime
+
+    async def _async_update_data(self) -> IngestorSnapshot:
+        return build_snapshot(self.runtime, datetime.now(UTC).timestamp())
