@@ -1,24 +1,34 @@
-"""A receiver that parses every batch and acks each event: the forward benchmark's target.
+"""A receiver that parses every batch and acks each event: the benchmarks' target.
 
 Runs in its own process (`python -m benchmarks.sink PORT`) so its work does not share
-the forwarder's event loop or GIL. Prints "ready" once listening.
+the sender's event loop or GIL. Prints "ready" once listening. `GET /api/v1/health`
+answers how many events arrived and how many distinct event ids among them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
 
-RECEIVED = web.AppKey("received", list[int])
+
+@dataclass
+class Counts:
+    received: int = 0
+    ids: set[str] = field(default_factory=set)
+
+
+COUNTS = web.AppKey("counts", Counts)
 
 
 async def _batch(request: web.Request) -> web.Response:
-    body = orjson.loads(await request.read())
-    events = body["events"]
-    request.app[RECEIVED][0] += len(events)
+    events = orjson.loads(await request.read())["events"]
+    counts = request.app[COUNTS]
+    counts.received += len(events)
+    counts.ids.update(event["event_id"] for event in events)
     results = [{"event_id": event["event_id"], "status": "stored"} for event in events]
     return web.Response(
         body=orjson.dumps({"success": True, "results": results}),
@@ -26,15 +36,16 @@ async def _batch(request: web.Request) -> web.Response:
     )
 
 
-async def _count(request: web.Request) -> web.Response:
-    return web.json_response({"received": request.app[RECEIVED][0]})
+async def _health(request: web.Request) -> web.Response:
+    counts = request.app[COUNTS]
+    return web.json_response({"received": counts.received, "unique": len(counts.ids)})
 
 
 async def main(port: int) -> None:
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[RECEIVED] = [0]  # a mutable cell: the app's own state is frozen once started
+    app[COUNTS] = Counts()
     app.router.add_post("/api/v1/events/batch", _batch)
-    app.router.add_get("/api/v1/health", _count)
+    app.router.add_get("/api/v1/health", _health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -35,3 +35,21 @@ ensure_venv() {
   pip_install --no-deps --no-build-isolation -e .
   echo "$stamp_value" > .venv/.stamp
 }
+
+ensure_influxd() {
+  # Debian's influxdb (1.x) is the real server the benchmarks and storage tests use.
+  if command -v influxd >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "influxd is missing; install Debian's influxdb package (needs root)" >&2
+    return 1
+  fi
+  echo "installing Debian's influxdb package"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq influxdb >/dev/null
+  # The package's service is not wanted: tests and benchmarks start their own influxd.
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now influxdb >/dev/null 2>&1 || true
+  fi
+}

@@ -1,0 +1,193 @@
+"""scripts/bench ha: what subscribing costs Home Assistant's event loop, and what arrives.
+
+In one run, each in a fresh Home Assistant core (the test harness's, in this process):
+
+(a) no listener: the state-change rate the loop sustains on its own;
+(b) Home Assistant's own `influxdb` integration subscribed, writing to a local influxd;
+(c) HA Ingestor subscribed, forwarding to a local sink in another process.
+
+The loop rate is state changes fired (as fast as the loop takes them, yielding every
+500) over the time until the loop is idle again. The delivered rate is events over the
+time from the first state change until the target holds the last one. `lost` is events
+fired minus distinct events the target received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import orjson
+from homeassistant import loader
+from homeassistant.core import HomeAssistant
+from homeassistant.setup import async_setup_component
+from pytest_homeassistant_custom_component.common import (
+    MockConfigEntry,
+    async_test_home_assistant,
+)
+
+import custom_components.ha_ingestor  # noqa: F401 - makes the integration importable
+from custom_components.ha_ingestor.const import (
+    CONF_API_TOKEN,
+    CONF_STORAGE_URL,
+    CONF_VERIFY_SSL,
+    DOMAIN,
+)
+
+from .influxd import Influxd, free_port, running_influxd
+
+EVENTS = 50_000
+UNIT = "°C"
+DATABASE = "home_assistant"
+ATTRIBUTES = {
+    "state_class": "measurement",
+    "unit_of_measurement": UNIT,
+    "device_class": "temperature",
+    "friendly_name": "Bench temperature",
+}
+
+
+@contextlib.contextmanager
+def _sink() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.sink", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the sink did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _sink_unique(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/api/v1/health", timeout=5) as answer:
+        count: int = orjson.loads(answer.read())["unique"]
+        return count
+
+
+async def _fire(hass: HomeAssistant, count: int) -> float:
+    """Fire ``count`` state changes; returns seconds until the loop is idle again."""
+    start = time.perf_counter()
+    for index in range(count):
+        hass.states.async_set(f"sensor.bench_{index % 100}", str(index), ATTRIBUTES)
+        if index % 500 == 499:
+            await asyncio.sleep(0)  # let the loop run what the changes scheduled
+    await hass.async_block_till_done()
+    return time.perf_counter() - start
+
+
+async def _setup_influxdb(hass: HomeAssistant, influxd: Influxd) -> Callable[[], int]:
+    """Home Assistant's influxdb integration (API v1); returns a counter of stored points."""
+    influxd.create_database(DATABASE)
+    config = {"host": "127.0.0.1", "port": influxd.port, "database": DATABASE}
+    assert await async_setup_component(hass, "influxdb", {"influxdb": config})
+    return lambda: influxd.count(DATABASE, UNIT, "value")
+
+
+async def _setup_ha_ingestor(hass: HomeAssistant, sink_url: str) -> Callable[[], int]:
+    """HA Ingestor with its defaults, to the sink; returns a counter of distinct events."""
+    http = {"server_host": ["127.0.0.1"], "server_port": free_port()}
+    assert await async_setup_component(hass, "http", {"http": http})
+    data = {CONF_STORAGE_URL: sink_url, CONF_API_TOKEN: "bench", CONF_VERIFY_SSL: True}
+    entry = MockConfigEntry(domain=DOMAIN, data=data)
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    before = _sink_unique(sink_url)
+    return lambda: _sink_unique(sink_url) - before
+
+
+async def scenario(
+    hass: HomeAssistant, subscribe: Callable[[], Awaitable[Callable[[], int]]] | None
+) -> dict[str, float]:
+    """Loop rate, and with a subscriber its delivered rate and losses."""
+    count_delivered = await subscribe() if subscribe else None
+    await hass.async_block_till_done()
+    start = time.perf_counter()
+    figures = {"loop_per_s": EVENTS / await _fire(hass, EVENTS)}
+    if count_delivered is None:
+        return figures
+    deadline = time.monotonic() + 300
+    while (delivered := await hass.async_add_executor_job(count_delivered)) < EVENTS:
+        if time.monotonic() > deadline:
+            break  # report what arrived; `lost` says the rest
+        await asyncio.sleep(0.05)
+    figures["delivered_per_s"] = delivered / (time.perf_counter() - start)
+    figures["lost"] = EVENTS - delivered
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def _fresh_home_assistant() -> AsyncIterator[HomeAssistant]:
+    with tempfile.TemporaryDirectory(prefix="bench-ha-") as config_dir:
+        async with async_test_home_assistant(config_dir=config_dir) as hass:
+            # As the test harness's enable_custom_integrations fixture does.
+            hass.data.pop(loader.DATA_CUSTOM_COMPONENTS)
+            yield hass
+            await hass.async_stop(force=True)
+
+
+async def run() -> dict[str, float]:
+    with running_influxd() as influxd, _sink() as sink_url:
+        async with _fresh_home_assistant() as hass:
+            plain = await scenario(hass, None)
+        async with _fresh_home_assistant() as hass:
+            influx = await scenario(hass, lambda: _setup_influxdb(hass, influxd))
+        async with _fresh_home_assistant() as hass:
+            ours = await scenario(hass, lambda: _setup_ha_ingestor(hass, sink_url))
+    return {
+        "no_listener_per_s": plain["loop_per_s"],
+        "influxdb_listener_per_s": influx["loop_per_s"],
+        "ha_ingestor_listener_per_s": ours["loop_per_s"],
+        "ratio_vs_influxdb": ours["loop_per_s"] / influx["loop_per_s"],
+        "influxdb_delivered_per_s": influx["delivered_per_s"],
+        "delivered_per_s": ours["delivered_per_s"],
+        "influxdb_lost": influx["lost"],
+        "lost": ours["lost"],
+    }
+
+
+TARGETS = {"ratio_vs_influxdb": (">=", 1.0), "delivered_per_s": (">=", 10_000), "lost": ("<=", 0)}
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    figures = asyncio.run(run())
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}, {EVENTS:,} state changes")
+    print(f"{'figure':<28}{'value':>14}  target")
+    for name, value in figures.items():
+        target = TARGETS.get(name)
+        verdict = ""
+        if target is not None:
+            sign, limit = target
+            ok = value >= limit if sign == ">=" else value <= limit
+            verdict = f"{sign} {limit:,}  {'ok' if ok else 'MISSED'}"
+        print(f"{name:<28}{value:>14,.2f}  {verdict}")
+    print(json.dumps({name: round(value, 2) for name, value in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
