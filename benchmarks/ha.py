@@ -1,11 +1,13 @@
 """scripts/bench ha: what subscribing costs Home Assistant's event loop, and what arrives.
 
-In one run, each in a fresh Home Assistant core (the test harness's, in this process):
+In one run, each in a fresh Home Assistant core (the test harness's) in its own process:
 
 (a) no listener: the state-change rate the loop sustains on its own;
 (b) Home Assistant's own `influxdb` integration subscribed, writing to a local influxd;
 (c) HA Ingestor subscribed, forwarding to a local sink in another process.
 
+Each scenario runs ROUNDS times, interleaved, and the medians are reported (the ratio
+is the median of the per-round ratios): single runs on this shared machine move a lot.
 The loop rate is state changes fired (as fast as the loop takes them, yielding every
 500) over the time until the loop is idle again. The delivered rate is events over the
 time from the first state change until the target holds the last one. `lost` is events
@@ -17,16 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import orjson
 from homeassistant import loader
@@ -50,6 +54,7 @@ from .influxd import Influxd, free_port, running_influxd
 EVENTS = 50_000
 UNIT = "°C"
 DATABASE = "home_assistant"
+_DATABASE_NUMBERS = itertools.count(1)
 ATTRIBUTES = {
     "state_class": "measurement",
     "unit_of_measurement": UNIT,
@@ -100,10 +105,11 @@ async def _fire(hass: HomeAssistant, count: int) -> float:
 
 async def _setup_influxdb(hass: HomeAssistant, influxd: Influxd) -> Callable[[], int]:
     """Home Assistant's influxdb integration (API v1); returns a counter of stored points."""
-    influxd.create_database(DATABASE)
-    config = {"host": "127.0.0.1", "port": influxd.port, "database": DATABASE}
+    database = f"{DATABASE}_{next(_DATABASE_NUMBERS)}"  # a fresh one for every round
+    influxd.create_database(database)
+    config = {"host": "127.0.0.1", "port": influxd.port, "database": database}
     assert await async_setup_component(hass, "influxdb", {"influxdb": config})
-    return lambda: influxd.count(DATABASE, UNIT, "value")
+    return lambda: influxd.count(database, UNIT, "value")
 
 
 async def _setup_ha_ingestor(hass: HomeAssistant, sink_url: str) -> Callable[[], int]:
@@ -138,33 +144,63 @@ async def scenario(
     return figures
 
 
-@contextlib.asynccontextmanager
-async def _fresh_home_assistant() -> AsyncIterator[HomeAssistant]:
+async def run_scenario(kind: str, influx_port: int, sink_url: str) -> dict[str, float]:
+    """One scenario in a fresh Home Assistant (this process is fresh too)."""
+    influxd = Influxd(f"http://127.0.0.1:{influx_port}", influx_port)
     with tempfile.TemporaryDirectory(prefix="bench-ha-") as config_dir:
         async with async_test_home_assistant(config_dir=config_dir) as hass:
             # As the test harness's enable_custom_integrations fixture does.
             hass.data.pop(loader.DATA_CUSTOM_COMPONENTS)
-            yield hass
+            if kind == "influxdb":
+                figures = await scenario(hass, lambda: _setup_influxdb(hass, influxd))
+            elif kind == "ha_ingestor":
+                figures = await scenario(hass, lambda: _setup_ha_ingestor(hass, sink_url))
+            else:
+                figures = await scenario(hass, None)
             await hass.async_stop(force=True)
+    return figures
 
 
-async def run() -> dict[str, float]:
+def _in_subprocess(kind: str, influxd: Influxd, sink_url: str) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ha", "--scenario", kind, str(influxd.port), sink_url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    ).stdout
+    figures: dict[str, float] = json.loads(output.strip().splitlines()[-1])
+    return figures
+
+
+ROUNDS = 3
+KINDS = ("none", "influxdb", "ha_ingestor")
+
+
+def run() -> dict[str, float]:
+    """Interleave the scenarios over several rounds, each in its own process; medians."""
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     with running_influxd() as influxd, _sink() as sink_url:
-        async with _fresh_home_assistant() as hass:
-            plain = await scenario(hass, None)
-        async with _fresh_home_assistant() as hass:
-            influx = await scenario(hass, lambda: _setup_influxdb(hass, influxd))
-        async with _fresh_home_assistant() as hass:
-            ours = await scenario(hass, lambda: _setup_ha_ingestor(hass, sink_url))
+        for _ in range(ROUNDS):
+            for kind in KINDS:
+                results[kind].append(_in_subprocess(kind, influxd, sink_url))
+
+    def median(kind: str, figure: str) -> float:
+        return statistics.median(result[figure] for result in results[kind])
+
+    ratios = [
+        ours["loop_per_s"] / influx["loop_per_s"]
+        for ours, influx in zip(results["ha_ingestor"], results["influxdb"], strict=True)
+    ]
     return {
-        "no_listener_per_s": plain["loop_per_s"],
-        "influxdb_listener_per_s": influx["loop_per_s"],
-        "ha_ingestor_listener_per_s": ours["loop_per_s"],
-        "ratio_vs_influxdb": ours["loop_per_s"] / influx["loop_per_s"],
-        "influxdb_delivered_per_s": influx["delivered_per_s"],
-        "delivered_per_s": ours["delivered_per_s"],
-        "influxdb_lost": influx["lost"],
-        "lost": ours["lost"],
+        "no_listener_per_s": median("none", "loop_per_s"),
+        "influxdb_listener_per_s": median("influxdb", "loop_per_s"),
+        "ha_ingestor_listener_per_s": median("ha_ingestor", "loop_per_s"),
+        "ratio_vs_influxdb": statistics.median(ratios),
+        "influxdb_delivered_per_s": median("influxdb", "delivered_per_s"),
+        "delivered_per_s": median("ha_ingestor", "delivered_per_s"),
+        "influxdb_lost": max(result["lost"] for result in results["influxdb"]),
+        "lost": max(result["lost"] for result in results["ha_ingestor"]),
     }
 
 
@@ -172,9 +208,15 @@ TARGETS = {"ratio_vs_influxdb": (">=", 1.0), "delivered_per_s": (">=", 10_000), 
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    figures = asyncio.run(run())
+    if args.scenario:
+        kind, influx_port, sink_url = args.scenario
+        print(json.dumps(asyncio.run(run_scenario(kind, int(influx_port), sink_url))))
+        return
+    figures = run()
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     print(f"machine: {machine}, Python {platform.python_version()}, {EVENTS:,} state changes")
     print(f"{'figure':<28}{'value':>14}  target")

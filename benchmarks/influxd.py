@@ -42,10 +42,13 @@ class Influxd:
             result: dict[str, object] = orjson.loads(answer.read())
             return result
 
-    def create_database(self, database: str) -> None:
-        body = urllib.parse.urlencode({"q": f'CREATE DATABASE "{database}"'}).encode()
+    def execute(self, statement: str) -> None:
+        body = urllib.parse.urlencode({"q": statement}).encode()
         with urllib.request.urlopen(f"{self.url}/query", data=body, timeout=10):
             pass
+
+    def create_database(self, database: str) -> None:
+        self.execute(f'CREATE DATABASE "{database}"')
 
     def count(self, database: str, measurement: str, field: str) -> int:
         """How many points ``measurement`` holds (0 when it does not exist yet)."""

@@ -135,7 +135,7 @@ class ServiceHTTPClient:
         breaker_config: BreakerConfig | None = None,
         backoff: BackoffPolicy = BackoffPolicy(),  # noqa: B008 - frozen, so sharing is safe
         interactive_attempts: int = 3,
-        gzip_min_bytes: int = 256 * 1024,
+        gzip_min_bytes: int = 1024 * 1024,
         registry: ServiceRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,

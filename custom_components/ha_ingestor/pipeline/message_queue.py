@@ -1068,7 +1068,11 @@ class Outbox(Generic[T]):
     async def sync(self) -> int:
         """Return once everything appended before the call is stored (committed to the
         file in ``always`` mode); returns the number of pending records."""
-        return await self._call(lambda: self._store.pending)
+        return await self._call(self._drained_pending)
+
+    def _drained_pending(self) -> int:
+        self._drain()
+        return self._store.pending
 
     async def stats(self) -> OutboxStats:
         """Exact figures (one round trip); the last snapshot when not open."""
@@ -1098,12 +1102,19 @@ class Outbox(Generic[T]):
         while not self._stopped:
             try:
                 # After a refused write, wake up by ourselves to try again.
-                command = get(timeout=_DISK_RETRY) if store.disk_retry_at else get()
+                if self._intake:  # left over by a drain that gave way to a command
+                    command = self._commands.get_nowait()
+                elif store.disk_retry_at:
+                    command = get(timeout=_DISK_RETRY)
+                else:
+                    command = get()
             except queue.Empty:
                 command = None
             self._wake_pending = False  # before draining: a later append sends a new wake
             try:
-                self._drain()
+                # Give way to waiting commands between transactions, so a take or an ack
+                # is not held up behind a long stream of arrivals.
+                self._drain(give_way=True)
                 store.retry_write()
             except Exception:  # never let the thread die: every caller would hang
                 self._logger.exception("Outbox %s: unexpected error", self.path)
@@ -1203,8 +1214,12 @@ class Outbox(Generic[T]):
             # The worker has finished its last command; this returns at once.
             thread.join(timeout=10)
 
-    def _drain(self) -> None:
-        """Encode the intake and store it: one transaction per batch (group commit)."""
+    def _drain(self, *, give_way: bool = False) -> None:
+        """Encode the intake and store it: one transaction per batch (group commit).
+
+        With ``give_way``, stop after a batch when a command is waiting; the caller
+        comes back for the rest.
+        """
         store = self._store
         if store.conn is None:
             return  # not open yet: the open command drains when done
@@ -1250,6 +1265,8 @@ class Outbox(Generic[T]):
                     store.store_dead(failed)
             except Exception:
                 self._logger.exception("Outbox %s: storing a batch failed", self.path)
+            if give_way and not self._commands.empty():
+                return
 
     def _dead_item(self, item: object, reason: str, message: str, now: float) -> _DeadRow:
         try:
