@@ -1,7 +1,8 @@
 """A real receiver of DESIGN.md's contract on 127.0.0.1, with switches for every failure.
 
 `FaultServer` answers ``POST /api/v1/events/batch``, ``POST /api/v1/events`` (gzip bodies
-welcome) and ``GET /api/v1/health``. It stores events idempotently by ``event_id`` and
+welcome), ``GET /api/v1/health`` and ``GET /api/v1/stats`` (behind the token, like the
+events paths). It stores events idempotently by ``event_id`` and
 answers one result per event, like the real services. Tests flip its switches at any
 moment:
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 BATCH_PATH = "/api/v1/events/batch"
 EVENT_PATH = "/api/v1/events"
 HEALTH_PATH = "/api/v1/health"
+STATS_PATH = "/api/v1/stats"
 EVENT_PATHS = (BATCH_PATH, EVENT_PATH)
 REJECT_MARKER = "__reject__"
 HOST = "127.0.0.1"
@@ -69,7 +71,7 @@ RetryAfter = float | int | str | datetime | None
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """One injected failure. ``path`` None means either events path (never health)."""
+    """One injected failure. ``path`` None means either events path (never health or stats)."""
 
     kind: FaultKind
     status: int = 503
@@ -180,6 +182,7 @@ class FaultServer:
         app.router.add_post(BATCH_PATH, self._handle_events)
         app.router.add_post(EVENT_PATH, self._handle_events)
         app.router.add_get(HEALTH_PATH, self._handle_health)
+        app.router.add_get(STATS_PATH, self._handle_stats)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, HOST, port if port else (self.port or 0))
@@ -287,6 +290,28 @@ class FaultServer:
             self.health_status,
         )
 
+    async def _handle_stats(self, request: web.Request) -> web.StreamResponse:
+        record = self._record(request)
+        fault = self._take_fault(request.path)
+        if fault is not None:
+            early = await self._early_fault(request, record, fault)
+            if early is not None:
+                return early
+        if self.token is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.token}"
+        ):
+            return self._error(record, 401, "UNAUTHORIZED", "missing or wrong bearer token")
+        return self._json(
+            record,
+            {
+                "service": self.name,
+                "received": len(self.received),
+                "stored": len(self.stored_ids),
+                "requests": len(self.requests),
+            },
+            200,
+        )
+
     async def _handle_events(self, request: web.Request) -> web.StreamResponse:
         record = self._record(request)
         fault = self._take_fault(request.path)
@@ -381,7 +406,7 @@ class FaultServer:
                 await asyncio.wait_for(self._wake.wait(), fault.delay)
             if self._wake.is_set():  # shutting down: store nothing, answer nothing useful
                 return self._error(record, 503, "SHUTTING_DOWN", "server stopping")
-        if fault.kind is FaultKind.STATUS and request.path == HEALTH_PATH:
+        if fault.kind is FaultKind.STATUS and request.path not in EVENT_PATHS:
             return self._fault_answer(record, fault)
         return None
 

@@ -1,0 +1,77 @@
+"""Fixtures shared by the integration tests: the Home Assistant harness, real local services.
+
+Keep fixtures here general and self-contained; suite-specific ones belong in the test
+modules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from unittest.mock import AsyncMock, patch
+
+import pytest
+
+from tests.pipeline.fault_server import FaultServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+
+TOKEN = "test-token"
+"""The bearer token the `storage_server` and `enrichment_server` fixtures expect."""
+
+
+@pytest.fixture(autouse=True)
+def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
+    """Let Home Assistant load this repository's integration in every test."""
+
+
+@pytest.fixture
+def mock_setup_entry() -> Generator[AsyncMock]:
+    """Entries are "set up" (and unloaded) without starting the pipeline.
+
+    For config-flow tests: creating, reauthenticating or reconfiguring an entry sets it
+    up; the returned mock counts those setups.
+    """
+    with (
+        patch("custom_components.ha_ingestor.async_setup_entry", return_value=True) as mock_setup,
+        patch("custom_components.ha_ingestor.async_unload_entry", return_value=True),
+    ):
+        yield mock_setup
+
+
+@pytest.fixture
+async def fault_server_factory(
+    socket_enabled: None,
+) -> AsyncIterator[Callable[..., Awaitable[FaultServer]]]:
+    """Start as many `FaultServer`s on 127.0.0.1 as a test needs: ``await factory(...)``.
+
+    Keyword arguments go to `FaultServer` (``token=...``, ``name=...``); every server is
+    stopped after the test.
+    """
+    servers: list[FaultServer] = []
+
+    async def start(**kwargs: Any) -> FaultServer:
+        server = FaultServer(**kwargs)
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def storage_server(
+    fault_server_factory: Callable[..., Awaitable[FaultServer]],
+) -> FaultServer:
+    """A data storage stand-in that expects `TOKEN`."""
+    return await fault_server_factory(token=TOKEN, name="data-storage")
+
+
+@pytest.fixture
+async def enrichment_server(
+    fault_server_factory: Callable[..., Awaitable[FaultServer]],
+) -> FaultServer:
+    """An enrichment pipeline stand-in that expects `TOKEN`."""
+    return await fault_server_factory(token=TOKEN, name="enrichment-pipeline")
