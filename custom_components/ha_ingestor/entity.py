@@ -1,0 +1,151 @@
+"""The entities' common base: devices, unique ids and the feedback-loop exclusion.
+
+Every HA Ingestor entity reads the coordinator's once-a-second snapshot and never writes
+its state from anywhere else, so however fast events flow, an entity writes at most once
+per tick (and not at all while its figure stays the same). Each entity also puts its
+entity id into `own_entities` while it exists: the bus listener never forwards those
+state changes, or every write would become an event to forward, and so on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from homeassistant.core import callback
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers.device_registry import DeviceEntryType, DeviceInfo
+from homeassistant.helpers.update_coordinator import CoordinatorEntity
+from homeassistant.loader import async_get_loaded_integration
+
+from .const import DOMAIN, SERVICE_ENRICHMENT, SERVICE_STORAGE
+from .coordinator import IngestorCoordinator
+from .runtime import own_entities
+
+if TYPE_CHECKING:
+    from homeassistant.core import HomeAssistant
+    from homeassistant.helpers.entity import EntityDescription
+
+    from .coordinator import HaIngestorConfigEntry, ServiceHealth
+
+MANUFACTURER = "HA Ingestor"
+FORWARDER_NAME = "HA Ingestor forwarder"
+# Device name and model per configured service.
+SERVICE_DEVICES: dict[str, tuple[str, str]] = {
+    SERVICE_ENRICHMENT: ("Enrichment pipeline", "Enrichment pipeline"),
+    SERVICE_STORAGE: ("Data storage", "Data storage service"),
+}
+
+
+def forwarder_identifier(entry_id: str) -> tuple[str, str]:
+    return (DOMAIN, f"{entry_id}_forwarder")
+
+
+def service_identifier(entry_id: str, service: str) -> tuple[str, str]:
+    return (DOMAIN, f"{entry_id}_{service}")
+
+
+def forwarder_device_info(hass: HomeAssistant, entry_id: str) -> DeviceInfo:
+    """The forwarder: the integration's own part of the pipeline, inside Home Assistant."""
+    version = async_get_loaded_integration(hass, DOMAIN).version
+    return DeviceInfo(
+        entry_type=DeviceEntryType.SERVICE,
+        identifiers={forwarder_identifier(entry_id)},
+        manufacturer=MANUFACTURER,
+        model="Forwarder",
+        name=FORWARDER_NAME,
+        sw_version=str(version) if version else None,
+    )
+
+
+def service_device_info(entry_id: str, service: str, url: str) -> DeviceInfo:
+    """One external service (all its URLs), reached through the forwarder."""
+    name, model = SERVICE_DEVICES.get(service, (service, service))
+    return DeviceInfo(
+        configuration_url=url,
+        entry_type=DeviceEntryType.SERVICE,
+        identifiers={service_identifier(entry_id, service)},
+        manufacturer=MANUFACTURER,
+        model=model,
+        name=name,
+        via_device=forwarder_identifier(entry_id),
+    )
+
+
+def async_prepare_devices(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> None:
+    """Create the forwarder device first and drop devices of services no longer configured.
+
+    Both platforms call this before adding entities: the service devices name the
+    forwarder as their ``via_device``, which must exist by then whichever platform
+    comes first. A service removed by a reconfigure loses its device (and entities).
+    """
+    registry = dr.async_get(hass)
+    entry_id = entry.entry_id
+    registry.async_get_or_create(config_entry_id=entry_id, **forwarder_device_info(hass, entry_id))
+    wanted = {forwarder_identifier(entry_id)} | {
+        service_identifier(entry_id, service) for service in entry.runtime_data.runtime.clients
+    }
+    for device in dr.async_entries_for_config_entry(registry, entry_id):
+        if not device.identifiers & wanted:
+            registry.async_update_device(device.id, remove_config_entry_id=entry_id)
+
+
+class IngestorEntity(CoordinatorEntity[IngestorCoordinator]):
+    """An entity of the forwarder device."""
+
+    _attr_has_entity_name = True
+
+    def __init__(self, coordinator: IngestorCoordinator, description: EntityDescription) -> None:
+        super().__init__(coordinator)
+        self.entity_description = description
+        entry_id = coordinator.config_entry.entry_id
+        self._attr_unique_id = f"{entry_id}_{description.key}"
+        self._attr_device_info = forwarder_device_info(coordinator.hass, entry_id)
+
+    async def async_internal_added_to_hass(self) -> None:
+        # Not in async_added_to_hass: that is too late. Adding a sensor stores its
+        # suggested display precision in the entity registry, and the registry update
+        # writes the entity's first state before async_added_to_hass runs.
+        own_entities(self.hass).add(self.entity_id)
+        await super().async_internal_added_to_hass()
+
+    async def async_will_remove_from_hass(self) -> None:
+        await super().async_will_remove_from_hass()
+        # Removing the entity still writes a last state ("unavailable", or removed) just
+        # after this returns, and the listener handles it synchronously: let the id go
+        # only after that, on the next turn of the loop.
+        self.hass.loop.call_soon(own_entities(self.hass).discard, self.entity_id)
+
+
+class IngestorServiceEntity(IngestorEntity):
+    """An entity of one service's device; reads that service's part of the snapshot."""
+
+    def __init__(
+        self, coordinator: IngestorCoordinator, description: EntityDescription, service: str
+    ) -> None:
+        super().__init__(coordinator, description)
+        self.service = service
+        entry_id = coordinator.config_entry.entry_id
+        self._attr_unique_id = f"{entry_id}_{service}_{description.key}"
+        health = coordinator.data.services.get(service)
+        self._url = health.url if health else coordinator.runtime.registry.get_service_url(service)
+        self._attr_device_info = service_device_info(entry_id, service, self._url)
+
+    @property
+    def health(self) -> ServiceHealth | None:
+        return self.coordinator.data.services.get(self.service)
+
+    @property
+    def available(self) -> bool:
+        return super().available and self.health is not None
+
+    @callback
+    def _handle_coordinator_update(self) -> None:
+        health = self.health
+        if health is not None and health.url != self._url:
+            # Failover: the device links to the URL in use now.
+            self._url = health.url
+            if self.device_entry is not None:
+                dr.async_get(self.hass).async_update_device(
+                    self.device_entry.id, configuration_url=health.url
+                )
+        super()._handle_coordinator_update()

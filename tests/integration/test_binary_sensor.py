@@ -1,0 +1,165 @@
+"""Connectivity per service: snapshots, health checks, an open circuit, recovery.
+
+Real receivers on 127.0.0.1 (see test_sensor.py for how time is driven). Health-check
+rounds are run directly through the runtime's registry instead of waiting for the
+interval, and `tick` runs the coordinator's next refresh.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from unittest.mock import patch
+
+import pytest
+from homeassistant.const import STATE_OFF, STATE_ON, Platform
+from pytest_homeassistant_custom_component.common import MockConfigEntry, snapshot_platform
+from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotExtension
+
+from custom_components.ha_ingestor.const import CONF_STORAGE_FAILOVER_URLS, DOMAIN
+from tests.integration.conftest import TOKEN
+from tests.integration.test_sensor import (
+    make_entry,
+    setup_entry,
+    state_of,
+    tick,
+    unload_entry,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from homeassistant.core import HomeAssistant
+    from homeassistant.helpers import device_registry as dr
+    from homeassistant.helpers import entity_registry as er
+    from syrupy.assertion import SnapshotAssertion
+
+    from tests.pipeline.fault_server import FaultServer
+
+STORAGE = "binary_sensor.data_storage_connectivity"
+ENRICHMENT = "binary_sensor.enrichment_pipeline_connectivity"
+
+
+@pytest.fixture
+def snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
+    """Home Assistant's snapshot format (registry entries, states) in ``snapshots/``."""
+    return snapshot.use_extension(HomeAssistantSnapshotExtension)
+
+
+async def test_binary_sensors(
+    hass: HomeAssistant,
+    storage_server: FaultServer,
+    enrichment_server: FaultServer,
+    entity_registry: er.EntityRegistry,
+    snapshot: SnapshotAssertion,
+) -> None:
+    """One connectivity sensor per configured service, on its service's device."""
+    entry = make_entry(storage_server.url, enrichment_server.url)
+    with patch("custom_components.ha_ingestor.PLATFORMS", [Platform.BINARY_SENSOR]):
+        await setup_entry(hass, entry)
+        await snapshot_platform(hass, entity_registry, snapshot, entry.entry_id)
+        await unload_entry(hass, entry)
+
+
+async def test_health_checks_drive_connectivity(
+    hass: HomeAssistant, storage_server: FaultServer, enrichment_server: FaultServer
+) -> None:
+    """A service whose health checks fail is off; the other stays on; it comes back."""
+    entry = make_entry(storage_server.url, enrichment_server.url)
+    await setup_entry(hass, entry)
+    registry = entry.runtime_data.runtime.registry
+    await registry.check_all_services()
+    await tick(hass)
+    assert state_of(hass, STORAGE) == STATE_ON
+    assert state_of(hass, ENRICHMENT) == STATE_ON
+
+    enrichment_server.health_status = 503
+    await registry.check_all_services()  # one failed check is a blip ...
+    await tick(hass)
+    assert state_of(hass, ENRICHMENT) == STATE_ON
+    await registry.check_all_services()  # ... two in a row are an outage
+    await tick(hass)
+    assert state_of(hass, ENRICHMENT) == STATE_OFF
+    assert state_of(hass, STORAGE) == STATE_ON
+    # Nothing was sent, so the circuit stays closed: health alone says "down".
+    assert state_of(hass, "sensor.enrichment_pipeline_circuit_breaker") == "closed"
+
+    enrichment_server.health_status = 200
+    await registry.check_all_services()  # one good answer and it is back
+    await tick(hass)
+    assert state_of(hass, ENRICHMENT) == STATE_ON
+    await unload_entry(hass, entry)
+
+
+async def test_refused_connections_open_the_circuit(
+    hass: HomeAssistant, storage_server: FaultServer
+) -> None:
+    """Deliveries to a closed port fail, the circuit opens and connectivity goes off."""
+    entry = make_entry(storage_server.url)
+    await setup_entry(hass, entry)
+    runtime = entry.runtime_data.runtime
+    await runtime.registry.check_all_services()
+    await tick(hass)
+    assert state_of(hass, STORAGE) == STATE_ON
+
+    await storage_server.refuse()
+    hass.states.async_set("sensor.humidity", "55")
+    await hass.async_block_till_done()
+    breakers = runtime.clients["storage"].breakers.values()
+    await wait_until(
+        lambda: all(b.state == "open" for b in breakers),
+        nudge=lambda: runtime.forwarder.flush(timeout=0.05),
+    )
+    await tick(hass)
+    assert state_of(hass, STORAGE) == STATE_OFF
+    assert state_of(hass, "sensor.data_storage_circuit_breaker") == "open"
+
+    await storage_server.restore()
+    for breaker in breakers:  # skip the breaker's real-time wait before its probe
+        breaker.record_success()
+    await runtime.registry.check_all_services()
+    await tick(hass)
+    assert state_of(hass, STORAGE) == STATE_ON
+    assert state_of(hass, "sensor.data_storage_circuit_breaker") == "closed"
+    await unload_entry(hass, entry)
+
+
+async def test_failover_moves_the_device_link(
+    hass: HomeAssistant,
+    storage_server: FaultServer,
+    fault_server_factory: Callable[..., Awaitable[FaultServer]],
+    device_registry: dr.DeviceRegistry,
+) -> None:
+    """With the first storage URL down, the second is in use and the device links to it."""
+    second = await fault_server_factory(token=TOKEN, name="data-storage-2")
+    entry = make_entry(storage_server.url)
+    entry = MockConfigEntry(
+        domain=entry.domain,
+        entry_id=entry.entry_id,
+        unique_id=entry.unique_id,
+        data={**entry.data, CONF_STORAGE_FAILOVER_URLS: [second.url]},
+        options=dict(entry.options),
+    )
+    await setup_entry(hass, entry)
+    identifier = (DOMAIN, f"{entry.entry_id}_storage")
+    device = device_registry.async_get_device(identifiers={identifier})
+    assert device is not None
+    assert device.configuration_url == storage_server.url
+
+    registry = entry.runtime_data.runtime.registry
+    storage_server.health_status = 503
+    await registry.check_all_services()
+    await registry.check_all_services()
+    await tick(hass)
+    device = device_registry.async_get_device(identifiers={identifier})
+    assert device is not None
+    assert device.configuration_url == second.url
+    assert state_of(hass, STORAGE) == STATE_ON  # the service is still reachable
+
+    storage_server.health_status = 200
+    await registry.check_all_services()
+    await tick(hass)
+    device = device_registry.async_get_device(identifiers={identifier})
+    assert device is not None
+    assert device.configuration_url == storage_server.url
+    await unload_entry(hass, entry)
