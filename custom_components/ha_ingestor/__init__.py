@@ -11,7 +11,9 @@ from homeassistant.helpers import config_validation as cv
 
 from .const import DOMAIN, LOGGER
 from .coordinator import HaIngestorConfigEntry, HaIngestorData, IngestorCoordinator
+from .http import async_register_views
 from .runtime import IngestorRuntime, outbox_path
+from .services import async_setup_services
 
 if TYPE_CHECKING:
     from homeassistant.config_entries import ConfigEntry
@@ -23,7 +25,9 @@ PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
 
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
-    """Set up what the integration offers regardless of entries."""
+    """Set up what the integration offers regardless of entries: actions and views."""
+    async_setup_services(hass)
+    async_register_views(hass)
     return True
 
 

@@ -16,6 +16,7 @@ from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 
 from .const import DOMAIN, LOGGER
 from .pipeline.circuit_breaker import BreakerState
+from .repairs import async_update_issues
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
@@ -138,4 +139,6 @@ class IngestorCoordinator(DataUpdateCoordinator[IngestorSnapshot]):
         self.runtime = runtime
 
     async def _async_update_data(self) -> IngestorSnapshot:
-        return build_snapshot(self.runtime, datetime.now(UTC).timestamp())
+        snapshot = build_snapshot(self.runtime, datetime.now(UTC).timestamp())
+        async_update_issues(self.hass, self.config_entry, snapshot, self.runtime)
+        return snapshot

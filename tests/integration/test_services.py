@@ -1,0 +1,587 @@
+"""The actions: forward_event, flush, replay/purge dead letters, pause and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import voluptuous as vol
+import yaml
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import Context, HomeAssistant
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from pytest_homeassistant_custom_component.common import MockConfigEntry
+
+import custom_components.ha_ingestor
+from custom_components.ha_ingestor.const import (
+    CONF_API_TOKEN,
+    CONF_ENRICHMENT_URL,
+    CONF_INCLUDE_DOMAINS,
+    CONF_LINGER_MS,
+    CONF_STORAGE_URL,
+    CONF_VERIFY_SSL,
+    DOMAIN,
+)
+from custom_components.ha_ingestor.pipeline.forwarder import ForwarderState
+from custom_components.ha_ingestor.services import (
+    SERVICE_FLUSH,
+    SERVICE_FORWARD_EVENT,
+    SERVICE_PAUSE,
+    SERVICE_PURGE_DEAD_LETTERS,
+    SERVICE_REPLAY_DEAD_LETTERS,
+    SERVICE_RESUME,
+    ForwardError,
+    _field_name,
+    async_forward_event,
+)
+from tests.integration.conftest import TOKEN
+from tests.pipeline.fault_server import EVENT_PATH, REJECT_MARKER, Fault, FaultServer
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+
+def make_entry(url: str, data: dict[str, Any] | None = None, **options: Any) -> MockConfigEntry:
+    options.setdefault(CONF_LINGER_MS, 0)
+    # Only the test's own entities: these tests count what arrives.
+    options.setdefault(CONF_INCLUDE_DOMAINS, ["test"])
+    return MockConfigEntry(
+        domain=DOMAIN,
+        title=f"HA Ingestor {url}",
+        unique_id=url,
+        data={CONF_STORAGE_URL: url, CONF_API_TOKEN: TOKEN, CONF_VERIFY_SSL: True, **(data or {})},
+        options=options,
+    )
+
+
+async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> MockConfigEntry:
+    entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+    assert entry.state is ConfigEntryState.LOADED
+    return entry
+
+
+async def refuse(server: FaultServer) -> None:
+    """Close the server's port once the entry's first health check got through.
+
+    Closing while a connection is being accepted trips an assertion inside asyncio's
+    server (Python 3.13.0), so let the check set up at start land first.
+    """
+    await server.wait_for_requests(1)
+    await server.refuse()
+
+
+async def unload(hass: HomeAssistant, *entries: MockConfigEntry) -> None:
+    for entry in entries:
+        if entry.state is ConfigEntryState.LOADED:
+            assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+
+
+@pytest.fixture
+async def entry(hass: HomeAssistant, storage_server: FaultServer) -> MockConfigEntry:
+    return await setup_entry(hass, make_entry(storage_server.url))
+
+
+async def call(
+    hass: HomeAssistant,
+    service: str,
+    data: dict[str, Any] | None = None,
+    *,
+    response: bool = False,
+    context: Context | None = None,
+) -> Any:
+    return await hass.services.async_call(
+        DOMAIN, service, data or {}, blocking=True, return_response=response, context=context
+    )
+
+
+async def dead_letter_ids(entry: MockConfigEntry) -> list[int]:
+    letters = await entry.runtime_data.runtime.outbox.list_dead_letters()
+    return [letter.id for letter in letters]
+
+
+# -- forward_event -----------------------------------------------------------------------
+
+
+async def test_forward_event_returns_the_receivers_result(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    context = Context(user_id="user-1")
+    result = await call(
+        hass,
+        SERVICE_FORWARD_EVENT,
+        {"event_type": "custom_event", "event_data": {"answer": 42}, "entity_id": "sensor.x"},
+        response=True,
+        context=context,
+    )
+
+    assert result["status"] == "stored"
+    assert result["service"] == "storage"
+    event_id = result["event_id"]
+    assert storage_server.stored_ids == [event_id]
+    request = storage_server.requests_to(EVENT_PATH)[-1]
+    assert request.correlation_id == result["correlation_id"]
+    assert request.idempotency_key == event_id
+    envelope = storage_server.received[-1]
+    assert envelope["correlation_id"] == result["correlation_id"]
+    assert envelope["data"]["event_type"] == "custom_event"
+    assert envelope["data"]["entity_id"] == "sensor.x"
+    assert envelope["data"]["data"] == {"answer": 42, "entity_id": "sensor.x"}
+    assert envelope["data"]["context"]["user_id"] == "user-1"
+    assert envelope["context"]["instance_id"]
+    # Sent at once on its own, not through the outbox and its batches.
+    assert request.event_ids == [event_id]
+
+    # Without asking for the response the action works the same.
+    assert await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "other"}) is None
+    assert len(storage_server.stored_ids) == 2
+    await unload(hass, entry)
+
+
+async def test_forward_event_state_changed_and_rejected(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    result = await call(
+        hass,
+        SERVICE_FORWARD_EVENT,
+        {
+            "event_type": "state_changed",
+            "entity_id": "sensor.t",
+            "event_data": {"new_state": {"state": "21", "attributes": {"unit": "°C"}}},
+        },
+        response=True,
+    )
+    assert result["status"] == "stored"
+    assert storage_server.received[-1]["data"]["state"] == "21"
+
+    rejected = await call(
+        hass,
+        SERVICE_FORWARD_EVENT,
+        {
+            "event_type": "state_changed",
+            "entity_id": "sensor.t",
+            "event_data": {"new_state": {"state": "x", "attributes": {REJECT_MARKER: True}}},
+        },
+        response=True,
+    )
+    assert rejected["status"] == "rejected"
+    assert rejected["error"]["code"] == "VALIDATION_ERROR"
+    await unload(hass, entry)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "field"),
+    [
+        ({"event_type": "state_changed"}, "invalid_event", "entity_id"),
+        (
+            {
+                "event_type": "state_changed",
+                "entity_id": "sensor.a",
+                "event_data": {"new_state": 3},
+            },
+            "invalid_event",
+            "event_data.new_state",
+        ),
+        (
+            {"event_type": "big", "event_data": {"blob": "x" * 300_000}},
+            "event_too_large",
+            "event_data",
+        ),
+        ({"event_type": "   "}, "invalid_event", "event_type"),
+    ],
+)
+async def test_forward_event_invalid_input_names_the_field(
+    hass: HomeAssistant,
+    entry: MockConfigEntry,
+    storage_server: FaultServer,
+    data: dict[str, Any],
+    key: str,
+    field: str,
+) -> None:
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, data, response=True)
+    assert err.value.translation_domain == DOMAIN
+    assert err.value.translation_key == key
+    assert err.value.translation_placeholders is not None
+    assert err.value.translation_placeholders["field"] == field
+    assert storage_server.requests_to(EVENT_PATH) == []
+    await unload(hass, entry)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"event_type": ""},
+        {"event_type": "x" * 65},
+        {"event_type": "e", "entity_id": "not an entity"},
+        {"event_type": "e", "event_data": [1, 2]},
+        {"event_type": "e", "unknown": 1},
+    ],
+)
+async def test_forward_event_schema(
+    hass: HomeAssistant, entry: MockConfigEntry, data: dict[str, Any]
+) -> None:
+    with pytest.raises(vol.Invalid):
+        await call(hass, SERVICE_FORWARD_EVENT, data, response=True)
+    await unload(hass, entry)
+
+
+async def test_forward_event_receiver_down(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    await refuse(storage_server)
+    with pytest.raises(HomeAssistantError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert not isinstance(err.value, ServiceValidationError)
+    assert err.value.translation_key == "service_unavailable"
+    assert err.value.translation_placeholders is not None
+    assert err.value.translation_placeholders["service"] == "storage"
+    await unload(hass, entry)
+
+
+async def test_forward_event_answers_of_the_receiver(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    # A 4xx without a result for the event: the service refused the request.
+    storage_server.fail_next(1, 400, path=EVENT_PATH)
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert err.value.translation_key == "rejected_by_service"
+    assert err.value.translation_placeholders is not None
+    assert err.value.translation_placeholders["code"] == "HTTP_400"
+
+    storage_server.fail_next(1, 413, path=EVENT_PATH)
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert err.value.translation_key == "rejected_by_service"
+
+    # A 503 three times: the call retried (a person is waiting), then gave up.
+    storage_server.fail_next(3, 503, path=EVENT_PATH)
+    with pytest.raises(HomeAssistantError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert err.value.translation_key == "service_unavailable"
+    assert len(storage_server.requests_to(EVENT_PATH)) == 5
+
+    # A refused token: translated, and not the user's input at fault.
+    storage_server.token = "another-token"
+    with pytest.raises(HomeAssistantError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert not isinstance(err.value, ServiceValidationError)
+    assert err.value.translation_key == "auth_failed"
+    await unload(hass, entry)
+
+
+async def test_forward_event_uses_the_enrichment_then_the_fallback(
+    hass: HomeAssistant,
+    storage_server: FaultServer,
+    enrichment_server: FaultServer,
+) -> None:
+    entry = await setup_entry(
+        hass, make_entry(storage_server.url, {CONF_ENRICHMENT_URL: enrichment_server.url})
+    )
+    result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert result["service"] == "enrichment"
+    assert enrichment_server.stored_ids == [result["event_id"]]
+
+    # The forwarder stopped using the enrichment (refused token): so does the action.
+    entry.runtime_data.runtime.forwarder._auth_failed.add("enrichment")
+    result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert result["service"] == "storage"
+    assert storage_server.stored_ids == [result["event_id"]]
+
+    entry.runtime_data.runtime.forwarder._auth_failed.add("storage")
+    with pytest.raises(HomeAssistantError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert err.value.translation_key == "auth_failed"
+    await unload(hass, entry)
+
+
+async def test_forward_event_odd_answers(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    # 2xx without per-event results: the receiver took it.
+    storage_server.add_faults(Fault.answer(200, body=b"accepted", path=EVENT_PATH))
+    result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert result["status"] == "stored"
+
+    # 2xx with results that do not name the event: not confirmed.
+    storage_server.add_faults(Fault.answer(200, body=b'{"results": []}', path=EVENT_PATH))
+    with pytest.raises(HomeAssistantError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert not isinstance(err.value, ServiceValidationError)
+    assert err.value.translation_key == "unconfirmed"
+
+    # A 4xx whose body is not JSON: its text is the message.
+    storage_server.add_faults(Fault.answer(404, body=b"no such path", path=EVENT_PATH))
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert err.value.translation_placeholders == {
+        "service": "storage",
+        "code": "HTTP_404",
+        "message": "no such path",
+    }
+
+    # Every breaker open: no request at all, and the error says so at once.
+    for breaker in entry.runtime_data.runtime.clients["storage"].breakers.values():
+        for _ in range(5):
+            breaker.record_failure()
+    requests = len(storage_server.requests)
+    with pytest.raises(HomeAssistantError) as err:
+        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert err.value.translation_key == "service_unavailable"
+    assert len(storage_server.requests) == requests
+    await unload(hass, entry)
+
+
+async def test_forward_event_data_that_cannot_be_serialized(
+    hass: HomeAssistant, entry: MockConfigEntry
+) -> None:
+    # Not possible through the action's schema, but async_forward_event is shared.
+    with pytest.raises(ForwardError) as err:
+        await async_forward_event(entry.runtime_data.runtime, "e", {1: "x"})
+    assert err.value.translation_key == "invalid_event"
+    assert err.value.placeholders["field"] == "event_data"
+    assert err.value.status == 422
+    assert isinstance(err.value.to_ha_error(), ServiceValidationError)
+    await unload(hass, entry)
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("data.entity_id", "entity_id"),
+        ("data.new_state.attributes", "event_data.new_state.attributes"),
+        ("data", "event_data"),
+        ("event_type", "event_type"),
+    ],
+)
+def test_field_names_in_the_actions_terms(path: str, field: str) -> None:
+    assert _field_name(path) == field
+
+
+# -- which entry -------------------------------------------------------------------------
+
+
+async def test_entry_selection(
+    hass: HomeAssistant,
+    fault_server_factory: Callable[..., Awaitable[FaultServer]],
+) -> None:
+    first_server = await fault_server_factory(token=TOKEN)
+    second_server = await fault_server_factory(token=TOKEN)
+    first = await setup_entry(hass, make_entry(first_server.url))
+
+    # One loaded entry: the default.
+    result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    assert first_server.stored_ids == [result["event_id"]]
+
+    second = await setup_entry(hass, make_entry(second_server.url))
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_PAUSE)
+    assert err.value.translation_key == "several_entries"
+    assert err.value.translation_placeholders == {"count": "2"}
+    assert str(err.value) == ("2 HA Ingestor entries are loaded. Choose one with config_entry_id")
+
+    await call(hass, SERVICE_PAUSE, {"config_entry_id": second.entry_id})
+    assert second.runtime_data.runtime.forwarder.paused
+    assert not first.runtime_data.runtime.forwarder.paused
+    result = await call(
+        hass,
+        SERVICE_FORWARD_EVENT,
+        {"event_type": "e", "config_entry_id": second.entry_id},
+        response=True,
+    )
+    assert second_server.stored_ids == [result["event_id"]]
+
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_RESUME, {"config_entry_id": "no-such-entry"})
+    assert err.value.translation_key == "entry_not_found"
+
+    other_domain = MockConfigEntry(domain="other_domain")
+    other_domain.add_to_hass(hass)
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_RESUME, {"config_entry_id": other_domain.entry_id})
+    assert err.value.translation_key == "entry_not_found"
+
+    await unload(hass, second)
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_RESUME, {"config_entry_id": second.entry_id})
+    assert err.value.translation_key == "entry_not_loaded"
+    assert err.value.translation_placeholders == {"title": second.title}
+
+    await unload(hass, first)
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_FLUSH)
+    assert err.value.translation_key == "no_loaded_entry"
+
+
+# -- flush, pause, resume ----------------------------------------------------------------
+
+
+async def test_pause_flush_resume(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    runtime = entry.runtime_data.runtime
+    await call(hass, SERVICE_PAUSE)
+    assert runtime.forwarder.paused
+    assert runtime.forwarder.state is ForwarderState.PAUSED
+    assert entry.runtime_data.coordinator.data.paused
+    await call(hass, SERVICE_PAUSE)  # twice is fine
+    assert runtime.forwarder.paused
+
+    hass.states.async_set("test.a", "1")
+    hass.states.async_set("test.a", "2")
+    await hass.async_block_till_done()
+    assert await runtime.outbox.sync() == 2
+
+    with pytest.raises(ServiceValidationError) as err:
+        await call(hass, SERVICE_FLUSH)
+    assert err.value.translation_key == "flush_paused"
+    assert storage_server.stored_ids == []
+
+    await call(hass, SERVICE_RESUME)
+    assert not runtime.forwarder.paused
+    assert not entry.runtime_data.coordinator.data.paused
+    await call(hass, SERVICE_FLUSH, {"timeout": 10})
+    assert len(storage_server.stored_ids) == 2
+    assert (await runtime.outbox.stats()).pending == 0
+    await unload(hass, entry)
+
+
+async def test_flush_times_out_while_the_service_is_down(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    await refuse(storage_server)
+    hass.states.async_set("test.a", "1")
+    await hass.async_block_till_done()
+    assert await entry.runtime_data.runtime.outbox.sync() == 1
+
+    with pytest.raises(HomeAssistantError) as err:
+        await call(hass, SERVICE_FLUSH, {"timeout": 0.2})
+    assert err.value.translation_key == "flush_timeout"
+    assert err.value.translation_placeholders == {"timeout": "0.2", "pending": "1"}
+
+    with pytest.raises(vol.Invalid):
+        await call(hass, SERVICE_FLUSH, {"timeout": 0})
+    # Nothing is lost by a flush that gave up.
+    assert (await entry.runtime_data.runtime.outbox.stats()).pending == 1
+    await unload(hass, entry)
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+async def test_replay_and_purge_dead_letters(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    storage_server.reject_if = (
+        lambda event: event["data"].get("entity_id", "").startswith("test.bad")
+    )
+    for number in range(4):
+        hass.states.async_set(f"test.bad_{number}", "on")
+    hass.states.async_set("test.good", "on")
+    await hass.async_block_till_done()
+    await call(hass, SERVICE_FLUSH)
+    ids = await dead_letter_ids(entry)
+    assert len(ids) == 4
+    assert len(storage_server.stored_ids) == 1
+
+    # Replay two of them once the receiver accepts them.
+    storage_server.reject_if = None
+    assert await call(
+        hass, SERVICE_REPLAY_DEAD_LETTERS, {"ids": [str(ids[0]), ids[1]]}, response=True
+    ) == {"replayed": 2}
+    await call(hass, SERVICE_FLUSH)
+    assert len(storage_server.stored_ids) == 3
+    assert await dead_letter_ids(entry) == ids[2:]
+    assert entry.runtime_data.coordinator.data.dead_letters == 2
+
+    # Unknown ids count nothing; purge one, then all.
+    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS, {"ids": [999]}, response=True) == {
+        "purged": 0
+    }
+    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS, {"ids": ids[2]}, response=True) == {
+        "purged": 1
+    }
+    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS, response=True) == {"purged": 1}
+    assert await dead_letter_ids(entry) == []
+    assert await call(hass, SERVICE_REPLAY_DEAD_LETTERS, response=True) == {"replayed": 0}
+    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS) is None
+
+    with pytest.raises(vol.Invalid):
+        await call(hass, SERVICE_PURGE_DEAD_LETTERS, {"ids": ["x"]})
+    with pytest.raises(vol.Invalid):
+        await call(hass, SERVICE_REPLAY_DEAD_LETTERS, {"ids": [0]})
+    await unload(hass, entry)
+
+
+async def test_actions_are_registered_once_for_every_entry(
+    hass: HomeAssistant,
+    fault_server_factory: Callable[..., Awaitable[FaultServer]],
+) -> None:
+    server = await fault_server_factory(token=TOKEN)
+    entry = await setup_entry(hass, make_entry(server.url))
+    services = hass.services.async_services_for_domain(DOMAIN)
+    assert set(services) == {
+        SERVICE_FORWARD_EVENT,
+        SERVICE_FLUSH,
+        SERVICE_REPLAY_DEAD_LETTERS,
+        SERVICE_PURGE_DEAD_LETTERS,
+        SERVICE_PAUSE,
+        SERVICE_RESUME,
+    }
+    await unload(hass, entry)
+    # Actions stay registered after the entry unloads (and say why they cannot act).
+    assert set(hass.services.async_services_for_domain(DOMAIN)) == set(services)
+
+
+# -- strings, services.yaml and icons in step ---------------------------------------------
+
+EXCEPTION_KEYS = {
+    "entry_not_found",
+    "entry_not_loaded",
+    "no_loaded_entry",
+    "several_entries",
+    "invalid_event",
+    "event_too_large",
+    "service_unavailable",
+    "auth_failed",
+    "unconfirmed",
+    "rejected_by_service",
+    "flush_paused",
+    "flush_timeout",
+}
+
+
+def test_actions_are_described_everywhere() -> None:
+    folder = Path(custom_components.ha_ingestor.__file__).parent
+    services_yaml = yaml.safe_load((folder / "services.yaml").read_text())
+    strings = json.loads((folder / "strings.json").read_text())
+    assert json.loads((folder / "translations" / "en.json").read_text()) == strings
+    icons = json.loads((folder / "icons.json").read_text())
+
+    actions = {
+        SERVICE_FORWARD_EVENT,
+        SERVICE_FLUSH,
+        SERVICE_REPLAY_DEAD_LETTERS,
+        SERVICE_PURGE_DEAD_LETTERS,
+        SERVICE_PAUSE,
+        SERVICE_RESUME,
+    }
+    assert set(services_yaml) == actions
+    assert set(strings["services"]) == actions
+    assert set(icons["services"]) == actions
+    for action, spec in services_yaml.items():
+        described = strings["services"][action]
+        assert described["name"]
+        assert described["description"]
+        assert set(spec.get("fields", {})) == set(described.get("fields", {}))
+        for field in described.get("fields", {}).values():
+            assert field["name"]
+            assert field["description"]
+    assert set(strings["exceptions"]) >= EXCEPTION_KEYS
+    assert set(strings["issues"]) >= {"service_unreachable", "outbox_dropping", "dead_letters"}
