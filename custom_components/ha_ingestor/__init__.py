@@ -47,7 +47,8 @@ async def async_setup_entry(hass: HomeAssistant, entry: HaIngestorConfigEntry) -
         # Home Assistant does not unload entries when it stops: write what is queued now.
         await runtime.async_stop()
 
-    entry.async_on_unload(hass.bus.async_listen_once(EVENT_HOMEASSISTANT_FINAL_WRITE, _final_write))
+    # Not listen_once: its remover fails once it has fired, and stopping twice is harmless.
+    entry.async_on_unload(hass.bus.async_listen(EVENT_HOMEASSISTANT_FINAL_WRITE, _final_write))
     entry.async_on_unload(entry.add_update_listener(_async_options_updated))
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
     return True

@@ -15,6 +15,9 @@ from tests.pipeline.fault_server import FaultServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+    from pathlib import Path
+
+    from homeassistant.core import HomeAssistant
 
 TOKEN = "test-token"
 """The bearer token the `storage_server` and `enrichment_server` fixtures expect."""
@@ -23,6 +26,12 @@ TOKEN = "test-token"
 @pytest.fixture(autouse=True)
 def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
     """Let Home Assistant load this repository's integration in every test."""
+
+
+@pytest.fixture(autouse=True)
+def config_dir_per_test(hass: HomeAssistant, tmp_path: Path) -> None:
+    """Outbox files (under the config directory) must not leak from test to test."""
+    hass.config.config_dir = str(tmp_path)
 
 
 @pytest.fixture
