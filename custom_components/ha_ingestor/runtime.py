@@ -251,11 +251,14 @@ class IngestorRuntime:
         """New durability or caps: reopen the file, holding new events meanwhile."""
         self.listener.hold()
         try:
+            paused = self.forwarder.paused
             await self.forwarder.stop()
             await self.outbox.close()
             self.outbox = self._new_outbox()
             await self.outbox.open()
             self.forwarder = self._new_forwarder()
+            if paused:
+                self.forwarder.pause()
             self.forwarder.start()
         finally:
             self.listener.release_to(self.outbox)

@@ -184,7 +184,7 @@ class EventForwarder:
                 return True
             if deadline is not None and loop.time() >= deadline:
                 return False
-            self._wake.set()
+            # No new wake-up here: a failing service is retried on the backoff schedule.
             await asyncio.sleep(0.02)
 
     def snapshot(self) -> dict[str, Any]:

@@ -477,9 +477,12 @@ class ServiceHTTPClient:
     def _on_transition(
         self, url: str, _: CircuitBreaker, old: BreakerState, new: BreakerState
     ) -> None:
+        # With a registry, the registry tells the user once per outage; here it is detail.
+        level = logging.DEBUG if self._registry is not None else logging.WARNING
         if old is BreakerState.CLOSED and new is BreakerState.OPEN:
             self._down_since[url] = self._clock()
-            self._logger.warning(
+            self._logger.log(
+                level,
                 "%s at %s is down, pausing calls to it: %s",
                 self.service,
                 url,
@@ -487,7 +490,13 @@ class ServiceHTTPClient:
             )
         elif new is BreakerState.CLOSED:
             down_for = self._clock() - self._down_since.pop(url, self._clock())
-            self._logger.info("%s at %s is back after %.0f s", self.service, url, down_for)
+            self._logger.log(
+                min(level, logging.INFO),
+                "%s at %s is back after %.0f s",
+                self.service,
+                url,
+                down_for,
+            )
         for listener in list(self._listeners):
             try:
                 listener(url, old, new)
