@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -22,6 +23,7 @@ from custom_components.ha_ingestor.const import (
     CONF_WEATHER_ENTITY,
     DOMAIN,
 )
+from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
 from custom_components.ha_ingestor.runtime import outbox_path, own_entities
 from tests.integration.conftest import TOKEN
 from tests.pipeline.fault_server import BATCH_PATH, FaultServer
@@ -132,6 +134,9 @@ async def test_enrichment_primary_with_storage_fallback(
 ) -> None:
     entry = make_entry(storage.url, {CONF_ENRICHMENT_URL: enrichment.url})
     await setup(hass, entry)
+    forwarder = entry.runtime_data.runtime.forwarder
+    # Production backoff would take ~30 s to open the enrichment's breaker; shorten it.
+    forwarder.update_config(replace(forwarder.config, backoff=BackoffPolicy(0.01, 0.05)))
 
     hass.states.async_set("sensor.a", "1")
     await hass.async_block_till_done()

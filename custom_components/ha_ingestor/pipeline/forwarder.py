@@ -225,7 +225,9 @@ class EventForwarder:
             self._state = ForwarderState.RUNNING
             delay = await self._deliver(route, records)
             if delay:
-                self._state = ForwarderState.BACKING_OFF
+                # With no route usable (breakers open) it is waiting, not merely backing off.
+                usable = self._choose_route() is not None
+                self._state = ForwarderState.BACKING_OFF if usable else ForwarderState.WAITING
                 self._retry_at = self._clock() + delay
                 await self._sleep(delay)
                 self._retry_at = None
