@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -30,7 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import orjson
 from homeassistant import loader
@@ -50,6 +49,7 @@ from custom_components.ha_ingestor.const import (
 )
 
 from .influxd import Influxd, free_port, running_influxd
+from .sink import running_sink
 
 EVENTS = 50_000
 UNIT = "°C"
@@ -61,29 +61,6 @@ ATTRIBUTES = {
     "device_class": "temperature",
     "friendly_name": "Bench temperature",
 }
-
-
-@contextlib.contextmanager
-def _sink() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.sink", str(port)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        if process.stdout.readline().strip() != "ready":
-            raise RuntimeError("the sink did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _sink_unique(url: str) -> int:
@@ -180,7 +157,7 @@ KINDS = ("none", "influxdb", "ha_ingestor")
 def run() -> dict[str, float]:
     """Interleave the scenarios over several rounds, each in its own process; medians."""
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
-    with running_influxd() as influxd, _sink() as sink_url:
+    with running_influxd() as influxd, running_sink(free_port()) as sink_url:
         for _ in range(ROUNDS):
             for kind in KINDS:
                 results[kind].append(_in_subprocess(kind, influxd, sink_url))

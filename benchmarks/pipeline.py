@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,43 +39,14 @@ from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient
 from custom_components.ha_ingestor.pipeline.message_queue import Durability, Outbox
 
 from .events import state_changed, stream
+from .influxd import free_port
+from .sink import running_sink
 
 APPEND_EVENTS = 100_000
 FORWARD_EVENTS = 100_000
 BACKLOG_EVENTS = 1_000_000
 LATENCY_RATE = 200
 LATENCY_SECONDS = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def _sink() -> Any:
-    """Start benchmarks.sink in its own process; yields its base URL."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.sink", str(port)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        if process.stdout.readline().strip() != "ready":
-            raise RuntimeError("the sink did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        assert process.stdin is not None
-        process.stdin.close()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _outbox(path: Path) -> Outbox[dict[str, Any]]:
@@ -261,7 +231,10 @@ def _print_table(figures: dict[str, float]) -> None:
 
 async def run(skip_backlog: bool) -> dict[str, float]:
     figures: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, _sink() as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
+        running_sink(free_port()) as url,
+    ):
         folder = Path(tmp)
         figures |= await bench_append_and_drain(folder)
         figures |= await bench_append_1kb_envelopes(folder)

@@ -8,7 +8,10 @@ answers how many events arrived and how many distinct event ids among them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -54,6 +57,29 @@ async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
     await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.read), timeout=3600)
     await runner.cleanup()
+
+
+@contextlib.contextmanager
+def running_sink(port: int) -> Iterator[str]:
+    """Start this sink in its own process on ``port``; yields its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.sink", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the sink did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()  # the sink stops when its stdin closes
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 if __name__ == "__main__":

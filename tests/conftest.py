@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import sys
 from asyncio import base_events
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pytest
 
 import custom_components.ha_ingestor  # noqa: F401
+from tests.pipeline.fault_server import FaultServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 
 def _tolerate_accept_after_close() -> None:
@@ -37,3 +43,25 @@ def _tolerate_accept_after_close() -> None:
 
 if sys.version_info[:3] == (3, 13, 0):
     _tolerate_accept_after_close()
+
+
+@pytest.fixture
+async def fault_server_factory(
+    socket_enabled: None,
+) -> AsyncIterator[Callable[..., Awaitable[FaultServer]]]:
+    """Start as many `FaultServer`s on 127.0.0.1 as a test needs: ``await factory(...)``.
+
+    Keyword arguments go to `FaultServer` (``token=...``, ``name=...``); every server is
+    stopped after the test.
+    """
+    servers: list[FaultServer] = []
+
+    async def start(**kwargs: Any) -> FaultServer:
+        server = FaultServer(**kwargs)
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()

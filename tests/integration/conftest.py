@@ -6,7 +6,7 @@ modules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from unittest.mock import AsyncMock, patch
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from tests.pipeline.fault_server import FaultServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+    from collections.abc import Awaitable, Callable, Generator
     from pathlib import Path
 
     from homeassistant.core import HomeAssistant
@@ -46,28 +46,6 @@ def mock_setup_entry() -> Generator[AsyncMock]:
         patch("custom_components.ha_ingestor.async_unload_entry", return_value=True),
     ):
         yield mock_setup
-
-
-@pytest.fixture
-async def fault_server_factory(
-    socket_enabled: None,
-) -> AsyncIterator[Callable[..., Awaitable[FaultServer]]]:
-    """Start as many `FaultServer`s on 127.0.0.1 as a test needs: ``await factory(...)``.
-
-    Keyword arguments go to `FaultServer` (``token=...``, ``name=...``); every server is
-    stopped after the test.
-    """
-    servers: list[FaultServer] = []
-
-    async def start(**kwargs: Any) -> FaultServer:
-        server = FaultServer(**kwargs)
-        servers.append(server)
-        await server.start()
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
 
 
 @pytest.fixture

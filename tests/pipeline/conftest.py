@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # --- fault server and HTTP session (http_client / service_discovery tests and later) ---
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from tests.pipeline.fault_server import FaultServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
 
 
 @pytest.fixture
@@ -21,24 +21,6 @@ async def fault_server(socket_enabled: None) -> AsyncIterator[FaultServer]:
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def fault_server_factory(
-    socket_enabled: None,
-) -> AsyncIterator[Callable[..., Awaitable[FaultServer]]]:
-    """Start as many `FaultServer`s as a test needs: ``await factory(token=...)``."""
-    servers: list[FaultServer] = []
-
-    async def start(**kwargs: Any) -> FaultServer:
-        server = FaultServer(**kwargs)
-        servers.append(server)
-        await server.start()
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
 
 
 @pytest.fixture
