@@ -271,3 +271,25 @@ async def test_migrate_refuses_newer_entries(hass: HomeAssistant, storage: Fault
     entry.add_to_hass(hass)
     assert not await hass.config_entries.async_setup(entry.entry_id)
     assert entry.state is ConfigEntryState.MIGRATION_ERROR
+
+
+async def test_pause_survives_an_outbox_swap(hass: HomeAssistant, storage: FaultServer) -> None:
+    entry = make_entry(storage.url)
+    await setup(hass, entry)
+    runtime = entry.runtime_data.runtime
+    runtime.forwarder.pause()
+    old_forwarder = runtime.forwarder
+
+    hass.config_entries.async_update_entry(
+        entry, options={**entry.options, CONF_DURABILITY: "on_backlog"}
+    )
+    await hass.async_block_till_done()
+    hass.states.async_set("switch.kept", "on")
+    await hass.async_block_till_done()
+
+    assert runtime.forwarder is not old_forwarder
+    assert runtime.forwarder.paused
+    assert storage.requests_to(BATCH_PATH) == []
+    runtime.forwarder.resume()
+    await flush(entry)
+    assert stored_states(storage) == [("switch.kept", "on")]
