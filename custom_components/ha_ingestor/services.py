@@ -42,7 +42,6 @@ from .pipeline.retry import Outcome
 if TYPE_CHECKING:
     from .coordinator import HaIngestorConfigEntry
     from .pipeline.forwarder import Route
-    from .pipeline.http_client import ServiceResponse as HTTPResponse
     from .runtime import IngestorRuntime
 
 ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
@@ -251,17 +250,6 @@ def _unavailable(route: str, reason: str, retry_after: float | None = None) -> F
     )
 
 
-def _upstream_error(response: HTTPResponse) -> tuple[str, str]:
-    try:
-        body = response.json()
-    except ServiceCallError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error = body["error"]
-        return str(error.get("code", f"HTTP_{response.status}")), str(error.get("message", ""))
-    return f"HTTP_{response.status}", response.body[:200].decode("utf-8", "replace")
-
-
 async def async_forward_event(
     runtime: IngestorRuntime,
     event_type: str,
@@ -327,7 +315,7 @@ async def async_forward_event(
         raise ForwardError(
             "auth_failed", {"service": route.name}, status=502, code="UPSTREAM_AUTH_FAILED"
         )
-    code, message = _upstream_error(response)
+    code, message = response.error()
     if outcome is Outcome.TOO_LARGE:
         raise ForwardError(
             "rejected_by_service",

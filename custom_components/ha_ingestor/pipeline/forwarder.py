@@ -355,7 +355,7 @@ class EventForwarder:
             self._batch_limit = max(1, len(records) // 2)
             self.metrics.inc("batches_split")
             return 0.0
-        code, message = _error_of(response)
+        code, message = response.error()
         if outcome is Outcome.TOO_LARGE:
             code = PAYLOAD_TOO_LARGE
         await self._outbox.dead_letter(seqs, code, message, route.name)
@@ -442,15 +442,3 @@ def _results_of(response: ServiceResponse) -> dict[str, Any] | None:
     # None: the receiver gives no per-event results (ack all on success);
     # a dict, even empty: only the events it names are settled.
     return None if results is None else dict(results)
-
-
-def _error_of(response: ServiceResponse) -> tuple[str, str]:
-    """The error code and message of an error answer, or the HTTP status when it has none."""
-    try:
-        body = response.json()
-    except ServiceCallError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        error = body["error"]
-        return str(error.get("code", f"HTTP_{response.status}")), str(error.get("message", ""))
-    return f"HTTP_{response.status}", response.body[:200].decode("utf-8", "replace")

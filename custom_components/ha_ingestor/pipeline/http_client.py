@@ -107,6 +107,17 @@ class ServiceResponse:
                 retry_after=self.retry_after,
             ) from None
 
+    def error(self) -> tuple[str, str]:
+        """Code and message of an error answer (DESIGN.md's error body), else the status."""
+        try:
+            body = self.json()
+        except ServiceCallError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            error = body["error"]
+            return str(error.get("code", f"HTTP_{self.status}")), str(error.get("message", ""))
+        return f"HTTP_{self.status}", self.body[:200].decode("utf-8", "replace")
+
 
 @dataclass(frozen=True, slots=True)
 class _Request:
