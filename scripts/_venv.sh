@@ -53,3 +53,13 @@ ensure_influxd() {
     systemctl disable --now influxdb >/dev/null 2>&1 || true
   fi
 }
+
+typecheck() {
+  # The integration, then the services. The services import the pipeline as the top-level
+  # package ha_ingestor_pipeline (pyproject's package-dir); mypy cannot follow setuptools'
+  # editable import hook, so it gets that name through a symlink kept inside .venv.
+  .venv/bin/mypy custom_components/ha_ingestor
+  mkdir -p .venv/typing
+  ln -sfn "$PWD/custom_components/ha_ingestor/pipeline" .venv/typing/ha_ingestor_pipeline
+  MYPYPATH="$PWD/services:$PWD/.venv/typing" .venv/bin/mypy -p ha_ingestor_services
+}

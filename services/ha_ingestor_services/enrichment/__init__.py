@@ -1,0 +1,1 @@
+"""The enrichment pipeline: validate, add weather, normalize, then store."""

@@ -1,0 +1,111 @@
+"""Checking the event envelopes the services receive (DESIGN.md, "Event envelope").
+
+Written out by hand rather than as a voluptuous schema: this runs once per event on the
+ingest path, and an equivalent voluptuous schema measured 84 µs per envelope here
+against a few µs for these checks (see docs/ARCHITECTURE.md). Voluptuous still checks
+the request-level shapes (query parameters, settings), where speed does not matter.
+
+`check_envelope` raises the pipeline's `ValidationError` naming the field, what is
+wrong and what was expected; the error becomes the event's ``rejected`` result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ha_ingestor_pipeline.envelope import ValidationError, to_rfc3339
+
+MAX_EVENT_ID_LENGTH = 128
+MAX_EVENT_TYPE_LENGTH = 255
+MAX_ENTITY_ID_LENGTH = 255
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _require_mapping(value: object, field: str) -> Mapping[str, Any]:
+    if type(value) is dict or isinstance(value, Mapping):
+        return value
+    raise ValidationError(field, f"has type {_type_name(value)}", "object")
+
+
+def _optional_text(data: Mapping[str, Any], key: str, field: str) -> None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(field, f"has type {_type_name(value)}", "string or null")
+
+
+def _text(value: object, field: str, max_length: int) -> str:
+    if not isinstance(value, str):
+        if value is None:
+            raise ValidationError(field, "is required", "string")
+        raise ValidationError(field, f"has type {_type_name(value)}", "string")
+    if not value.strip():
+        raise ValidationError(field, "is empty", "non-empty string")
+    if len(value) > max_length:
+        raise ValidationError(field, f"is {len(value)} characters long", f"at most {max_length}")
+    return value
+
+
+def check_entity_id(value: object, field: str = "data.entity_id") -> str:
+    """An entity id of the form ``domain.object_id``."""
+    entity_id = _text(value, field, MAX_ENTITY_ID_LENGTH)
+    domain, dot, object_id = entity_id.partition(".")
+    if not dot or not domain or not object_id or " " in entity_id:
+        raise ValidationError(field, "is malformed", "'domain.object_id'")
+    return entity_id
+
+
+def _check_number(value: object, field: str, low: float, high: float) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(field, f"has type {_type_name(value)}", "number or null")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValidationError(field, "is out of range", f"a number from {low} to {high}")
+
+
+def _check_context(raw: object) -> None:
+    context = _require_mapping(raw, "context")
+    _optional_text(context, "instance_id", "context.instance_id")
+    location = context.get("location")
+    if location is not None:
+        location = _require_mapping(location, "context.location")
+        _check_number(location.get("latitude"), "context.location.latitude", -90, 90)
+        _check_number(location.get("longitude"), "context.location.longitude", -180, 180)
+        _check_number(location.get("elevation"), "context.location.elevation", -1e5, 1e5)
+        _optional_text(location, "time_zone", "context.location.time_zone")
+    weather = context.get("weather")
+    if weather is not None:
+        _require_mapping(weather, "context.weather")
+
+
+def check_envelope(raw: object) -> dict[str, Any]:
+    """Check one envelope; return it with ``timestamp`` normalized to RFC 3339 UTC.
+
+    The result is a new top-level dict (nested values are shared with ``raw``).
+    """
+    envelope = _require_mapping(raw, "event")
+    _text(envelope.get("event_id"), "event_id", MAX_EVENT_ID_LENGTH)
+    if "timestamp" not in envelope:
+        raise ValidationError("timestamp", "is required", "RFC 3339 date-time")
+    timestamp = to_rfc3339(envelope["timestamp"], "timestamp")
+    _optional_text(envelope, "source", "source")
+    _optional_text(envelope, "correlation_id", "correlation_id")
+    data = _require_mapping(envelope.get("data"), "data")
+    event_type = _text(data.get("event_type"), "data.event_type", MAX_EVENT_TYPE_LENGTH)
+    if event_type == "state_changed" or data.get("entity_id") is not None:
+        check_entity_id(data.get("entity_id"))
+    _optional_text(data, "state", "data.state")
+    _optional_text(data, "old_state", "data.old_state")
+    for key in ("attributes", "context", "data"):
+        if data.get(key) is not None:
+            _require_mapping(data[key], f"data.{key}")
+    if envelope.get("context") is not None:
+        _check_context(envelope["context"])
+    checked = dict(envelope)
+    checked["timestamp"] = timestamp
+    return checked

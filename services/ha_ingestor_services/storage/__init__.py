@@ -1,0 +1,1 @@
+"""The data storage service: idempotent, durable batches into SQLite or InfluxDB."""

@@ -1,0 +1,539 @@
+"""What both services share: the HTTP surface around their event processing.
+
+`create_app` turns an `EventService` (the enrichment or the storage) into an aiohttp
+application with
+
+- bearer-token auth compared in constant time (health is the only open endpoint),
+- body and batch limits (413), malformed JSON (400) and schema errors (422) in the one
+  error format of DESIGN.md, and never a 500 for bad input,
+- ``POST /api/v1/events`` and ``POST /api/v1/events/batch`` answering with one result
+  per event, so one bad event never sinks its batch,
+- ``GET /api/v1/health``, ``GET /api/v1/stats``, ``GET /metrics`` (Prometheus text) and
+  ``GET /api/v1/openapi.json``.
+
+A service only implements `EventService.process` for the events that passed the
+envelope checks, plus its health, stats and any routes of its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from ha_ingestor_pipeline.envelope import (
+    VALIDATION_ERROR,
+    EventResult,
+    ValidationError,
+    error_response,
+    new_event_id,
+    utc_now_iso,
+)
+from ha_ingestor_pipeline.metrics import LatencyWindow, RateMeter
+
+from . import __version__
+from .envelopes import check_envelope
+from .openapi import build_document
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BATCH_EVENTS = 5000
+OPEN_PATHS = frozenset({"/api/v1/health"})
+
+# Error codes of the standard error body.
+BAD_REQUEST = "BAD_REQUEST"
+UNAUTHORIZED = "UNAUTHORIZED"
+FORBIDDEN = "FORBIDDEN"
+NOT_FOUND = "NOT_FOUND"
+METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+CORRELATION_HEADER = "X-Correlation-ID"
+
+
+class RequestError(Exception):
+    """A request the service answers with the standard error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(RequestError):
+    """The service cannot do its job now (its dependency is down): 503 with Retry-After."""
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(503, SERVICE_UNAVAILABLE, message, retry_after=retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyHealth:
+    """One dependency's state for ``GET /api/v1/health``."""
+
+    healthy: bool
+    detail: str = ""
+    required: bool = True  # an unhealthy optional dependency only degrades the service
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": "healthy" if self.healthy else "unhealthy", "detail": self.detail}
+
+
+class EventService(Protocol):
+    """The part that differs between the enrichment and the storage."""
+
+    name: str  # "enrichment-pipeline" or "data-storage", as in response metadata
+    processing_steps: list[str]
+
+    async def start(self) -> None:
+        """Open backends and clients (a bad setting raises with a one-line message)."""
+
+    async def stop(self) -> None:
+        """Finish what was accepted, then close."""
+
+    async def process(
+        self, envelopes: list[dict[str, Any]], correlation_id: str
+    ) -> list[EventResult]:
+        """One result per checked envelope, in order; raise `ServiceUnavailable` to answer 503."""
+
+    async def health(self) -> dict[str, DependencyHealth]:
+        """Each dependency's state."""
+
+    def stats(self) -> dict[str, Any]:
+        """The service's own figures for ``GET /api/v1/stats``."""
+
+    def routes(self) -> list[web.RouteDef]:
+        """Routes of its own (behind the token)."""
+
+    def openapi_paths(self) -> dict[str, Any]:
+        """OpenAPI path items of `routes` (the shared routes are documented already)."""
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_body_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    *,
+    correlation_id: str | None = None,
+    retry_after: float | None = None,
+) -> web.Response:
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="ha-ingestor"'
+    return json_response(
+        error_response(code, message, details, correlation_id), status=status, headers=headers
+    )
+
+
+class ServiceMetrics:
+    """Prometheus metrics (one registry per app) and the figures of ``/api/v1/stats``."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.started = time.monotonic()
+        self.requests = Counter(
+            "ha_ingestor_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["service", "method", "route", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "ha_ingestor_http_request_duration_seconds",
+            "Time to answer a request, by route.",
+            ["service", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
+        self.events = Counter(
+            "ha_ingestor_events",
+            "Events answered, by result status.",
+            ["service", "status"],
+            registry=self.registry,
+        )
+        self.event_counts = {"stored": 0, "duplicate": 0, "rejected": 0}
+        self.batch_latency = LatencyWindow()
+        self.event_rate = RateMeter()
+
+    def count_results(self, results: list[EventResult]) -> None:
+        counts = dict.fromkeys(self.event_counts, 0)
+        for result in results:
+            counts[result["status"]] += 1
+        for status, count in counts.items():
+            if count:
+                self.event_counts[status] += count
+                self.events.labels(self.service, status).inc(count)
+        self.event_rate.mark(len(results))
+
+    def snapshot(self) -> dict[str, Any]:
+        p50, p95, p99 = self.batch_latency.percentiles(50, 95, 99)
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "events": dict(self.event_counts),
+            "events_per_s": self.event_rate.per_second(),
+            "events_per_minute": self.event_rate.per_minute(),
+            "request_latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+        }
+
+
+@dataclass(slots=True)
+class _Context:
+    service: EventService
+    token: str
+    limits: Limits
+    metrics: ServiceMetrics
+
+
+_CONTEXT = web.AppKey("ha_ingestor_context", _Context)
+
+
+def service_of(app: web.Application) -> EventService:
+    return app[_CONTEXT].service
+
+
+def metrics_of(app: web.Application) -> ServiceMetrics:
+    return app[_CONTEXT].metrics
+
+
+# -- middlewares ----------------------------------------------------------------------
+
+
+def _correlation_id(request: web.Request) -> str:
+    given = request.headers.get(CORRELATION_HEADER, "")
+    return given if 0 < len(given) <= 128 and given.isprintable() else new_event_id()
+
+
+@web.middleware
+async def _errors_and_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure becomes the standard error body; every answer is counted."""
+    context = request.app[_CONTEXT]
+    started = time.perf_counter()
+    correlation_id = _correlation_id(request)
+    request["correlation_id"] = correlation_id
+    try:
+        response = await handler(request)
+    except RequestError as err:
+        response = error_body_response(
+            err.status,
+            err.code,
+            err.message,
+            err.details,
+            correlation_id=correlation_id,
+            retry_after=err.retry_after,
+        )
+    except web.HTTPException as err:  # aiohttp's own: 404, 405, 413 from client_max_size
+        response = _from_http_exception(err, correlation_id)
+    except Exception:
+        _LOGGER.exception("unexpected error answering %s %s", request.method, request.path)
+        response = error_body_response(
+            500,
+            INTERNAL_ERROR,
+            "internal error; see the service log",
+            correlation_id=correlation_id,
+        )
+    response.headers[CORRELATION_HEADER] = correlation_id
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    metrics = context.metrics
+    metrics.requests.labels(metrics.service, request.method, route_name, str(response.status)).inc()
+    metrics.request_seconds.labels(metrics.service, route_name).observe(
+        time.perf_counter() - started
+    )
+    return response
+
+
+def _from_http_exception(err: web.HTTPException, correlation_id: str) -> web.Response:
+    codes = {
+        404: (NOT_FOUND, "no such endpoint"),
+        405: (METHOD_NOT_ALLOWED, "method not allowed on this endpoint"),
+        413: (PAYLOAD_TOO_LARGE, "request body too large"),
+    }
+    code, message = codes.get(err.status, (BAD_REQUEST, err.reason))
+    if err.status == 413:
+        message = err.text or message
+    response = error_body_response(err.status, code, message, correlation_id=correlation_id)
+    if "Allow" in err.headers:
+        response.headers["Allow"] = err.headers["Allow"]
+    return response
+
+
+@web.middleware
+async def _auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise RequestError(401, UNAUTHORIZED, "a bearer token is required (Authorization header)")
+    expected = request.app[_CONTEXT].token
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise RequestError(403, FORBIDDEN, "the bearer token is not valid for this service")
+    return await handler(request)
+
+
+# -- request bodies ---------------------------------------------------------------------
+
+
+async def read_json(request: web.Request, limits: Limits) -> Any:
+    """The request's JSON body; 413 past the size limit, 400 when it is not JSON."""
+    if request.content_length is not None and request.content_length > limits.max_body_bytes:
+        raise RequestError(
+            413,
+            PAYLOAD_TOO_LARGE,
+            f"request body is {request.content_length} bytes, over the limit of "
+            f"{limits.max_body_bytes}",
+            {"limit_bytes": limits.max_body_bytes},
+        )
+    body = await request.read()  # aiohttp enforces client_max_size, also after gunzip
+    if not body:
+        raise RequestError(400, BAD_REQUEST, "the request body is empty; JSON expected")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise RequestError(400, BAD_REQUEST, f"the request body is not valid JSON: {err}") from None
+
+
+def batch_events(body: Any, limits: Limits) -> list[Any]:
+    """The ``events`` list of a batch body; 422 for the wrong shape, 413 past the limit."""
+    if not isinstance(body, dict):
+        raise RequestError(
+            422,
+            VALIDATION_ERROR,
+            "a batch is an object with an events list",
+            {"field": "events", "issue": "body is not an object", "expected": "object"},
+        )
+    events = body.get("events")
+    if not isinstance(events, list):
+        raise RequestError(
+            422,
+            VALIDATION_ERROR,
+            "events: is missing or not a list",
+            {"field": "events", "issue": "is missing or not a list", "expected": "array"},
+        )
+    if not events:
+        raise RequestError(
+            422,
+            VALIDATION_ERROR,
+            "events: is empty",
+            {"field": "events", "issue": "is empty", "expected": "at least one event"},
+        )
+    if len(events) > limits.max_batch_events:
+        raise RequestError(
+            413,
+            PAYLOAD_TOO_LARGE,
+            f"batch has {len(events)} events, over the limit of {limits.max_batch_events}",
+            {"limit_events": limits.max_batch_events},
+        )
+    return events
+
+
+def _event_id_of(raw: object) -> str:
+    event_id = raw.get("event_id") if isinstance(raw, dict) else None
+    return event_id if isinstance(event_id, str) else ""
+
+
+async def run_events(
+    context: _Context, raws: list[Any], correlation_id: str
+) -> tuple[list[EventResult], float]:
+    """Check each envelope, let the service process the good ones, merge the results."""
+    started = time.perf_counter()
+    results: list[EventResult | None] = []
+    accepted: list[dict[str, Any]] = []
+    for raw in raws:
+        try:
+            accepted.append(check_envelope(raw))
+        except ValidationError as err:
+            results.append(
+                {"event_id": _event_id_of(raw), "status": "rejected", "error": err.to_error()}
+            )
+        else:
+            results.append(None)
+    processed = await context.service.process(accepted, correlation_id) if accepted else []
+    if len(processed) != len(accepted):
+        raise RuntimeError(
+            f"{context.service.name} answered {len(processed)} results for {len(accepted)} events"
+        )
+    answers = iter(processed)
+    merged = [result if result is not None else next(answers) for result in results]
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    context.metrics.batch_latency.record(elapsed_ms)
+    context.metrics.count_results(merged)
+    return merged, elapsed_ms
+
+
+def _success_body(
+    service: EventService, results: list[EventResult], elapsed_ms: float, correlation_id: str
+) -> dict[str, Any]:
+    return {
+        "success": True,
+        "processed_at": utc_now_iso(),
+        "processing_time_ms": round(elapsed_ms, 3),
+        "correlation_id": correlation_id,
+        "metadata": {
+            "service": service.name,
+            "version": __version__,
+            "processing_steps": service.processing_steps,
+        },
+        "results": results,
+    }
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+async def _post_batch(request: web.Request) -> web.Response:
+    context = request.app[_CONTEXT]
+    body = await read_json(request, context.limits)
+    raws = batch_events(body, context.limits)
+    correlation_id = _body_correlation_id(body, request)
+    results, elapsed_ms = await run_events(context, raws, correlation_id)
+    return json_response(_success_body(context.service, results, elapsed_ms, correlation_id))
+
+
+async def _post_single(request: web.Request) -> web.Response:
+    """One envelope; a schema error is a 422 here (there is no batch to keep going)."""
+    context = request.app[_CONTEXT]
+    body = await read_json(request, context.limits)
+    correlation_id = _body_correlation_id(body, request)
+    results, elapsed_ms = await run_events(context, [body], correlation_id)
+    error = results[0].get("error")
+    if results[0]["status"] == "rejected" and error is not None:
+        raise RequestError(422, error["code"], error["message"], error.get("details"))
+    return json_response(_success_body(context.service, results, elapsed_ms, correlation_id))
+
+
+def _body_correlation_id(body: Any, request: web.Request) -> str:
+    given = body.get("correlation_id") if isinstance(body, dict) else None
+    if (
+        isinstance(given, str)
+        and 0 < len(given) <= 128
+        and CORRELATION_HEADER not in request.headers
+    ):
+        request["correlation_id"] = given
+    correlation_id: str = request["correlation_id"]
+    return correlation_id
+
+
+async def _health(request: web.Request) -> web.Response:
+    context = request.app[_CONTEXT]
+    try:
+        dependencies = await context.service.health()
+    except Exception as err:  # a health check must answer, whatever broke
+        _LOGGER.exception("health check failed")
+        dependencies = {"self": DependencyHealth(False, f"{type(err).__name__}: {err}")}
+    required_down = any(not dep.healthy and dep.required for dep in dependencies.values())
+    optional_down = any(not dep.healthy and not dep.required for dep in dependencies.values())
+    status = "unhealthy" if required_down else "degraded" if optional_down else "healthy"
+    body = {
+        "status": status,
+        "service": context.service.name,
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - context.metrics.started, 3),
+        "timestamp": utc_now_iso(),
+        "dependencies": {name: dep.as_dict() for name, dep in dependencies.items()},
+    }
+    return json_response(body, status=503 if required_down else 200)
+
+
+async def _stats(request: web.Request) -> web.Response:
+    context = request.app[_CONTEXT]
+    body = {
+        "service": context.service.name,
+        "version": __version__,
+        **context.metrics.snapshot(),
+        context.service.name: context.service.stats(),
+    }
+    return json_response(body)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = request.app[_CONTEXT].metrics.registry
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    service = request.app[_CONTEXT].service
+    return json_response(build_document(service.name, __version__, service.openapi_paths()))
+
+
+def create_app(service: EventService, *, token: str, limits: Limits = Limits()) -> web.Application:  # noqa: B008
+    """The service's aiohttp application; `service.start`/`stop` run with the app's life."""
+    if not token:
+        raise ValueError("a bearer token is required (HA_INGESTOR_TOKEN or --token)")
+    metrics = ServiceMetrics(service.name)
+    app = web.Application(
+        middlewares=[_errors_and_metrics, _auth], client_max_size=limits.max_body_bytes
+    )
+    app[_CONTEXT] = _Context(service=service, token=token, limits=limits, metrics=metrics)
+    app.add_routes(
+        [
+            web.post("/api/v1/events", _post_single),
+            web.post("/api/v1/events/batch", _post_batch),
+            web.get("/api/v1/health", _health),
+            web.get("/api/v1/stats", _stats),
+            web.get("/metrics", _metrics),
+            web.get("/api/v1/openapi.json", _openapi),
+            *service.routes(),
+        ]
+    )
+
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await service.start()
+        yield
+        await service.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
