@@ -67,6 +67,10 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 CORRELATION_HEADER = "X-Correlation-ID"
 
 
+class StartupError(Exception):
+    """A bad setting or an unreachable dependency at start; the CLI prints the message."""
+
+
 class RequestError(Exception):
     """A request the service answers with the standard error body."""
 
@@ -119,7 +123,7 @@ class EventService(Protocol):
     processing_steps: list[str]
 
     async def start(self) -> None:
-        """Open backends and clients (a bad setting raises with a one-line message)."""
+        """Open backends and clients; raise `StartupError` with a one-line message."""
 
     async def stop(self) -> None:
         """Finish what was accepted, then close."""
