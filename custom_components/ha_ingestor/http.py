@@ -101,17 +101,24 @@ def _entry_error(err: ServiceValidationError) -> web.Response:
     return _error(status, code, str(err))
 
 
-def _entries(hass: HomeAssistant, request: web.Request) -> list[HaIngestorConfigEntry]:
-    """The entries a request is about: the one named by ``entry_id``, or every loaded one.
+def _requested_entries(
+    request: web.Request, *, none_loaded_ok: bool = False
+) -> list[HaIngestorConfigEntry] | web.Response:
+    """The entries a request is about (the one named by ``entry_id``, or every loaded
+    one), or the error answer when there are none.
 
-    Raises `ServiceValidationError` (see `_entry_error`).
+    With ``none_loaded_ok``, no loaded entry (and no ``entry_id``) is an empty list.
     """
+    hass = request.app[KEY_HASS]
     entry_id = request.query.get(QUERY_ENTRY_ID)
-    if entry_id is not None:
-        return [async_get_loaded_entry(hass, entry_id)]
-    entries: list[HaIngestorConfigEntry] = hass.config_entries.async_loaded_entries(DOMAIN)
-    if not entries:
-        async_get_loaded_entry(hass, None)  # raises no_loaded_entry
+    try:
+        if entry_id is not None:
+            return [async_get_loaded_entry(hass, entry_id)]
+        entries: list[HaIngestorConfigEntry] = hass.config_entries.async_loaded_entries(DOMAIN)
+        if not entries and not none_loaded_ok:
+            async_get_loaded_entry(hass, None)  # raises no_loaded_entry
+    except ServiceValidationError as err:
+        return _entry_error(err)
     return entries
 
 
@@ -213,13 +220,9 @@ class IngestorHealthView(HomeAssistantView):
     requires_auth = True
 
     async def get(self, request: web.Request) -> web.Response:
-        hass = request.app[KEY_HASS]
-        try:
-            entries = _entries(hass, request)
-        except ServiceValidationError as err:
-            if err.translation_key != "no_loaded_entry":
-                return _entry_error(err)
-            entries = []
+        entries = _requested_entries(request, none_loaded_ok=True)
+        if isinstance(entries, web.Response):
+            return entries
         now = time.time()
         result: dict[str, Any] = {}
         for entry in entries:
@@ -296,11 +299,9 @@ class IngestorStatsView(HomeAssistantView):
     requires_auth = True
 
     async def get(self, request: web.Request) -> web.Response:
-        hass = request.app[KEY_HASS]
-        try:
-            entries = _entries(hass, request)
-        except ServiceValidationError as err:
-            return _entry_error(err)
+        entries = _requested_entries(request)
+        if isinstance(entries, web.Response):
+            return entries
         result = {
             entry.entry_id: {"title": entry.title, **await entry_stats(entry.runtime_data.runtime)}
             for entry in entries

@@ -195,28 +195,14 @@ def _encode(
     }
     validator = runtime.encoder.validator
     try:
-        envelope = validator.build(raw)
-        envelope["correlation_id"] = correlation_id
-        try:
-            payload = orjson.dumps(envelope, default=str)
-        except TypeError as err:  # e.g. keys that are not text
-            raise ValidationError(
-                "event_data", f"cannot be serialized: {err}", "JSON-safe values"
-            ) from None
-        if len(payload) > validator.max_event_bytes:
-            raise ValidationError(
-                "event_data",
-                f"makes an event of {len(payload)} bytes, over the limit of "
-                f"{validator.max_event_bytes}",
-                f"at most {validator.max_event_bytes} bytes",
-                code=PAYLOAD_TOO_LARGE,
-            )
+        encoded = validator.encode(raw)
     except ValidationError as err:
         too_large = err.code == PAYLOAD_TOO_LARGE
+        field_name = _field_name(err.field)
         raise ForwardError(
             "event_too_large" if too_large else "invalid_event",
             {
-                "field": _field_name(err.field),
+                "field": field_name,
                 "issue": err.issue,
                 "expected": err.expected or "a valid value",
                 "limit": str(validator.max_event_bytes),
@@ -224,9 +210,13 @@ def _encode(
             status=413 if too_large else 422,
             code=err.code,
             user_error=True,
-            details=err.details() | {"field": _field_name(err.field)},
+            details=err.details() | {"field": field_name},
         ) from None
-    return envelope["event_id"], payload
+    # The correlation id is request metadata, like the forwarder's per-batch one: the
+    # size limit applies to the event as the outbox would store it, so the id is added
+    # to the encoded envelope afterwards (its last byte is the object's closing brace).
+    payload = encoded.payload[:-1] + b',"correlation_id":' + orjson.dumps(correlation_id) + b"}"
+    return encoded.event_id, payload
 
 
 def _field_name(field_path: str) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from unittest.mock import AsyncMock, patch
 
 import pytest
+from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotExtension
 
 from tests.pipeline.fault_server import FaultServer
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from homeassistant.core import HomeAssistant
+    from syrupy.assertion import SnapshotAssertion
 
 TOKEN = "test-token"
 """The bearer token the `storage_server` and `enrichment_server` fixtures expect."""
@@ -32,6 +34,16 @@ def auto_enable_custom_integrations(enable_custom_integrations: None) -> None:
 def config_dir_per_test(hass: HomeAssistant, tmp_path: Path) -> None:
     """Outbox files (under the config directory) must not leak from test to test."""
     hass.config.config_dir = str(tmp_path)
+
+
+@pytest.fixture
+def snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
+    """Home Assistant's snapshot format (registry entries, states), kept in ``snapshots/``.
+
+    The harness's plugin defines the same override, but syrupy's own ``snapshot``
+    fixture, registered later, shadows it; a conftest fixture wins over both.
+    """
+    return snapshot.use_extension(HomeAssistantSnapshotExtension)
 
 
 @pytest.fixture

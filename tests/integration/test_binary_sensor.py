@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from unittest.mock import patch
 
-import pytest
 from homeassistant.const import STATE_OFF, STATE_ON, Platform
 from pytest_homeassistant_custom_component.common import MockConfigEntry, snapshot_platform
-from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotExtension
 
 from custom_components.ha_ingestor.const import CONF_STORAGE_FAILOVER_URLS, DOMAIN
 from tests.integration.conftest import TOKEN
@@ -38,12 +36,6 @@ if TYPE_CHECKING:
 
 STORAGE = "binary_sensor.data_storage_connectivity"
 ENRICHMENT = "binary_sensor.enrichment_pipeline_connectivity"
-
-
-@pytest.fixture
-def snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
-    """Home Assistant's snapshot format (registry entries, states) in ``snapshots/``."""
-    return snapshot.use_extension(HomeAssistantSnapshotExtension)
 
 
 async def test_binary_sensors(

@@ -29,7 +29,6 @@ from pytest_homeassistant_custom_component.common import (
     async_fire_time_changed,
     snapshot_platform,
 )
-from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotExtension
 from syrupy.filters import props
 
 from custom_components.ha_ingestor.const import (
@@ -55,12 +54,6 @@ FORWARDED = f"{FORWARDER}_events_forwarded"
 DEPTH = f"{FORWARDER}_outbox_depth"
 OLDEST_AGE = f"{FORWARDER}_oldest_pending_event_age"
 STORAGE_CIRCUIT = "sensor.data_storage_circuit_breaker"
-
-
-@pytest.fixture
-def snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
-    """Home Assistant's snapshot format (registry entries, states) in ``snapshots/``."""
-    return snapshot.use_extension(HomeAssistantSnapshotExtension)
 
 
 @pytest.fixture

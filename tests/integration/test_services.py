@@ -189,7 +189,7 @@ async def test_forward_event_state_changed_and_rejected(
         (
             {"event_type": "big", "event_data": {"blob": "x" * 300_000}},
             "event_too_large",
-            "event_data",
+            "event",
         ),
         ({"event_type": "   "}, "invalid_event", "event_type"),
     ],
