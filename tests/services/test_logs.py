@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 
 import orjson
+import pytest
 
 from ha_ingestor_services.logs import configure_logging
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger() -> Iterator[None]:
+    """configure_logging replaces the root handlers (pytest's capture among them)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 def test_json_lines_carry_extras_and_exceptions() -> None:
