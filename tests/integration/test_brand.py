@@ -69,14 +69,14 @@ def read_png(data: bytes) -> Image:
     rows: list[bytes] = []
     previous = bytearray(stride)
     for y in range(height):
-        kind = raw[y * (stride + 1)]
+        filter_type = raw[y * (stride + 1)]
         line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        assert kind <= 4, f"unknown filter {kind}"
-        for i in range(stride if kind else 0):  # filter 0 (none) leaves the row as is
+        assert filter_type <= 4, f"unknown filter {filter_type}"
+        for i in range(stride if filter_type else 0):  # filter 0 (none) leaves the row as is
             left = line[i - 4] if i >= 4 else 0
             up = previous[i]
             corner = previous[i - 4] if i >= 4 else 0
-            predictor = (0, left, up, (left + up) // 2, _paeth(left, up, corner))[kind]
+            predictor = (0, left, up, (left + up) // 2, _paeth(left, up, corner))[filter_type]
             line[i] = (line[i] + predictor) & 0xFF
         rows.append(bytes(line))
         previous = line
