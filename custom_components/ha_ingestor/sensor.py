@@ -51,6 +51,12 @@ def _oldest_pending_age(data: IngestorSnapshot) -> int | None:
 
 
 # Counts carry their unit ("events", "events/min") through translations.
+# Enabled by default: what a dashboard or an alert needs (events forwarded, outbox depth,
+# dead letters, dropped events, last delivery, status, connectivity). Disabled by
+# default: figures that change nearly every second while events flow (events per
+# minute, latency, success rate, age of the oldest pending event) and the per-service
+# circuit state, which the connectivity sensor and the status already summarize;
+# enable them when investigating.
 SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
     IngestorSensorEntityDescription(
         key="events_forwarded",
@@ -61,6 +67,7 @@ SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
     IngestorSensorEntityDescription(
         key="events_per_minute",
         translation_key="events_per_minute",
+        entity_registry_enabled_default=False,
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=0,
         value_fn=lambda data: data.events_per_minute,
@@ -102,6 +109,7 @@ SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
     IngestorSensorEntityDescription(
         key="oldest_pending_age",
         translation_key="oldest_pending_age",
+        entity_registry_enabled_default=False,
         device_class=SensorDeviceClass.DURATION,
         entity_category=EntityCategory.DIAGNOSTIC,
         native_unit_of_measurement=UnitOfTime.SECONDS,
@@ -112,6 +120,7 @@ SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
     IngestorSensorEntityDescription(
         key="success_rate",
         translation_key="success_rate",
+        entity_registry_enabled_default=False,
         entity_category=EntityCategory.DIAGNOSTIC,
         native_unit_of_measurement=PERCENTAGE,
         state_class=SensorStateClass.MEASUREMENT,
@@ -121,6 +130,7 @@ SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
     IngestorSensorEntityDescription(
         key="latency_p95",
         translation_key="latency_p95",
+        entity_registry_enabled_default=False,
         device_class=SensorDeviceClass.DURATION,
         entity_category=EntityCategory.DIAGNOSTIC,
         native_unit_of_measurement=UnitOfTime.MILLISECONDS,
@@ -134,6 +144,7 @@ SERVICE_SENSORS: tuple[IngestorServiceSensorEntityDescription, ...] = (
     IngestorServiceSensorEntityDescription(
         key="circuit",
         translation_key="circuit",
+        entity_registry_enabled_default=False,
         device_class=SensorDeviceClass.ENUM,
         entity_category=EntityCategory.DIAGNOSTIC,
         options=[state.value for state in BreakerState],

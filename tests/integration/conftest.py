@@ -7,7 +7,7 @@ modules.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from unittest.mock import AsyncMock, patch
+from unittest.mock import AsyncMock, PropertyMock, patch
 
 import pytest
 from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotExtension
@@ -44,6 +44,20 @@ def snapshot(snapshot: SnapshotAssertion) -> SnapshotAssertion:
     fixture, registered later, shadows it; a conftest fixture wins over both.
     """
     return snapshot.use_extension(HomeAssistantSnapshotExtension)
+
+
+@pytest.fixture
+def entity_registry_enabled_by_default() -> Generator[None]:
+    """Every entity enabled, also those the integration disables by default.
+
+    Home Assistant core's fixture of the same name; the custom-component harness lacks it.
+    """
+    with patch(
+        "homeassistant.helpers.entity.Entity.entity_registry_enabled_default",
+        new_callable=PropertyMock,
+        return_value=True,
+    ):
+        yield
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from unittest.mock import patch
 
+import pytest
 from homeassistant.const import STATE_OFF, STATE_ON, Platform
 from pytest_homeassistant_custom_component.common import MockConfigEntry, snapshot_platform
 
@@ -53,6 +54,7 @@ async def test_binary_sensors(
         await unload_entry(hass, entry)
 
 
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_health_checks_drive_connectivity(
     hass: HomeAssistant, storage_server: FaultServer, enrichment_server: FaultServer
 ) -> None:
@@ -83,6 +85,7 @@ async def test_health_checks_drive_connectivity(
     await unload_entry(hass, entry)
 
 
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_refused_connections_open_the_circuit(
     hass: HomeAssistant, storage_server: FaultServer
 ) -> None:

@@ -152,6 +152,7 @@ async def wait_until(condition: Any, *, nudge: Any = None, timeout: float = 5.0)
 # -- snapshots ---------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_sensors(
     hass: HomeAssistant,
     storage: FaultServer,
@@ -159,12 +160,50 @@ async def test_sensors(
     entity_registry: er.EntityRegistry,
     snapshot: SnapshotAssertion,
 ) -> None:
-    """Every sensor's registry entry and first state, with both services configured."""
+    """Every sensor's registry entry and first state, with both services configured.
+
+    All enabled (Home Assistant's snapshot helper wants every entity to have a state);
+    which ones start disabled is `test_less_important_sensors_start_disabled`'s business.
+    """
     entry = make_entry(storage.url, enrichment.url)
     with patch("custom_components.ha_ingestor.PLATFORMS", [Platform.SENSOR]):
         await setup_entry(hass, entry)
         await snapshot_platform(hass, entity_registry, snapshot, entry.entry_id)
         await unload_entry(hass, entry)
+
+
+async def test_less_important_sensors_start_disabled(
+    hass: HomeAssistant, storage: FaultServer, entity_registry: er.EntityRegistry
+) -> None:
+    """Fast-changing figures and circuit states start disabled; enabling one works."""
+    entry = make_entry(storage.url)
+    await setup_entry(hass, entry)
+    disabled = {
+        entity.entity_id
+        for entity in er.async_entries_for_config_entry(entity_registry, entry.entry_id)
+        if entity.disabled_by is er.RegistryEntryDisabler.INTEGRATION
+    }
+    assert disabled == {
+        f"{FORWARDER}_events_per_minute",
+        f"{FORWARDER}_delivery_latency_p95",
+        f"{FORWARDER}_delivery_success_rate",
+        OLDEST_AGE,
+        STORAGE_CIRCUIT,
+    }
+    for entity_id in disabled:
+        assert hass.states.get(entity_id) is None
+    # Everything a dashboard needs is there from the start.
+    for entity_id in (FORWARDED, DEPTH, f"{FORWARDER}_dead_letters", f"{FORWARDER}_status"):
+        assert hass.states.get(entity_id) is not None
+
+    # The user enables one: after the entry reloads it has a state, and its own
+    # changes are not forwarded like any other entity of the integration.
+    entity_registry.async_update_entity(STORAGE_CIRCUIT, disabled_by=None)
+    assert await hass.config_entries.async_reload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert state_of(hass, STORAGE_CIRCUIT) == "closed"
+    assert STORAGE_CIRCUIT in own_entities(hass)
+    await unload_entry(hass, entry)
 
 
 async def test_devices(
@@ -239,6 +278,7 @@ async def test_removed_service_loses_its_device(
 # -- live values -------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_values_after_forwarding(hass: HomeAssistant, storage: FaultServer) -> None:
     entry = make_entry(storage.url)
     await setup_entry(hass, entry)
@@ -272,6 +312,7 @@ async def test_values_after_forwarding(hass: HomeAssistant, storage: FaultServer
     await unload_entry(hass, entry)
 
 
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_pending_while_the_receiver_refuses(
     hass: HomeAssistant, storage: FaultServer
 ) -> None:
@@ -312,6 +353,7 @@ async def test_pending_while_the_receiver_refuses(
     await unload_entry(hass, entry)
 
 
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_unavailable_when_the_coordinator_fails(
     hass: HomeAssistant, storage: FaultServer
 ) -> None:
@@ -331,6 +373,7 @@ async def test_unavailable_when_the_coordinator_fails(
 # -- no feedback loop, bounded writes ------------------------------------------------------
 
 
+@pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_own_entities_are_never_forwarded(hass: HomeAssistant, storage: FaultServer) -> None:
     """Our sensors change as events flow, yet only the other entities reach the receiver."""
     entry = make_entry(storage.url)
