@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import logging
 import os
@@ -52,9 +51,9 @@ from .influxd import Influxd, free_port, running_influxd
 from .sink import running_sink
 
 EVENTS = 50_000
+ROUNDS = 3
 UNIT = "°C"
 DATABASE = "home_assistant"
-_DATABASE_NUMBERS = itertools.count(1)
 ATTRIBUTES = {
     "state_class": "measurement",
     "unit_of_measurement": UNIT,
@@ -82,7 +81,9 @@ async def _fire(hass: HomeAssistant, count: int) -> float:
 
 async def _setup_influxdb(hass: HomeAssistant, influxd: Influxd) -> Callable[[], int]:
     """Home Assistant's influxdb integration (API v1); returns a counter of stored points."""
-    database = f"{DATABASE}_{next(_DATABASE_NUMBERS)}"  # a fresh one for every round
+    # A fresh database for every round (each round is its own process), so points of an
+    # earlier round are never counted again.
+    database = f"{DATABASE}_{os.getpid()}"
     influxd.create_database(database)
     config = {"host": "127.0.0.1", "port": influxd.port, "database": database}
     assert await async_setup_component(hass, "influxdb", {"influxdb": config})
@@ -102,26 +103,30 @@ async def _setup_ha_ingestor(hass: HomeAssistant, sink_url: str) -> Callable[[],
 
 
 async def scenario(
-    hass: HomeAssistant, subscribe: Callable[[], Awaitable[Callable[[], int]]] | None
+    hass: HomeAssistant,
+    subscribe: Callable[[], Awaitable[Callable[[], int]]] | None,
+    events: int = EVENTS,
 ) -> dict[str, float]:
     """Loop rate, and with a subscriber its delivered rate and losses."""
     count_delivered = await subscribe() if subscribe else None
     await hass.async_block_till_done()
     start = time.perf_counter()
-    figures = {"loop_per_s": EVENTS / await _fire(hass, EVENTS)}
+    figures = {"loop_per_s": events / await _fire(hass, events)}
     if count_delivered is None:
         return figures
     deadline = time.monotonic() + 300
-    while (delivered := await hass.async_add_executor_job(count_delivered)) < EVENTS:
+    while (delivered := await hass.async_add_executor_job(count_delivered)) < events:
         if time.monotonic() > deadline:
             break  # report what arrived; `lost` says the rest
         await asyncio.sleep(0.05)
     figures["delivered_per_s"] = delivered / (time.perf_counter() - start)
-    figures["lost"] = EVENTS - delivered
+    figures["lost"] = events - delivered
     return figures
 
 
-async def run_scenario(kind: str, influx_port: int, sink_url: str) -> dict[str, float]:
+async def run_scenario(
+    kind: str, influx_port: int, sink_url: str, events: int = EVENTS
+) -> dict[str, float]:
     """One scenario in a fresh Home Assistant (this process is fresh too)."""
     influxd = Influxd(f"http://127.0.0.1:{influx_port}", influx_port)
     with tempfile.TemporaryDirectory(prefix="bench-ha-") as config_dir:
@@ -129,18 +134,19 @@ async def run_scenario(kind: str, influx_port: int, sink_url: str) -> dict[str, 
             # As the test harness's enable_custom_integrations fixture does.
             hass.data.pop(loader.DATA_CUSTOM_COMPONENTS)
             if kind == "influxdb":
-                figures = await scenario(hass, lambda: _setup_influxdb(hass, influxd))
+                figures = await scenario(hass, lambda: _setup_influxdb(hass, influxd), events)
             elif kind == "ha_ingestor":
-                figures = await scenario(hass, lambda: _setup_ha_ingestor(hass, sink_url))
+                figures = await scenario(hass, lambda: _setup_ha_ingestor(hass, sink_url), events)
             else:
-                figures = await scenario(hass, None)
+                figures = await scenario(hass, None, events)
             await hass.async_stop(force=True)
     return figures
 
 
-def _in_subprocess(kind: str, influxd: Influxd, sink_url: str) -> dict[str, float]:
+def _in_subprocess(kind: str, influxd: Influxd, sink_url: str, events: int) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.ha", "--events", str(events)]
     output = subprocess.run(
-        [sys.executable, "-m", "benchmarks.ha", "--scenario", kind, str(influxd.port), sink_url],
+        [*command, "--scenario", kind, str(influxd.port), sink_url],
         check=True,
         capture_output=True,
         text=True,
@@ -150,17 +156,25 @@ def _in_subprocess(kind: str, influxd: Influxd, sink_url: str) -> dict[str, floa
     return figures
 
 
-ROUNDS = 3
 KINDS = ("none", "influxdb", "ha_ingestor")
 
 
-def run() -> dict[str, float]:
+def run(rounds: int = ROUNDS, events: int = EVENTS) -> dict[str, float]:
     """Interleave the scenarios over several rounds, each in its own process; medians."""
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     with running_influxd() as influxd, running_sink(free_port()) as sink_url:
-        for _ in range(ROUNDS):
+        for number in range(1, rounds + 1):
             for kind in KINDS:
-                results[kind].append(_in_subprocess(kind, influxd, sink_url))
+                results[kind].append(_in_subprocess(kind, influxd, sink_url, events))
+            ours, influx = results["ha_ingestor"][-1], results["influxdb"][-1]
+            print(
+                f"round {number}: no listener {results['none'][-1]['loop_per_s']:,.0f}/s,"
+                f" influxdb {influx['loop_per_s']:,.0f}/s, HA Ingestor {ours['loop_per_s']:,.0f}/s"
+                f" (ratio {ours['loop_per_s'] / influx['loop_per_s']:.2f}),"
+                f" delivered {influx['delivered_per_s']:,.0f}/s"
+                f" vs {ours['delivered_per_s']:,.0f}/s",
+                flush=True,
+            )
 
     def median(kind: str, figure: str) -> float:
         return statistics.median(result[figure] for result in results[kind])
@@ -186,16 +200,29 @@ TARGETS = {"ratio_vs_influxdb": (">=", 1.0), "delivered_per_s": (">=", 10_000), 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help=f"interleaved rounds (default {ROUNDS})"
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=EVENTS,
+        help=f"state changes per scenario and round (default {EVENTS:,})",
+    )
     parser.add_argument("--scenario", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.scenario:
         kind, influx_port, sink_url = args.scenario
-        print(json.dumps(asyncio.run(run_scenario(kind, int(influx_port), sink_url))))
+        figures = asyncio.run(run_scenario(kind, int(influx_port), sink_url, args.events))
+        print(json.dumps(figures))
         return
-    figures = run()
+    figures = run(args.rounds, args.events)
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    print(f"machine: {machine}, Python {platform.python_version()}, {EVENTS:,} state changes")
+    print(
+        f"machine: {machine}, Python {platform.python_version()}, {args.events:,} state changes,"
+        f" {args.rounds} rounds"
+    )
     print(f"{'figure':<28}{'value':>14}  target")
     for name, value in figures.items():
         target = TARGETS.get(name)

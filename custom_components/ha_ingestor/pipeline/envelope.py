@@ -153,6 +153,7 @@ class EncodedEvent:
 # Version 4 and RFC 4122 variant bits of a UUID held as a 128-bit integer.
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+_getrandbits = random.getrandbits
 
 
 def new_event_id() -> str:
@@ -161,7 +162,7 @@ def new_event_id() -> str:
     From the random module (seeded from the OS, reseeded after fork) rather than
     os.urandom: ids must be unique, not secret, and this is on the per-event path.
     """
-    h = f"{(random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
+    h = ((_getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET).to_bytes(16).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -303,6 +304,16 @@ class EventValidator:
     def encode(self, raw: Mapping[str, Any], event_id: str | None = None) -> EncodedEvent:
         """Build and serialize the envelope, enforcing the per-event size limit."""
         envelope = self.build(raw, event_id)
+        return self.serialize(envelope["event_id"], envelope)
+
+    def serialize(self, event_id: str, envelope: Mapping[str, Any]) -> EncodedEvent:
+        """Serialize an envelope that is already valid, enforcing the per-event size limit.
+
+        For producers that build envelopes themselves from trusted objects (the
+        integration's encoder for Home Assistant events): the same serialization, the
+        same errors and the same limit as `encode`. Values may include
+        ``orjson.Fragment`` (JSON text inserted as is).
+        """
         try:
             payload = orjson.dumps(envelope, default=str)
         except TypeError as err:  # e.g. keys that are not strings
@@ -316,7 +327,7 @@ class EventValidator:
                 f"at most {self.max_event_bytes} bytes",
                 code=PAYLOAD_TOO_LARGE,
             )
-        return EncodedEvent(envelope["event_id"], payload)
+        return EncodedEvent(event_id, payload)
 
 
 def batch_body(payloads: list[bytes]) -> bytes:

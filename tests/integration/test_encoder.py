@@ -1,0 +1,158 @@
+"""EventEncoder: Home Assistant events into envelopes, directly or through the validator.
+
+The direct path for ``state_changed`` must give exactly the bytes `EventValidator`
+gives for the same event (apart from the random event id), and must leave every odd
+event to the validator's judgement.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+from homeassistant.core import Context, Event, State
+
+from custom_components.ha_ingestor.listener import EventEncoder
+from custom_components.ha_ingestor.pipeline.envelope import (
+    PAYLOAD_TOO_LARGE,
+    VALIDATION_ERROR,
+    EncodedEvent,
+    EnvelopeContext,
+    EventValidator,
+    ValidationError,
+)
+
+CONTEXT: EnvelopeContext = {
+    "instance_id": "abc123",
+    "location": {"latitude": 52.5, "longitude": 13.4, "elevation": 34, "time_zone": "UTC"},
+    "weather": {"entity_id": "weather.home", "condition": "rainy", "temperature_c": 11.5},
+}
+ATTRIBUTES = {"unit_of_measurement": "°C", "device_class": "temperature", "friendly_name": "T"}
+
+
+def _encoder(**validator: Any) -> EventEncoder:
+    encoder = EventEncoder(EventValidator(**validator))
+    encoder.set_context(CONTEXT)
+    return encoder
+
+
+def _state_changed(
+    new: State | None,
+    old: State | None,
+    *,
+    entity_id: object = "sensor.t",
+    timestamp: float | None = None,
+    context: Context | None = None,
+) -> Event[Any]:
+    data = {"entity_id": entity_id, "old_state": old, "new_state": new}
+    return Event("state_changed", data, time_fired_timestamp=timestamp, context=context)
+
+
+def _without_id(encoded: EncodedEvent) -> bytes:
+    assert encoded.payload.count(encoded.event_id.encode()) == 1
+    return encoded.payload.replace(encoded.event_id.encode(), b"<id>")
+
+
+def _generic(encoder: EventEncoder, event: Event[Any]) -> EncodedEvent:
+    return encoder._encode_generic(event)
+
+
+@pytest.mark.parametrize(
+    ("new", "old", "timestamp", "context"),
+    [
+        (State("sensor.t", "22.5", ATTRIBUTES), State("sensor.t", "22.4", ATTRIBUTES), None, None),
+        # A whole second: no fraction in the timestamp, in both paths.
+        (State("sensor.t", "1", {}), None, 1_800_000_000.0, Context(user_id="u", parent_id="p")),
+        (None, State("sensor.t", "gone", ATTRIBUTES), 1_800_000_000.123456, None),
+        (
+            State(
+                "sensor.t",
+                "on",
+                {"when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "nested": {"a": [1, 2.5]}},
+            ),
+            None,
+            None,
+            None,
+        ),
+    ],
+)
+def test_direct_path_gives_the_validators_bytes(
+    new: State | None, old: State | None, timestamp: float | None, context: Context | None
+) -> None:
+    encoder = _encoder()
+    event = _state_changed(new, old, timestamp=timestamp, context=context)
+    direct = encoder(event)
+    assert _without_id(direct) == _without_id(_generic(encoder, event))
+    envelope = orjson.loads(direct.payload)
+    assert envelope["event_id"] == direct.event_id
+    assert envelope["timestamp"].endswith("Z")
+    assert envelope["context"] == CONTEXT
+    assert envelope["data"]["state"] == (None if new is None else new.state)
+    assert envelope["data"]["old_state"] == (None if old is None else old.state)
+
+
+def test_event_ids_differ_per_event() -> None:
+    encoder = _encoder()
+    event = _state_changed(State("sensor.t", "1"), None)
+    assert len({encoder(event).event_id for _ in range(100)}) == 100
+
+
+@pytest.mark.parametrize("entity_id", [None, 5, "no_dot", ""])
+def test_odd_entity_ids_are_judged_by_the_validator(entity_id: object) -> None:
+    encoder = _encoder()
+    with pytest.raises(ValidationError) as caught:
+        encoder(_state_changed(State("sensor.t", "1"), None, entity_id=entity_id))
+    assert caught.value.code == VALIDATION_ERROR
+    assert caught.value.field == "data.entity_id"
+
+
+def test_attributes_that_cannot_be_serialized_are_a_validation_error() -> None:
+    encoder = _encoder()
+    with pytest.raises(ValidationError) as caught:
+        encoder(_state_changed(State("sensor.t", "1", {1: "int key"}), None))
+    assert caught.value.field == "data"
+    assert "cannot be serialized" in caught.value.issue
+
+
+def test_the_size_limit_holds_on_the_direct_path() -> None:
+    encoder = _encoder(max_event_bytes=1024)
+    with pytest.raises(ValidationError) as caught:
+        encoder(_state_changed(State("sensor.t", "1", {"big": "x" * 2000}), None))
+    assert caught.value.code == PAYLOAD_TOO_LARGE
+    assert len(encoder(_state_changed(State("sensor.t", "1"), None)).payload) <= 1024
+
+
+def test_a_new_context_applies_to_the_next_event() -> None:
+    encoder = _encoder()
+    event = _state_changed(State("sensor.t", "1"), None)
+    encoder.set_context({"instance_id": "other"})
+    assert orjson.loads(encoder(event).payload)["context"] == {"instance_id": "other"}
+    # Set on the validator directly (as the forward_event action's code could): noticed too.
+    encoder.validator.envelope_context = {"instance_id": "third"}
+    assert orjson.loads(encoder(event).payload)["context"] == {"instance_id": "third"}
+
+
+class _EventInBerlin(Event[Any]):
+    """An event whose time is not in UTC (the bus never makes one; the validator copes)."""
+
+    @property
+    def time_fired(self) -> datetime:  # type: ignore[override]
+        return datetime(2026, 6, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+
+
+def test_a_time_not_in_utc_goes_through_the_validator() -> None:
+    encoder = _encoder()
+    data = {"entity_id": "sensor.t", "old_state": None, "new_state": State("sensor.t", "1")}
+    envelope = orjson.loads(encoder(_EventInBerlin("state_changed", data)).payload)
+    assert envelope["timestamp"] == "2026-06-01T10:00:00Z"
+
+
+def test_other_event_types_keep_their_data() -> None:
+    encoder = _encoder()
+    event = Event("call_service", {"domain": "light", "service": "turn_on"})
+    envelope = orjson.loads(encoder(event).payload)
+    assert envelope["data"]["event_type"] == "call_service"
+    assert envelope["data"]["data"] == {"domain": "light", "service": "turn_on"}
+    assert envelope["context"] == CONTEXT
