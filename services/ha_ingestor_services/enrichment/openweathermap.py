@@ -19,7 +19,7 @@ import aiohttp
 
 from ha_ingestor_pipeline.circuit_breaker import BreakerConfig
 from ha_ingestor_pipeline.http_client import ServiceCallError, ServiceHTTPClient, Timeouts
-from ha_ingestor_pipeline.retry import Outcome
+from ha_ingestor_pipeline.retry import BackoffPolicy, Outcome
 
 WEATHER_PATH = "/data/2.5/weather"
 
@@ -136,6 +136,9 @@ class OpenWeatherMap:
             breaker_config=BreakerConfig(
                 failure_threshold=3, open_interval=30.0, max_open_interval=300.0
             ),
+            # No retries here (the weather step caches failures); the cap only bounds how
+            # long a Retry-After (a rate limit) keeps the step away from the provider.
+            backoff=BackoffPolicy(cap=900.0),
             clock=clock,
         )
 

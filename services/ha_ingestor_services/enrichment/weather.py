@@ -229,13 +229,19 @@ class WeatherStep:
         try:
             weather = await self.provider.current(key[0], key[1], self._precision)
         except ProviderError as err:
+            stay_away = max(self._failure_ttl, err.retry_after or 0.0)
+            # One warning per outage, not one per location.
+            level = logging.WARNING if stats.last_error is None else logging.DEBUG
+            _LOGGER.log(
+                level,
+                "no weather for %s; events go on without it (retry in %.0f s): %s",
+                key,
+                stay_away,
+                err,
+            )
             stats.upstream_failures += 1
             stats.last_error = str(err)
             stats.last_error_at = self._clock()
-            stay_away = max(self._failure_ttl, err.retry_after or 0.0)
-            _LOGGER.warning(
-                "no weather for %s (events go on without it for %.0f s): %s", key, stay_away, err
-            )
             self._store(key, _Entry(None, self._clock() + stay_away))
             return _UNAVAILABLE
         except Exception as err:  # a bug must not hold events back either
@@ -245,7 +251,9 @@ class WeatherStep:
             stats.last_error_at = self._clock()
             self._store(key, _Entry(None, self._clock() + self._failure_ttl))
             return _UNAVAILABLE
-        stats.last_error = None
+        if stats.last_error is not None:
+            _LOGGER.info("%s answers again", self.provider.name)
+            stats.last_error = None
         self._store(key, _Entry(weather, self._clock() + self._cache_ttl))
         return weather, "provider"
 
