@@ -217,11 +217,19 @@ def _shared_paths() -> dict[str, Any]:
     }
 
 
+def _merge_paths(shared: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Both sets of path items; a path in both keeps the methods of each."""
+    paths = dict(shared)
+    for path, item in extra.items():
+        paths[path] = {**paths.get(path, {}), **item}
+    return paths
+
+
 def build_document(service: str, version: str, extra_paths: dict[str, Any]) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": f"HA Ingestor {service}", "version": version},
-        "paths": {**_shared_paths(), **extra_paths},
+        "paths": _merge_paths(_shared_paths(), extra_paths),
         "components": {
             "schemas": _SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

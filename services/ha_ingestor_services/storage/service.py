@@ -1,0 +1,225 @@
+"""The data storage service: checked envelopes in, durable idempotent records out.
+
+`create_app(StorageService(settings), token=...)` serves it. `process` maps each
+envelope to its record (a record no backend can keep is rejected on its own), hands
+the records to the group-commit writer and answers once they are durable: ``stored``,
+``duplicate`` (the event id was stored before) or ``rejected``. When the backend is
+down the whole request gets 503 with Retry-After and the sender keeps the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+from ha_ingestor_pipeline.envelope import EventResult, ValidationError
+from ha_ingestor_services.web import DependencyHealth, ServiceUnavailable, json_response
+
+from .backends.base import BackendUnavailable, StorageBackend
+from .query import openapi_paths, parse_query
+from .records import Record, to_record
+from .settings import StorageSettings
+from .writer import GroupCommitWriter
+
+_LOGGER = logging.getLogger(__name__)
+
+OUTSIDE_RETENTION = "OUTSIDE_RETENTION"
+RETENTION_INTERVAL_S = 3600.0
+
+
+def create_backend(settings: StorageSettings) -> StorageBackend:
+    """The backend the settings name (InfluxDB modules load only when used)."""
+    if settings.backend == "sqlite":
+        from .backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend(
+            settings.sqlite_path,
+            synchronous=settings.sqlite_synchronous,
+            timeout_s=settings.timeout_s,
+        )
+    if settings.influx_api == "v1":
+        from .backends.influx_v1 import InfluxV1Backend
+
+        return InfluxV1Backend(settings)
+    from .backends.influx_v2 import InfluxV2Backend
+
+    return InfluxV2Backend(settings)
+
+
+class StorageService:
+    """The `EventService` of the data storage (see `ha_ingestor_services.web`)."""
+
+    name = "data-storage"
+    processing_steps = ["validation", "storage"]  # noqa: RUF012 (the protocol's plain list)
+
+    def __init__(
+        self,
+        settings: StorageSettings,
+        *,
+        backend: StorageBackend | None = None,
+        clock_ns: Any = time.time_ns,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend if backend is not None else create_backend(settings)
+        self._clock_ns = clock_ns
+        self.writer = GroupCommitWriter(
+            self.backend.write,
+            max_events=settings.flush_max_events,
+            interval_s=settings.flush_interval_ms / 1000,
+        )
+        self._retention_task: asyncio.Task[None] | None = None
+        self._rejections: Counter[str] = Counter()
+        self._expired = 0
+        self._last_retention_run: float | None = None
+
+    # -- life -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.backend.open()
+        self.writer.start()
+        if self.settings.retention_ns is not None:
+            self._retention_task = asyncio.create_task(
+                self._retention_loop(), name="storage-retention"
+            )
+        _LOGGER.info("data storage ready on %s", self.backend.name)
+
+    async def stop(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
+        await self.writer.stop()  # what was accepted is written before the backend closes
+        await self.backend.close()
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def process(
+        self, envelopes: list[dict[str, Any]], correlation_id: str
+    ) -> list[EventResult]:
+        results: list[EventResult | None] = []
+        records: list[Record] = []
+        retention_ns = self.settings.retention_ns
+        cutoff = self._clock_ns() - retention_ns if retention_ns is not None else None
+        for envelope in envelopes:
+            try:
+                record = to_record(envelope)
+            except ValidationError as err:
+                self._rejections[err.code] += 1
+                results.append(
+                    {
+                        "event_id": envelope["event_id"],
+                        "status": "rejected",
+                        "error": err.to_error(),
+                    }
+                )
+                continue
+            if cutoff is not None and record.time_ns < cutoff:
+                self._rejections[OUTSIDE_RETENTION] += 1
+                results.append(self._outside_retention(record.event_id))
+                continue
+            records.append(record)
+            results.append(None)
+        try:
+            outcomes = iter(await self.writer.submit(records))
+        except BackendUnavailable as err:
+            raise ServiceUnavailable(
+                err.message, retry_after=err.retry_after or self.settings.retry_after_s
+            ) from None
+        merged: list[EventResult] = []
+        for envelope, result in zip(envelopes, results, strict=True):
+            if result is not None:
+                merged.append(result)
+                continue
+            outcome = next(outcomes)
+            event_id: str = envelope["event_id"]
+            if outcome == "stored":
+                merged.append({"event_id": event_id, "status": "stored"})
+            elif outcome == "duplicate":
+                merged.append({"event_id": event_id, "status": "duplicate"})
+            else:
+                self._rejections[outcome["code"]] += 1
+                merged.append({"event_id": event_id, "status": "rejected", "error": outcome})
+        return merged
+
+    def _outside_retention(self, event_id: str) -> EventResult:
+        days = self.settings.retention_days
+        return {
+            "event_id": event_id,
+            "status": "rejected",
+            "error": {
+                "code": OUTSIDE_RETENTION,
+                "message": f"timestamp: is older than the retention period of {days} days",
+                "details": {
+                    "field": "timestamp",
+                    "issue": "is older than the retention period",
+                    "expected": f"within the last {days} days",
+                },
+            },
+        }
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def run_retention(self) -> int:
+        """Delete events older than the retention period now; how many went."""
+        retention_ns = self.settings.retention_ns
+        if retention_ns is None:
+            return 0
+        deleted = await self.backend.expire(self._clock_ns() - retention_ns)
+        self._expired += deleted
+        self._last_retention_run = time.time()
+        if deleted:
+            _LOGGER.info(
+                "retention: deleted %d events older than %d days",
+                deleted,
+                self.settings.retention_days,
+            )
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.run_retention()
+            except BackendUnavailable as err:
+                _LOGGER.warning("retention skipped: %s", err.message)
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    # -- health, stats, routes -------------------------------------------------------------
+
+    async def health(self) -> dict[str, DependencyHealth]:
+        return {self.backend.name: await self.backend.probe()}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "writer": self.writer.snapshot(),
+            "rejected_by_code": dict(self._rejections),
+            "retention_days": self.settings.retention_days,
+            "expired_events": self._expired,
+            "last_retention_run": self._last_retention_run,
+            self.backend.name: self.backend.stats(),
+        }
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/api/v1/events", self._get_events)]
+
+    def openapi_paths(self) -> dict[str, Any]:
+        return openapi_paths()
+
+    async def _get_events(self, request: web.Request) -> web.Response:
+        params = request.query
+        repeated = {key: len(params.getall(key)) for key in params}
+        query = parse_query(params, repeated, self._clock_ns)
+        try:
+            events = await self.backend.query(query)
+        except BackendUnavailable as err:
+            raise ServiceUnavailable(
+                err.message, retry_after=err.retry_after or self.settings.retry_after_s
+            ) from None
+        return json_response({"events": events})
