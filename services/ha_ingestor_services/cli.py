@@ -375,9 +375,11 @@ def _plan_stack(args: argparse.Namespace, server: _Server) -> Plan:
     ]
 
 
-async def serve(plan: Plan, host: str, shutdown_timeout: float) -> None:
-    """Start each app in order, run until SIGINT/SIGTERM, then stop them in reverse."""
-    stop = asyncio.Event()
+async def serve(
+    plan: Plan, host: str, shutdown_timeout: float, stop: asyncio.Event | None = None
+) -> None:
+    """Start each app in order, run until SIGINT/SIGTERM (or ``stop``), stop in reverse."""
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
