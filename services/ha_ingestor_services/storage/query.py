@@ -75,7 +75,7 @@ _SCHEMA = vol.Schema(
         vol.Optional("end_time"): str,
         vol.Optional("entity_id"): _text(MAX_ENTITY_ID_LENGTH),
         vol.Optional("event_type"): _text(MAX_EVENT_TYPE_LENGTH),
-        vol.Optional("limit", default=DEFAULT_LIMIT): vol.All(
+        vol.Optional("limit", default=str(DEFAULT_LIMIT)): vol.All(
             vol.Match(r"^\s*\d{1,9}\s*$", msg="not a whole number"),
             vol.Coerce(int),
             vol.Range(min=1, max=MAX_LIMIT),
@@ -129,7 +129,9 @@ def parse_query(
                 raise _bad(field, err.msg, _expected(field)) from None
             if not MIN_TIME_NS <= times[field] <= MAX_TIME_NS:
                 raise _bad(field, "is out of range", "a time between the years 1678 and 2261")
-    end = times.get("end_time", now)
+    # Stored times carry event-id digits below the microsecond (see records.py): an end
+    # time names its whole microsecond.
+    end = min(MAX_TIME_NS, times.get("end_time", now) + 999)
     start = times.get("start_time", max(MIN_TIME_NS, end - DEFAULT_RANGE_NS))
     if start > end:
         raise _bad("start_time", "is after end_time", "start_time at or before end_time")
