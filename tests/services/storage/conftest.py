@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_socket
 
-from benchmarks.influxd import Influxd
+from benchmarks.influxd import Influxd, running_influxd
 from ha_ingestor_services.storage.service import StorageService
 from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import Limits, create_app
@@ -75,8 +78,25 @@ def start_storage(serve: Serve, tmp_path: Any) -> StartStorage:
     return start
 
 
+@pytest.fixture(scope="session")
+def influxd_server() -> Iterator[Influxd]:
+    """The shared fixture's influxd, with sockets allowed while it starts.
+
+    Session fixtures are set up before a test's ``socket_enabled``, so the parent
+    fixture's start-up ping would hit pytest-socket's block; this override allows
+    sockets for that moment (each test's setup blocks them again).
+    """
+    if shutil.which("influxd") is None and not os.path.exists("/usr/bin/influxd"):
+        if os.geteuid() == 0:
+            pytest.fail("influxd is missing; scripts/test installs Debian's influxdb as root")
+        pytest.skip("influxd is not installed (Debian's influxdb package)")
+    pytest_socket.enable_socket()
+    with running_influxd() as server:
+        yield server
+
+
 @pytest.fixture
-def influx_settings(influxd_server: Influxd) -> dict[str, Any]:
+def influx_settings(influxd_server: Influxd, socket_enabled: None) -> dict[str, Any]:
     """Settings for the shared influxd with a database of this test's own."""
     return {
         "backend": "influxdb",

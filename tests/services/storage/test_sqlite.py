@@ -279,9 +279,7 @@ async def test_query_errors_are_400(
         assert status == 400, (params, body)
         assert body["error"]["code"] == "VALIDATION_ERROR"
         assert body["error"]["details"]["field"] == field, (params, body)
-    async with client.get(
-        f"{url}/api/v1/events?limit=1&limit=2", headers=AUTH
-    ) as response:
+    async with client.get(f"{url}/api/v1/events?limit=1&limit=2", headers=AUTH) as response:
         assert response.status == 400
         assert (await response.json())["error"]["details"]["field"] == "limit"
     status, body = await get_events(client, url, limit=10_000, start_time="now")
