@@ -36,7 +36,7 @@ from .const import DOMAIN, SERVICE_ENRICHMENT, SERVICE_STORAGE
 if TYPE_CHECKING:
     from homeassistant.data_entry_flow import FlowResult
 
-    from .coordinator import HaIngestorConfigEntry, IngestorSnapshot
+    from .coordinator import HaIngestorConfigEntry, IngestorSnapshot, ServiceHealth
     from .runtime import IngestorRuntime
 
 SERVICE_DOWN_AFTER: Final = timedelta(minutes=15)
@@ -71,6 +71,16 @@ def _all_issue_ids(entry_id: str) -> set[str]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Issue:
+    """An issue whose condition holds: what to create if it is not raised yet."""
+
+    translation_key: str
+    severity: ir.IssueSeverity
+    placeholders: dict[str, str]
+    fixable: bool = False
+
+
 @dataclass(slots=True)
 class _EntryIssues:
     """What one entry has raised, and what the outbox-drop condition remembers."""
@@ -95,7 +105,7 @@ def async_update_issues(
         state = issues[entry.entry_id] = _EntryIssues()
         entry.async_on_unload(partial(_async_clear_entry, hass, entry.entry_id))
 
-    wanted: set[str] = set()
+    wanted: dict[str, _Issue] = {}
     now = dt_util.utcnow()
     for service in snapshot.services.values():
         if (
@@ -103,47 +113,35 @@ def async_update_issues(
             and service.down_since is not None
             and now - service.down_since >= SERVICE_DOWN_AFTER
         ):
-            issue_id = service_issue_id(entry.entry_id, service.name)
-            wanted.add(issue_id)
-            if issue_id not in state.active:
-                _create_service_issue(hass, entry, runtime, issue_id, snapshot, service.name)
-
+            wanted[service_issue_id(entry.entry_id, service.name)] = _service_issue(
+                runtime, service
+            )
     if _outbox_dropping(state, snapshot, runtime):
-        issue_id = outbox_issue_id(entry.entry_id)
-        wanted.add(issue_id)
-        if issue_id not in state.active:
-            _create(
-                hass,
-                entry,
-                issue_id,
-                ISSUE_OUTBOX_DROPPING,
-                ir.IssueSeverity.ERROR,
-                {
-                    "dropped": str(snapshot.dropped),
-                    "max_events": str(runtime.settings.max_events),
-                    "max_megabytes": str(runtime.settings.max_megabytes),
-                },
-            )
-
+        wanted[outbox_issue_id(entry.entry_id)] = _Issue(
+            ISSUE_OUTBOX_DROPPING,
+            ir.IssueSeverity.ERROR,
+            {
+                "dropped": str(snapshot.dropped),
+                "max_events": str(runtime.settings.max_events),
+                "max_megabytes": str(runtime.settings.max_megabytes),
+            },
+        )
     if snapshot.dead_letters > DEAD_LETTERS_THRESHOLD:
-        issue_id = dead_letters_issue_id(entry.entry_id)
-        wanted.add(issue_id)
+        wanted[dead_letters_issue_id(entry.entry_id)] = _Issue(
+            ISSUE_DEAD_LETTERS,
+            ir.IssueSeverity.WARNING,
+            {"count": str(snapshot.dead_letters), "threshold": str(DEAD_LETTERS_THRESHOLD)},
+            fixable=True,
+        )
+    for issue_id, issue in wanted.items():
         if issue_id not in state.active:
-            _create(
-                hass,
-                entry,
-                issue_id,
-                ISSUE_DEAD_LETTERS,
-                ir.IssueSeverity.WARNING,
-                {"count": str(snapshot.dead_letters), "threshold": str(DEAD_LETTERS_THRESHOLD)},
-                fixable=True,
-            )
+            _create(hass, entry, issue_id, issue)
 
     # The first time, also clear what an earlier run left behind.
-    stale = (_all_issue_ids(entry.entry_id) if first else state.active) - wanted
+    stale = (_all_issue_ids(entry.entry_id) if first else state.active) - wanted.keys()
     for issue_id in stale:
         ir.async_delete_issue(hass, DOMAIN, issue_id)
-    state.active = wanted
+    state.active = set(wanted)
 
 
 def _outbox_dropping(
@@ -164,26 +162,15 @@ def _outbox_dropping(
     return state.dropping
 
 
-def _create_service_issue(
-    hass: HomeAssistant,
-    entry: HaIngestorConfigEntry,
-    runtime: IngestorRuntime,
-    issue_id: str,
-    snapshot: IngestorSnapshot,
-    name: str,
-) -> None:
-    service = snapshot.services[name]
+def _service_issue(runtime: IngestorRuntime, service: ServiceHealth) -> _Issue:
     assert service.down_since is not None
     # Events still flow while only the enrichment is down and storage takes them directly.
-    still_delivering = name == SERVICE_ENRICHMENT and runtime.settings.fallback_to_storage
-    _create(
-        hass,
-        entry,
-        issue_id,
+    still_delivering = service.name == SERVICE_ENRICHMENT and runtime.settings.fallback_to_storage
+    return _Issue(
         ISSUE_SERVICE_UNREACHABLE,
         ir.IssueSeverity.WARNING if still_delivering else ir.IssueSeverity.ERROR,
         {
-            "service": name,
+            "service": service.name,
             "url": service.url,
             "since": dt_util.as_local(service.down_since).strftime("%Y-%m-%d %H:%M"),
             "minutes": str(int(SERVICE_DOWN_AFTER.total_seconds() // 60)),
@@ -192,25 +179,18 @@ def _create_service_issue(
 
 
 def _create(
-    hass: HomeAssistant,
-    entry: HaIngestorConfigEntry,
-    issue_id: str,
-    translation_key: str,
-    severity: ir.IssueSeverity,
-    placeholders: dict[str, str],
-    *,
-    fixable: bool = False,
+    hass: HomeAssistant, entry: HaIngestorConfigEntry, issue_id: str, issue: _Issue
 ) -> None:
     ir.async_create_issue(
         hass,
         DOMAIN,
         issue_id,
         data={"entry_id": entry.entry_id},
-        is_fixable=fixable,
+        is_fixable=issue.fixable,
         is_persistent=False,
-        severity=severity,
-        translation_key=translation_key,
-        translation_placeholders={"title": entry.title, **placeholders},
+        severity=issue.severity,
+        translation_key=issue.translation_key,
+        translation_placeholders={"title": entry.title, **issue.placeholders},
     )
 
 

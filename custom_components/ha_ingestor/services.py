@@ -393,27 +393,19 @@ async def _async_resume(call: ServiceCall) -> None:
 @callback
 def async_setup_services(hass: HomeAssistant) -> None:
     """Register the actions (once, from async_setup)."""
-    hass.services.async_register(
-        DOMAIN,
-        SERVICE_FORWARD_EVENT,
-        _async_forward_event,
-        schema=FORWARD_EVENT_SCHEMA,
-        supports_response=SupportsResponse.OPTIONAL,
+    actions = (
+        (SERVICE_FORWARD_EVENT, _async_forward_event, FORWARD_EVENT_SCHEMA, True),
+        (SERVICE_FLUSH, _async_flush, FLUSH_SCHEMA, False),
+        (SERVICE_REPLAY_DEAD_LETTERS, _async_replay_dead_letters, DEAD_LETTERS_SCHEMA, True),
+        (SERVICE_PURGE_DEAD_LETTERS, _async_purge_dead_letters, DEAD_LETTERS_SCHEMA, True),
+        (SERVICE_PAUSE, _async_pause, ENTRY_ONLY_SCHEMA, False),
+        (SERVICE_RESUME, _async_resume, ENTRY_ONLY_SCHEMA, False),
     )
-    hass.services.async_register(DOMAIN, SERVICE_FLUSH, _async_flush, schema=FLUSH_SCHEMA)
-    hass.services.async_register(
-        DOMAIN,
-        SERVICE_REPLAY_DEAD_LETTERS,
-        _async_replay_dead_letters,
-        schema=DEAD_LETTERS_SCHEMA,
-        supports_response=SupportsResponse.OPTIONAL,
-    )
-    hass.services.async_register(
-        DOMAIN,
-        SERVICE_PURGE_DEAD_LETTERS,
-        _async_purge_dead_letters,
-        schema=DEAD_LETTERS_SCHEMA,
-        supports_response=SupportsResponse.OPTIONAL,
-    )
-    hass.services.async_register(DOMAIN, SERVICE_PAUSE, _async_pause, schema=ENTRY_ONLY_SCHEMA)
-    hass.services.async_register(DOMAIN, SERVICE_RESUME, _async_resume, schema=ENTRY_ONLY_SCHEMA)
+    for name, handler, schema, responds in actions:
+        hass.services.async_register(
+            DOMAIN,
+            name,
+            handler,
+            schema=schema,
+            supports_response=SupportsResponse.OPTIONAL if responds else SupportsResponse.NONE,
+        )
