@@ -109,7 +109,7 @@ async def test_query_answers_the_same_shape_as_sqlite(
         _, from_sqlite = await get_events(client, sqlite_url, **params)
         assert from_influx == from_sqlite, params
     _, answer = await get_events(client, influx_url)
-    assert [event["state"] for event in answer["events"]] == [None, "", "on", "2"]
+    assert [event["state"] for event in answer["events"]] == [None, None, "on", "2"]
 
 
 async def test_events_influxdb_cannot_keep_are_rejected_alone(

@@ -126,6 +126,8 @@ class InfluxV2Backend:
             raise BackendUnavailable(f"answered HTTP {err.status}: {err.message}") from None
         except _NETWORK_ERRORS as err:
             raise BackendUnavailable(f"is unreachable ({str(err) or type(err).__name__})") from None
+        except (ValueError, TypeError) as err:  # the client could not read the answer
+            raise BackendUnavailable(f"answered an unreadable bucket list ({err})") from None
         buckets = getattr(answer, "buckets", None) or []
         if not any(getattr(bucket, "name", None) == self._bucket for bucket in buckets):
             raise BackendUnavailable(f"bucket {self._bucket!r} not found in org {self._org!r}")
