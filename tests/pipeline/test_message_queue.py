@@ -111,6 +111,11 @@ def rows_in_file(path: Path) -> int:
     return count
 
 
+async def trace_sql(outbox: Outbox[str], callback: Callable[[str], object]) -> None:
+    """Have every SQL statement the worker runs passed to ``callback`` (on its thread)."""
+    await outbox._call(lambda: outbox._store.db.set_trace_callback(callback))
+
+
 # -- basics ---------------------------------------------------------------------------
 
 
@@ -401,6 +406,77 @@ async def test_always_commits_every_record(make_outbox: OutboxFactory) -> None:
     assert await outbox.sync() == 2500
     assert rows_in_file(outbox.path) == 2500  # committed: visible to another connection
     assert (await outbox.stats()).on_disk == 2500
+
+
+async def test_written_rows_are_taken_from_memory_not_read_back(
+    make_outbox: OutboxFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was just written is handed out from the tail kept in memory; FIFO holds when
+    the tail overflows, after a nack and after caps drop rows."""
+    monkeypatch.setattr(message_queue, "_TAIL_EVENTS", 50)
+    scans: list[str] = []
+    outbox = await opened(make_outbox, max_events=1000)
+    await trace_sql(
+        outbox, lambda sql: scans.append(sql) if sql.startswith("SELECT seq,") else None
+    )
+    outbox.append_many(f"e{i:03}" for i in range(30))
+    await outbox.sync()
+    first = await outbox.take(10)
+    assert ids_of(first) == [f"e{i:03}" for i in range(10)]
+    assert scans == []  # from the tail
+    await outbox.ack(record.seq for record in first)
+    await outbox.nack(record.seq for record in await outbox.take(5))  # back to the file
+    outbox.append_many(f"e{i:03}" for i in range(30, 130))  # overflows the tail of 50
+    await outbox.sync()
+    assert ids_of(await outbox.take(200)) == [f"e{i:03}" for i in range(10, 130)]
+    assert scans  # after the nack: read from the file
+    assert rows_in_file(outbox.path) == 120
+
+
+async def test_rows_dropped_at_the_cap_are_not_handed_out(make_outbox: OutboxFactory) -> None:
+    outbox = await opened(make_outbox, max_events=20)
+    outbox.append_many(f"e{i:02}" for i in range(15))
+    await outbox.sync()  # in the file, and in the tail
+    outbox.append_many(f"e{i:02}" for i in range(15, 25))  # the 5 oldest go
+    await outbox.sync()
+    assert ids_of(await outbox.take(100)) == [f"e{i:02}" for i in range(5, 25)]
+
+
+async def test_a_record_settled_while_in_memory_is_not_handed_out_again(
+    make_outbox: OutboxFactory,
+) -> None:
+    outbox = await opened(make_outbox, durability=Durability.ON_BACKLOG)
+    outbox.append_many(["a", "b", "c"])
+    taken = await outbox.take(2)
+    outbox.set_backlog(True)  # a, b (in flight) and c to the file
+    await outbox.sync()
+    await outbox.ack(record.seq for record in taken)
+    assert ids_of(await outbox.take(10)) == ["c"]
+    assert await outbox.take(10) == []
+
+
+async def test_many_rows_per_statement_and_acks_by_range(
+    make_outbox: OutboxFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[str] = []
+    outbox = await opened(make_outbox)
+    await trace_sql(outbox, statements.append)
+    count = 3 * message_queue._INSERT_ROWS + 5  # three full statements and a remainder
+    outbox.append_many(f"e{i:04}" for i in range(count))
+    await outbox.sync()
+    inserts = [sql for sql in statements if sql.startswith("INSERT INTO outbox")]
+    assert len(inserts) == 3 + 5
+    records = await outbox.take(count)
+    statements.clear()
+    # Everything but two records in the middle: two runs, two range deletes.
+    middle = len(records) // 2
+    await outbox.ack(r.seq for r in records[:middle] + records[middle + 2 :])
+    deletes = [sql for sql in statements if sql.startswith("DELETE FROM outbox")]
+    assert len(deletes) == 2
+    assert rows_in_file(outbox.path) == 2
+    await outbox.nack(r.seq for r in records[middle : middle + 2])
+    assert await drain_ids(outbox) == [f"e{i:04}" for i in (middle, middle + 1)]
+    assert rows_in_file(outbox.path) == 0
 
 
 async def test_on_backlog_stays_in_memory_while_delivery_keeps_up(
@@ -994,7 +1070,17 @@ class OutboxMachine(RuleBasedStateMachine):
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def test_outbox_against_a_model() -> None:
+@pytest.mark.parametrize("small", [False, True], ids=["default", "small_statements_and_tail"])
+def test_outbox_against_a_model(small: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if small:
+        # Multi-row inserts with a remainder, and a tail of written rows that overflows.
+        monkeypatch.setattr(message_queue, "_INSERT_ROWS", 2)
+        monkeypatch.setattr(
+            message_queue,
+            "_INSERT_MANY",
+            "INSERT INTO outbox VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * 2),
+        )
+        monkeypatch.setattr(message_queue, "_TAIL_EVENTS", 3)
     run_state_machine_as_test(
         OutboxMachine,
         settings=settings(max_examples=40, stateful_step_count=30, deadline=None),

@@ -63,6 +63,9 @@ _BATCH_EVENTS = 1000  # intake items encoded per transaction
 _BATCH_BYTES = 8 * 1024 * 1024  # ... or fewer when they are big
 _DEAD_PAYLOAD_LIMIT = 64 * 1024  # best-effort copy of an item that could not be encoded
 _IN_CHUNK = 500  # ids per "IN (...)" query
+_INSERT_ROWS = 64  # rows per multi-row INSERT statement (7 values each, under any limit)
+_TAIL_EVENTS = 20_000  # rows just written kept in memory too, so take() need not read them
+_TAIL_BYTES = 16 * 1024 * 1024
 _LOG_EVERY = 60.0  # seconds between repeated warnings of one kind
 _DISK_RETRY = 1.0  # seconds before writing again after the file refused a write
 
@@ -113,6 +116,8 @@ _COLUMNS: Final = {
 _OUR_TABLES: Final = {*_COLUMNS, "sqlite_sequence"}
 
 _INSERT = "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_MANY = "INSERT INTO outbox VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * _INSERT_ROWS)
+_DELETE_RANGE = "DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
 _SCAN = (
     "SELECT seq, event_id, payload, attempts, enqueued_at, first_failure, last_failure"
     " FROM outbox WHERE seq > ? ORDER BY seq"
@@ -220,6 +225,29 @@ def _chunks[X](items: list[X], size: int) -> Iterator[list[X]]:
         yield items[start : start + size]
 
 
+def _insert_rows(conn: sqlite3.Connection, rows: list[_Row]) -> None:
+    """Insert rows, many per statement: one SQLite step (and one release of the GIL) per
+    _INSERT_ROWS rows instead of one per row."""
+    full = len(rows) - len(rows) % _INSERT_ROWS
+    for start in range(0, full, _INSERT_ROWS):
+        conn.execute(
+            _INSERT_MANY, [value for row in rows[start : start + _INSERT_ROWS] for value in row]
+        )
+    if full < len(rows):
+        conn.executemany(_INSERT, rows[full:])
+
+
+def _runs(seqs: list[int]) -> Iterator[tuple[int, int]]:
+    """Sorted seqs as (first, last) runs of consecutive numbers."""
+    first = last = seqs[0]
+    for seq in seqs[1:]:
+        if seq != last + 1:
+            yield first, last
+            first = seq
+        last = seq
+    yield first, last
+
+
 def _is_corruption(err: sqlite3.DatabaseError) -> bool:
     code = getattr(err, "sqlite_errorcode", None)
     if code is None:  # no code: judge by the message SQLite gives for these two cases
@@ -264,6 +292,12 @@ class _Store:
         self.disk_bytes = 0
         self.cursor = 0
         self.disk_inflight: dict[int, _Row] = {}
+        # Rows written to the file lately, oldest first: while valid (tail_from is not
+        # None) it holds every row in the file with seq > tail_from, so once the cursor
+        # has reached tail_from, take() reads them from here instead of the file.
+        self.tail: deque[_Row] = deque()
+        self.tail_bytes = 0
+        self.tail_from: int | None = None
         self.oldest_disk: float | None = None
         self.oldest_dirty = True
         self.disk_retry_at = 0.0
@@ -518,9 +552,33 @@ class _Store:
         if not self.mem_count:
             return
         rows = self._memory_rows()
+        # Ready ones only (oldest first; returned rows are older than never-taken ones):
+        # rows in flight leave the file when settled, or send everything back to reading
+        # the file when nacked.
+        ready = [*sorted(self.mem_returned), *self.mem_ready]
         with self._transaction() as conn:
-            conn.executemany(_INSERT, rows)
+            _insert_rows(conn, rows)
         self._memory_written()
+        if ready:
+            self._extend_tail(ready)
+
+    def _extend_tail(self, rows: list[_Row]) -> None:
+        """Ready rows just written (sorted, newer than any other ready row in the file)."""
+        tail = self.tail
+        if self.tail_from is None:
+            self.tail_from = rows[0][0] - 1
+        tail.extend(rows)
+        self.tail_bytes += sum(len(row[2]) for row in rows)
+        while len(tail) > _TAIL_EVENTS or self.tail_bytes > _TAIL_BYTES:
+            row = tail.popleft()
+            self.tail_bytes -= len(row[2])
+            self.tail_from = row[0]  # still: every file row after this one is in the tail
+
+    def _forget_tail(self) -> None:
+        """The file changed in a way the tail does not follow: read from the file again."""
+        self.tail.clear()
+        self.tail_bytes = 0
+        self.tail_from = None
 
     def enforce_caps(self) -> None:
         """Drop the oldest ready records while over a cap; in-flight ones stay."""
@@ -556,6 +614,7 @@ class _Store:
                     "drop", logging.ERROR, "Outbox %s: cannot drop events: %s", self.path, err
                 )
             else:
+                self._forget_tail()
                 self.disk_count -= len(victims)
                 self.disk_bytes -= freed
                 self.cursor = last
@@ -601,24 +660,12 @@ class _Store:
         budget = sys.maxsize if max_bytes is None else max_bytes
         total = 0
         if self.disk_count > len(self.disk_inflight):
-            cursor = self.db.execute(_SCAN, (self.cursor,))  # read lazily, never the whole file
-            try:
-                for row in cursor:
-                    seq = row[0]
-                    if seq in self.disk_inflight:
-                        continue
-                    size = len(row[2])
-                    if taken and total + size > budget:
-                        return taken
-                    self.disk_inflight[seq] = row
-                    # Everything up to here is now in flight (or gone).
-                    self.cursor = seq
-                    taken.append(OutboxRecord(seq, row[1], row[2], row[3], row[4]))
-                    total += size
-                    if len(taken) >= max_events:
-                        return taken
-            finally:
-                cursor.close()
+            if self.tail_from is not None and self.cursor >= self.tail_from:
+                total = self._take_tail(taken, max_events, budget)
+            else:
+                total = self._take_file(taken, max_events, budget)
+            if total < 0:  # full
+                return taken
         while self.mem_returned or self.mem_ready:
             row = self.mem_returned[0] if self.mem_returned else self.mem_ready[0]
             size = len(row[2])
@@ -635,12 +682,61 @@ class _Store:
                 break
         return taken
 
+    def _take_file(self, taken: list[OutboxRecord], max_events: int, budget: int) -> int:
+        """Ready rows from the file into ``taken``; their total size, or -1 when full."""
+        total = 0
+        cursor = self.db.execute(_SCAN, (self.cursor,))  # read lazily, never the whole file
+        try:
+            for row in cursor:
+                seq = row[0]
+                if seq in self.disk_inflight:
+                    continue
+                size = len(row[2])
+                if taken and total + size > budget:
+                    return -1
+                self.disk_inflight[seq] = row
+                # Everything up to here is now in flight (or gone).
+                self.cursor = seq
+                taken.append(OutboxRecord(seq, row[1], row[2], row[3], row[4]))
+                total += size
+                if len(taken) >= max_events:
+                    return -1
+        finally:
+            cursor.close()
+        return total
+
+    def _take_tail(self, taken: list[OutboxRecord], max_events: int, budget: int) -> int:
+        """`_take_file` without reading: every ready row of the file is in the tail."""
+        total = 0
+        tail = self.tail
+        inflight = self.disk_inflight
+        while tail:
+            row = tail[0]
+            seq = row[0]
+            if seq > self.cursor and seq not in inflight:
+                size = len(row[2])
+                if taken and total + size > budget:
+                    return -1
+                inflight[seq] = row
+                taken.append(OutboxRecord(seq, row[1], row[2], row[3], row[4]))
+                total += size
+            # Taken now, or taken before: the tail moves on, and so does the cursor.
+            tail.popleft()
+            self.tail_bytes -= len(row[2])
+            self.tail_from = seq
+            self.cursor = max(self.cursor, seq)
+            if len(taken) >= max_events:
+                return -1
+        return total
+
     def ack(self, seqs: Iterable[int]) -> None:
         unique = list(dict.fromkeys(seqs))
         disk = [seq for seq in unique if seq in self.disk_inflight]
         if disk:
+            disk.sort()
             with self._transaction() as conn:
-                conn.executemany(_DELETE, [(seq,) for seq in disk])
+                # Acked rows are in flight, so a run of consecutive seqs holds no others.
+                conn.executemany(_DELETE_RANGE, _runs(disk))
             for seq in disk:
                 row = self.disk_inflight.pop(seq)
                 self.disk_count -= 1
@@ -670,6 +766,7 @@ class _Store:
             del self.disk_inflight[seq]
         if disk:
             self.cursor = min(self.cursor, min(disk) - 1)
+            self._forget_tail()
         for seq in unique:
             row = self.mem_inflight.pop(seq, None)
             if row is None:
@@ -796,6 +893,7 @@ class _Store:
                 conn.executemany(_INSERT, memory)  # first, so memory stays the newest
                 conn.executemany(_INSERT, new)
                 conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
+            self._forget_tail()
             if memory:
                 self._memory_written()
             self.next_seq = seq + len(new)
