@@ -15,15 +15,16 @@ from homeassistant.const import STATE_OFF, STATE_ON, Platform
 from pytest_homeassistant_custom_component.common import MockConfigEntry, snapshot_platform
 
 from custom_components.ha_ingestor.const import CONF_STORAGE_FAILOVER_URLS, DOMAIN
-from tests.integration.conftest import TOKEN
-from tests.integration.test_sensor import (
+from tests.integration.common import (
+    ENTRY_ID,
     make_entry,
     setup_entry,
     state_of,
     tick,
-    unload_entry,
+    unload,
     wait_until,
 )
+from tests.integration.conftest import TOKEN
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -47,11 +48,11 @@ async def test_binary_sensors(
     snapshot: SnapshotAssertion,
 ) -> None:
     """One connectivity sensor per configured service, on its service's device."""
-    entry = make_entry(storage_server.url, enrichment_server.url)
+    entry = make_entry(storage_server.url, enrichment_server.url, entry_id=ENTRY_ID)
     with patch("custom_components.ha_ingestor.PLATFORMS", [Platform.BINARY_SENSOR]):
         await setup_entry(hass, entry)
         await snapshot_platform(hass, entity_registry, snapshot, entry.entry_id)
-        await unload_entry(hass, entry)
+        await unload(hass, entry)
 
 
 @pytest.mark.usefixtures("entity_registry_enabled_by_default")
@@ -59,7 +60,7 @@ async def test_health_checks_drive_connectivity(
     hass: HomeAssistant, storage_server: FaultServer, enrichment_server: FaultServer
 ) -> None:
     """A service whose health checks fail is off; the other stays on; it comes back."""
-    entry = make_entry(storage_server.url, enrichment_server.url)
+    entry = make_entry(storage_server.url, enrichment_server.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     registry = entry.runtime_data.runtime.registry
     await registry.check_all_services()
@@ -82,7 +83,7 @@ async def test_health_checks_drive_connectivity(
     await registry.check_all_services()  # one good answer and it is back
     await tick(hass)
     assert state_of(hass, ENRICHMENT) == STATE_ON
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 @pytest.mark.usefixtures("entity_registry_enabled_by_default")
@@ -90,7 +91,7 @@ async def test_refused_connections_open_the_circuit(
     hass: HomeAssistant, storage_server: FaultServer
 ) -> None:
     """Deliveries to a closed port fail, the circuit opens and connectivity goes off."""
-    entry = make_entry(storage_server.url)
+    entry = make_entry(storage_server.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     runtime = entry.runtime_data.runtime
     await runtime.registry.check_all_services()
@@ -116,7 +117,7 @@ async def test_refused_connections_open_the_circuit(
     await tick(hass)
     assert state_of(hass, STORAGE) == STATE_ON
     assert state_of(hass, "sensor.data_storage_circuit_breaker") == "closed"
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 async def test_failover_moves_the_device_link(
@@ -127,7 +128,7 @@ async def test_failover_moves_the_device_link(
 ) -> None:
     """With the first storage URL down, the second is in use and the device links to it."""
     second = await fault_server_factory(token=TOKEN, name="data-storage-2")
-    entry = make_entry(storage_server.url)
+    entry = make_entry(storage_server.url, entry_id=ENTRY_ID)
     entry = MockConfigEntry(
         domain=entry.domain,
         entry_id=entry.entry_id,
@@ -157,4 +158,4 @@ async def test_failover_moves_the_device_link(
     device = device_registry.async_get_device(identifiers={identifier})
     assert device is not None
     assert device.configuration_url == storage_server.url
-    await unload_entry(hass, entry)
+    await unload(hass, entry)

@@ -13,6 +13,7 @@ from pytest_homeassistant_custom_component.components.diagnostics import (
 
 from custom_components.ha_ingestor.const import (
     CONF_EVENT_TYPES,
+    CONF_INCLUDE_DOMAINS,
     CONF_STORAGE_FAILOVER_URLS,
     CONF_WEATHER_ENTITY,
 )
@@ -23,8 +24,8 @@ from custom_components.ha_ingestor.diagnostics import (
     _truncate,
 )
 from custom_components.ha_ingestor.pipeline.message_queue import DeadLetter
+from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.integration.conftest import TOKEN
-from tests.integration.test_services import make_entry, refuse, setup_entry, unload
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -98,8 +99,12 @@ async def test_diagnostics(
         hass,
         make_entry(
             storage.url,
-            {CONF_STORAGE_FAILOVER_URLS: [failover]},
-            **{CONF_EVENT_TYPES: ["state_changed"], CONF_WEATHER_ENTITY: "weather.home"},
+            data={CONF_STORAGE_FAILOVER_URLS: [failover]},
+            **{
+                CONF_EVENT_TYPES: ["state_changed"],
+                CONF_INCLUDE_DOMAINS: ["test"],
+                CONF_WEATHER_ENTITY: "weather.home",
+            },
         ),
     )
     runtime = entry.runtime_data.runtime

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from custom_components.ha_ingestor.const import (
-    CONF_ENRICHMENT_URL,
     CONF_FALLBACK_TO_STORAGE,
     DOMAIN,
 )
@@ -25,7 +24,7 @@ from custom_components.ha_ingestor.http import (
     STATS_URL,
     entry_health,
 )
-from tests.integration.test_services import make_entry, refuse, setup_entry, unload
+from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.pipeline.fault_server import EVENT_PATH, FaultServer
 
 if TYPE_CHECKING:
@@ -155,9 +154,7 @@ async def test_health_degraded_while_storage_takes_over(
     storage_server: FaultServer,
     enrichment_server: FaultServer,
 ) -> None:
-    entry = await setup_entry(
-        hass, make_entry(storage_server.url, {CONF_ENRICHMENT_URL: enrichment_server.url})
-    )
+    entry = await setup_entry(hass, make_entry(storage_server.url, enrichment_server.url))
     await take_down(entry, enrichment_server, "enrichment")
     response = await client.get(HEALTH_URL)
     assert response.status == 200

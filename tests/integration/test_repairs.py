@@ -18,7 +18,6 @@ from homeassistant.setup import async_setup_component
 
 from custom_components.ha_ingestor import repairs
 from custom_components.ha_ingestor.const import (
-    CONF_ENRICHMENT_URL,
     CONF_FALLBACK_TO_STORAGE,
     CONF_MAX_EVENTS,
     DOMAIN,
@@ -29,7 +28,7 @@ from custom_components.ha_ingestor.repairs import (
     outbox_issue_id,
     service_issue_id,
 )
-from tests.integration.test_services import make_entry, refuse, setup_entry, unload
+from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.pipeline.fault_server import REJECT_MARKER, FaultServer
 
 if TYPE_CHECKING:
@@ -64,9 +63,7 @@ async def test_service_unreachable(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    entry = await setup_entry(
-        hass, make_entry(storage_server.url, {CONF_ENRICHMENT_URL: enrichment_server.url})
-    )
+    entry = await setup_entry(hass, make_entry(storage_server.url, enrichment_server.url))
     registry = entry.runtime_data.runtime.registry
     storage_id = service_issue_id(entry.entry_id, "storage")
     enrichment_id = service_issue_id(entry.entry_id, "enrichment")
@@ -128,11 +125,7 @@ async def test_enrichment_down_without_fallback_is_an_error(
     monkeypatch.setattr(repairs, "SERVICE_DOWN_AFTER", timedelta(0))
     entry = await setup_entry(
         hass,
-        make_entry(
-            storage_server.url,
-            {CONF_ENRICHMENT_URL: enrichment_server.url},
-            **{CONF_FALLBACK_TO_STORAGE: False},
-        ),
+        make_entry(storage_server.url, enrichment_server.url, **{CONF_FALLBACK_TO_STORAGE: False}),
     )
     await refuse(enrichment_server)
     await entry.runtime_data.runtime.registry.check_service("enrichment")

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 from unittest.mock import patch
 
 import pytest
-from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import EVENT_STATE_CHANGED, STATE_UNAVAILABLE, STATE_UNKNOWN, Platform
 from homeassistant.core import Event, HomeAssistant, callback
 from homeassistant.helpers import device_registry as dr
@@ -26,21 +25,25 @@ from homeassistant.loader import async_get_loaded_integration
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
-    async_fire_time_changed,
     snapshot_platform,
 )
 from syrupy.filters import props
 
 from custom_components.ha_ingestor.const import (
-    CONF_API_TOKEN,
     CONF_ENRICHMENT_URL,
-    CONF_LINGER_MS,
-    CONF_STORAGE_URL,
-    CONF_VERIFY_SSL,
     DOMAIN,
 )
 from custom_components.ha_ingestor.runtime import own_entities
-from tests.integration.conftest import TOKEN
+from tests.integration.common import (
+    ENTRY_ID,
+    flush,
+    make_entry,
+    setup_entry,
+    state_of,
+    tick,
+    unload,
+    wait_until,
+)
 from tests.pipeline.fault_server import FaultServer
 
 if TYPE_CHECKING:
@@ -48,7 +51,6 @@ if TYPE_CHECKING:
 
     from custom_components.ha_ingestor.coordinator import IngestorCoordinator
 
-ENTRY_ID = "01JHAINGESTORTESTENTRY0001"
 FORWARDER = "sensor.ha_ingestor_forwarder"
 FORWARDED = f"{FORWARDER}_events_forwarded"
 DEPTH = f"{FORWARDER}_outbox_depth"
@@ -66,59 +68,12 @@ def enrichment(enrichment_server: FaultServer) -> FaultServer:
     return enrichment_server
 
 
-def make_entry(storage_url: str, enrichment_url: str | None = None) -> MockConfigEntry:
-    data: dict[str, Any] = {
-        CONF_STORAGE_URL: storage_url,
-        CONF_API_TOKEN: TOKEN,
-        CONF_VERIFY_SSL: True,
-    }
-    if enrichment_url:
-        data[CONF_ENRICHMENT_URL] = enrichment_url
-    return MockConfigEntry(
-        domain=DOMAIN,
-        entry_id=ENTRY_ID,
-        title="HA Ingestor",
-        unique_id=storage_url,
-        data=data,
-        options={CONF_LINGER_MS: 0},
-    )
-
-
-async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.LOADED
-
-
-async def unload_entry(hass: HomeAssistant, entry: MockConfigEntry) -> None:
-    assert await hass.config_entries.async_unload(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.NOT_LOADED
-
-
-async def tick(hass: HomeAssistant) -> None:
-    """Run the coordinator's next refresh now (its timer is at most 1.5 s ahead)."""
-    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(seconds=1))
-    await hass.async_block_till_done()
-
-
 class _WallClockLater(datetime):
     """The coordinator's wall clock, 30 seconds ahead."""
 
     @classmethod
     def now(cls, tz: tzinfo | None = None) -> _WallClockLater:
         return cls.fromtimestamp(datetime.now(tz).timestamp() + 30, tz)
-
-
-async def flush(entry: MockConfigEntry) -> None:
-    assert await entry.runtime_data.runtime.forwarder.flush(timeout=10)
-
-
-def state_of(hass: HomeAssistant, entity_id: str) -> str:
-    state = hass.states.get(entity_id)
-    assert state is not None, entity_id
-    return state.state
 
 
 def entity_ids(hass: HomeAssistant, entry: MockConfigEntry) -> set[str]:
@@ -139,16 +94,6 @@ def count_refreshes(coordinator: IngestorCoordinator) -> list[int]:
     return counter
 
 
-async def wait_until(condition: Any, *, nudge: Any = None, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        if nudge is not None:
-            await nudge()
-        await asyncio.sleep(0.02)
-
-
 # -- snapshots ---------------------------------------------------------------------------
 
 
@@ -165,18 +110,18 @@ async def test_sensors(
     All enabled (Home Assistant's snapshot helper wants every entity to have a state);
     which ones start disabled is `test_less_important_sensors_start_disabled`'s business.
     """
-    entry = make_entry(storage.url, enrichment.url)
+    entry = make_entry(storage.url, enrichment.url, entry_id=ENTRY_ID)
     with patch("custom_components.ha_ingestor.PLATFORMS", [Platform.SENSOR]):
         await setup_entry(hass, entry)
         await snapshot_platform(hass, entity_registry, snapshot, entry.entry_id)
-        await unload_entry(hass, entry)
+        await unload(hass, entry)
 
 
 async def test_less_important_sensors_start_disabled(
     hass: HomeAssistant, storage: FaultServer, entity_registry: er.EntityRegistry
 ) -> None:
     """Fast-changing figures and circuit states start disabled; enabling one works."""
-    entry = make_entry(storage.url)
+    entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     disabled = {
         entity.entity_id
@@ -203,7 +148,7 @@ async def test_less_important_sensors_start_disabled(
     await hass.async_block_till_done()
     assert state_of(hass, STORAGE_CIRCUIT) == "closed"
     assert STORAGE_CIRCUIT in own_entities(hass)
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 async def test_devices(
@@ -214,7 +159,7 @@ async def test_devices(
     snapshot: SnapshotAssertion,
 ) -> None:
     """The forwarder and one device per service, reached through the forwarder."""
-    entry = make_entry(storage.url, enrichment.url)
+    entry = make_entry(storage.url, enrichment.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
 
     devices = sorted(
@@ -231,12 +176,12 @@ async def test_devices(
     assert by_name["Enrichment pipeline"].configuration_url == enrichment.url
     for name in ("Data storage", "Enrichment pipeline"):
         assert by_name[name].via_device_id == forwarder.id
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 async def test_storage_only(hass: HomeAssistant, storage: FaultServer) -> None:
     """Without an enrichment URL there is no enrichment device or entity."""
-    entry = make_entry(storage.url)
+    entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
 
     devices = dr.async_entries_for_config_entry(dr.async_get(hass), entry.entry_id)
@@ -247,14 +192,14 @@ async def test_storage_only(hass: HomeAssistant, storage: FaultServer) -> None:
     ids = entity_ids(hass, entry)
     assert STORAGE_CIRCUIT in ids
     assert not [entity_id for entity_id in ids if "enrichment" in entity_id]
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 async def test_removed_service_loses_its_device(
     hass: HomeAssistant, storage: FaultServer, enrichment: FaultServer
 ) -> None:
     """A reconfigure that drops the enrichment removes its device and entities."""
-    entry = make_entry(storage.url, enrichment.url)
+    entry = make_entry(storage.url, enrichment.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     assert "sensor.enrichment_pipeline_circuit_breaker" in entity_ids(hass, entry)
 
@@ -272,7 +217,7 @@ async def test_removed_service_loses_its_device(
     ids = entity_ids(hass, entry)
     assert not [entity_id for entity_id in ids if "enrichment" in entity_id]
     assert STORAGE_CIRCUIT in ids
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 # -- live values -------------------------------------------------------------------------
@@ -280,7 +225,7 @@ async def test_removed_service_loses_its_device(
 
 @pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_values_after_forwarding(hass: HomeAssistant, storage: FaultServer) -> None:
-    entry = make_entry(storage.url)
+    entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     assert state_of(hass, FORWARDED) == "0"
     assert state_of(hass, f"{FORWARDER}_last_successful_delivery") == STATE_UNKNOWN
@@ -309,7 +254,7 @@ async def test_values_after_forwarding(hass: HomeAssistant, storage: FaultServer
     await flush(entry)
     await tick(hass)
     assert state_of(hass, FORWARDED) == "26"
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 @pytest.mark.usefixtures("entity_registry_enabled_by_default")
@@ -317,7 +262,7 @@ async def test_pending_while_the_receiver_refuses(
     hass: HomeAssistant, storage: FaultServer
 ) -> None:
     """Events wait in the outbox, their age grows, the circuit opens; then all arrive."""
-    entry = make_entry(storage.url)
+    entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     runtime = entry.runtime_data.runtime
     await storage.refuse()
@@ -350,14 +295,14 @@ async def test_pending_while_the_receiver_refuses(
     assert state_of(hass, OLDEST_AGE) == "0"
     assert state_of(hass, FORWARDED) == "7"
     assert state_of(hass, STORAGE_CIRCUIT) == "closed"
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 @pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_unavailable_when_the_coordinator_fails(
     hass: HomeAssistant, storage: FaultServer
 ) -> None:
-    entry = make_entry(storage.url)
+    entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     with patch(
         "custom_components.ha_ingestor.coordinator.build_snapshot", side_effect=RuntimeError
@@ -367,7 +312,7 @@ async def test_unavailable_when_the_coordinator_fails(
         assert state_of(hass, STORAGE_CIRCUIT) == STATE_UNAVAILABLE
     await tick(hass)
     assert state_of(hass, FORWARDED) == "0"
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
 
 
 # -- no feedback loop, bounded writes ------------------------------------------------------
@@ -376,7 +321,7 @@ async def test_unavailable_when_the_coordinator_fails(
 @pytest.mark.usefixtures("entity_registry_enabled_by_default")
 async def test_own_entities_are_never_forwarded(hass: HomeAssistant, storage: FaultServer) -> None:
     """Our sensors change as events flow, yet only the other entities reach the receiver."""
-    entry = make_entry(storage.url)
+    entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     ours = entity_ids(hass, entry)
     assert len(ours) == 12
@@ -398,7 +343,7 @@ async def test_own_entities_are_never_forwarded(hass: HomeAssistant, storage: Fa
 
     forwarded = [event["data"].get("entity_id") for event in storage.received]
     assert forwarded == ["sensor.outside"] * 4
-    await unload_entry(hass, entry)
+    await unload(hass, entry)
     await asyncio.sleep(0)  # the ids are let go one loop turn after removal
     assert not ours & own_entities(hass)
 
@@ -406,7 +351,7 @@ async def test_own_entities_are_never_forwarded(hass: HomeAssistant, storage: Fa
 async def test_a_burst_writes_each_entity_at_most_once_per_tick(
     hass: HomeAssistant, storage: FaultServer
 ) -> None:
-    entry = make_entry(storage.url)
+    entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     ours = entity_ids(hass, entry)
     refreshes = count_refreshes(entry.runtime_data.coordinator)
@@ -430,4 +375,4 @@ async def test_a_burst_writes_each_entity_at_most_once_per_tick(
     assert state_of(hass, FORWARDED) == "1000"
     assert 1 <= writes[FORWARDED] <= refreshes[0]
     assert max(writes.values()) <= refreshes[0]
-    await unload_entry(hass, entry)
+    await unload(hass, entry)

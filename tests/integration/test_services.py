@@ -9,19 +9,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import voluptuous as vol
 import yaml
-from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 import custom_components.ha_ingestor
 from custom_components.ha_ingestor.const import (
-    CONF_API_TOKEN,
-    CONF_ENRICHMENT_URL,
-    CONF_INCLUDE_DOMAINS,
-    CONF_LINGER_MS,
-    CONF_STORAGE_URL,
-    CONF_VERIFY_SSL,
     DOMAIN,
 )
 from custom_components.ha_ingestor.pipeline.forwarder import ForwarderState
@@ -36,49 +29,12 @@ from custom_components.ha_ingestor.services import (
     _field_name,
     async_forward_event,
 )
+from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.integration.conftest import TOKEN
 from tests.pipeline.fault_server import EVENT_PATH, REJECT_MARKER, Fault, FaultServer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-
-def make_entry(url: str, data: dict[str, Any] | None = None, **options: Any) -> MockConfigEntry:
-    options.setdefault(CONF_LINGER_MS, 0)
-    # Only the test's own entities: these tests count what arrives.
-    options.setdefault(CONF_INCLUDE_DOMAINS, ["test"])
-    return MockConfigEntry(
-        domain=DOMAIN,
-        title=f"HA Ingestor {url}",
-        unique_id=url,
-        data={CONF_STORAGE_URL: url, CONF_API_TOKEN: TOKEN, CONF_VERIFY_SSL: True, **(data or {})},
-        options=options,
-    )
-
-
-async def setup_entry(hass: HomeAssistant, entry: MockConfigEntry) -> MockConfigEntry:
-    entry.add_to_hass(hass)
-    assert await hass.config_entries.async_setup(entry.entry_id)
-    await hass.async_block_till_done()
-    assert entry.state is ConfigEntryState.LOADED
-    return entry
-
-
-async def refuse(server: FaultServer) -> None:
-    """Close the server's port once the entry's first health check got through.
-
-    Closing while a connection is being accepted trips an assertion inside asyncio's
-    server (Python 3.13.0), so let the check set up at start land first.
-    """
-    await server.wait_for_requests(1)
-    await server.refuse()
-
-
-async def unload(hass: HomeAssistant, *entries: MockConfigEntry) -> None:
-    for entry in entries:
-        if entry.state is ConfigEntryState.LOADED:
-            assert await hass.config_entries.async_unload(entry.entry_id)
-    await hass.async_block_till_done()
 
 
 @pytest.fixture
@@ -281,9 +237,7 @@ async def test_forward_event_uses_the_enrichment_then_the_fallback(
     storage_server: FaultServer,
     enrichment_server: FaultServer,
 ) -> None:
-    entry = await setup_entry(
-        hass, make_entry(storage_server.url, {CONF_ENRICHMENT_URL: enrichment_server.url})
-    )
+    entry = await setup_entry(hass, make_entry(storage_server.url, enrichment_server.url))
     result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert result["service"] == "enrichment"
     assert enrichment_server.stored_ids == [result["event_id"]]
