@@ -37,6 +37,16 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 
+ACTIONS = {
+    SERVICE_FORWARD_EVENT,
+    SERVICE_FLUSH,
+    SERVICE_REPLAY_DEAD_LETTERS,
+    SERVICE_PURGE_DEAD_LETTERS,
+    SERVICE_PAUSE,
+    SERVICE_RESUME,
+}
+
+
 @pytest.fixture
 async def entry(hass: HomeAssistant, storage_server: FaultServer) -> MockConfigEntry:
     return await setup_entry(hass, make_entry(storage_server.url))
@@ -480,14 +490,7 @@ async def test_actions_are_registered_once_for_every_entry(
     server = await fault_server_factory(token=TOKEN)
     entry = await setup_entry(hass, make_entry(server.url))
     services = hass.services.async_services_for_domain(DOMAIN)
-    assert set(services) == {
-        SERVICE_FORWARD_EVENT,
-        SERVICE_FLUSH,
-        SERVICE_REPLAY_DEAD_LETTERS,
-        SERVICE_PURGE_DEAD_LETTERS,
-        SERVICE_PAUSE,
-        SERVICE_RESUME,
-    }
+    assert set(services) == ACTIONS
     await unload(hass, entry)
     # Actions stay registered after the entry unloads (and say why they cannot act).
     assert set(hass.services.async_services_for_domain(DOMAIN)) == set(services)
@@ -518,17 +521,9 @@ def test_actions_are_described_everywhere() -> None:
     assert json.loads((folder / "translations" / "en.json").read_text()) == strings
     icons = json.loads((folder / "icons.json").read_text())
 
-    actions = {
-        SERVICE_FORWARD_EVENT,
-        SERVICE_FLUSH,
-        SERVICE_REPLAY_DEAD_LETTERS,
-        SERVICE_PURGE_DEAD_LETTERS,
-        SERVICE_PAUSE,
-        SERVICE_RESUME,
-    }
-    assert set(services_yaml) == actions
-    assert set(strings["services"]) == actions
-    assert set(icons["services"]) == actions
+    assert set(services_yaml) == ACTIONS
+    assert set(strings["services"]) == ACTIONS
+    assert set(icons["services"]) == ACTIONS
     for action, spec in services_yaml.items():
         described = strings["services"][action]
         assert described["name"]
