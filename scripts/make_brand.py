@@ -7,6 +7,7 @@ square, the stream falling into the cylinder's top; the logo is landscape, the s
 entering from the left. Home Assistant's brand rules: PNG, transparent background,
 trimmed (the mark touches the image's edges on its longer axis and is centred on the
 other), icon 256x256 and 512x512 (@2x), logo with its shortest side 256 (@2x: 512).
+The dark_* variants, for dark themes, draw the cylinder light instead of dark.
 
 Plain Python (zlib and struct), no image library, and deterministic: the same script
 writes the same bytes, so ``scripts/make_brand.py --check`` can tell whether the
@@ -19,6 +20,7 @@ their distance to the pixel centre.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import sys
@@ -32,8 +34,20 @@ BRAND_DIR = Path(__file__).resolve().parent.parent / "custom_components" / "ha_i
 Rgb = tuple[int, int, int]
 BLUE: Rgb = (0x03, 0xA9, 0xF4)  # Home Assistant blue
 DARK: Rgb = (0x1E, 0x2A, 0x38)
-DARK_BAND: Rgb = (0x3B, 0x50, 0x66)  # the cylinder's segment lines
-LID: Rgb = (0x2B, 0x3B, 0x4E)
+
+
+@dataclass(frozen=True, slots=True)
+class Cylinder:
+    """The cylinder's colours: body, segment lines, lid."""
+
+    body: Rgb
+    band: Rgb
+    lid: Rgb
+
+
+ON_LIGHT = Cylinder(body=DARK, band=(0x3B, 0x50, 0x66), lid=(0x2B, 0x3B, 0x4E))
+# The dark_* images, for Home Assistant's dark theme: a light cylinder.
+ON_DARK = Cylinder(body=(0xDD, 0xE4, 0xEA), band=(0xA9, 0xB7, 0xC3), lid=(0xF4, 0xF7, 0xF9))
 
 Sdf = Callable[[float, float], float]
 
@@ -130,16 +144,18 @@ def ring(cx: float, cy: float, rx: float, ry: float, half_width: float) -> Shape
 Layer = tuple[Shape, Rgb]
 
 
-def cylinder(cx: float, top: float, bottom: float, rx: float, ry: float) -> list[Layer]:
+def cylinder(
+    colors: Cylinder, cx: float, top: float, bottom: float, rx: float, ry: float
+) -> list[Layer]:
     """A database cylinder: body, two segment lines, a lighter lid with a blue rim."""
     body = union(box(cx - rx, top, cx + rx, bottom), ellipse(cx, bottom, rx, ry))
-    layers: list[Layer] = [(body, DARK)]
+    layers: list[Layer] = [(body, colors.body)]
     step = (bottom - top) / 3
     for level in (top + step, top + 2 * step):
         # The front half of an ellipse, as a thin band inside the body.
         band = clip(ring(cx, level, rx, ry, 0.012), box(cx - rx, level, cx + rx, level + ry + 0.02))
-        layers.append((clip(band, body), DARK_BAND))
-    layers.append((ellipse(cx, top, rx, ry), LID))
+        layers.append((clip(band, body), colors.band))
+    layers.append((ellipse(cx, top, rx, ry), colors.lid))
     layers.append((ring(cx, top, rx - 0.012, ry - 0.012, 0.012), BLUE))
     return layers
 
@@ -169,17 +185,20 @@ def stream(ax: float, ay: float, bx: float, by: float, *, width: float) -> list[
     return layers
 
 
-def icon_layers() -> list[Layer]:
+def icon_layers(colors: Cylinder) -> list[Layer]:
     # The stream falls diagonally towards the middle of the lid, its tip just above it.
     return [
         *stream(-0.12, -0.085, 0.55, 0.39, width=0.072),
-        *cylinder(0.70, 0.50, 0.92, 0.30, 0.10),
+        *cylinder(colors, 0.70, 0.50, 0.92, 0.30, 0.10),
     ]
 
 
-def logo_layers() -> list[Layer]:
+def logo_layers(colors: Cylinder) -> list[Layer]:
     # The stream enters horizontally; the cylinder stands at the right.
-    return [*stream(0.0, 0.50, 0.92, 0.50, width=0.095), *cylinder(1.34, 0.22, 0.70, 0.32, 0.11)]
+    return [
+        *stream(0.0, 0.50, 0.92, 0.50, width=0.095),
+        *cylinder(colors, 1.34, 0.22, 0.70, 0.32, 0.11),
+    ]
 
 
 def render(layers: list[Layer], width: int, height: int) -> bytes:
@@ -247,7 +266,7 @@ def png(width: int, height: int, raw_rows: bytes) -> bytes:
 
 
 # name -> (layers, width, height)
-IMAGES: dict[str, tuple[Callable[[], list[Layer]], int, int]] = {
+IMAGES: dict[str, tuple[Callable[[Cylinder], list[Layer]], int, int]] = {
     "icon.png": (icon_layers, 256, 256),
     "icon@2x.png": (icon_layers, 512, 512),
     "logo.png": (logo_layers, 512, 256),
@@ -258,8 +277,11 @@ IMAGES: dict[str, tuple[Callable[[], list[Layer]], int, int]] = {
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for name, (layers, width, height) in IMAGES.items():
-        data = png(width, height, render(layers(), width, height))
+    for (base_name, (layers, width, height)), (prefix, colors) in itertools.product(
+        IMAGES.items(), (("", ON_LIGHT), ("dark_", ON_DARK))
+    ):
+        data = png(width, height, render(layers(colors), width, height))
+        name = prefix + base_name
         path = BRAND_DIR / name
         if check:
             if not path.is_file() or path.read_bytes() != data:

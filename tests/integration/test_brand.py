@@ -2,7 +2,8 @@
 
 Rules (home-assistant/brands): PNG, transparent background, trimmed; icon square,
 256x256 and 512x512 (@2x); logo with its shortest side 128 to 256 (@2x: 256 to 512),
-the @2x images exactly twice their 1x one. The images are drawn by
+the @2x images exactly twice their 1x one; the dark_* variants (for dark themes) the
+same sizes as the others. The images are drawn by
 ``scripts/make_brand.py``; the last test checks the committed ones are its output.
 """
 
@@ -33,9 +34,11 @@ class Image:
 
     def opaque_box(self) -> tuple[int, int, int, int]:
         """x0, y0, x1, y1 (inclusive) of the pixels that are not fully transparent."""
-        xs = [x for row in self.pixels for x in range(self.width) if row[4 * x + 3]]
-        ys = [y for y, row in enumerate(self.pixels) if any(row[3::4])]
-        return min(xs), min(ys), max(xs), max(ys)
+        alphas = [row[3::4] for row in self.pixels]
+        ys = [y for y, alpha in enumerate(alphas) if alpha.strip(b"\0")]
+        x0 = min(len(alpha) - len(alpha.lstrip(b"\0")) for alpha in alphas if alpha.strip(b"\0"))
+        x1 = max(len(alpha.rstrip(b"\0")) - 1 for alpha in alphas)
+        return x0, min(ys), x1, max(ys)
 
 
 def _paeth(a: int, b: int, c: int) -> int:
@@ -83,12 +86,16 @@ def read_png(data: bytes) -> Image:
     return Image(width, height, rows)
 
 
+NAMES = [
+    f"{prefix}{name}"
+    for prefix in ("", "dark_")
+    for name in ("icon.png", "icon@2x.png", "logo.png", "logo@2x.png")
+]
+
+
 @pytest.fixture(scope="module")
 def images() -> dict[str, Image]:
-    return {
-        name: read_png((BRAND / name).read_bytes())
-        for name in ("icon.png", "icon@2x.png", "logo.png", "logo@2x.png")
-    }
+    return {name: read_png((BRAND / name).read_bytes()) for name in NAMES}
 
 
 def test_sizes(images: dict[str, Image]) -> None:
@@ -97,9 +104,14 @@ def test_sizes(images: dict[str, Image]) -> None:
     logo, logo2x = images["logo.png"], images["logo@2x.png"]
     assert 128 <= min(logo.width, logo.height) <= 256
     assert (logo2x.width, logo2x.height) == (2 * logo.width, 2 * logo.height)
+    for name in NAMES:
+        if name.startswith("dark_"):
+            dark, light = images[name], images[name.removeprefix("dark_")]
+            assert (dark.width, dark.height) == (light.width, light.height)
+            assert dark.pixels != light.pixels
 
 
-@pytest.mark.parametrize("name", ["icon.png", "icon@2x.png", "logo.png", "logo@2x.png"])
+@pytest.mark.parametrize("name", NAMES)
 def test_transparent_and_trimmed(images: dict[str, Image], name: str) -> None:
     image = images[name]
     alphas = [row[3::4] for row in image.pixels]
