@@ -424,6 +424,7 @@ class Demo:
     entry_id: str = ""
     services: list[Child] = field(default_factory=list)
     hass: Child | None = None
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
 
     # where things are
 
@@ -492,7 +493,7 @@ class Demo:
     def start_services(self, timeout: float = SERVICES_START_TIMEOUT) -> None:
         """Start storage and the enrichment; return when both answer health with 200."""
         python = [sys.executable, "-m", "ha_ingestor_services"]
-        sqlite = ["--sqlite-path", str(self.sqlite_path)]
+        sqlite = ["--backend", "sqlite", "--sqlite-path", str(self.sqlite_path)]
         if self.split_services:
             self.start_storage()
             self.services.append(
@@ -541,6 +542,8 @@ class Demo:
                 "storage",
                 "--port",
                 str(self.ports.storage),
+                "--backend",
+                "sqlite",
                 "--sqlite-path",
                 str(self.sqlite_path),
             ],
@@ -553,7 +556,11 @@ class Demo:
         """(split services) Stop the storage service alone."""
         child = next(child for child in self.services if child.name == "storage")
         self.services.remove(child)
-        return child.stop()
+        return self._stopped(child)
+
+    def _stopped(self, child: Child, timeout: float = STOP_TIMEOUT) -> int | None:
+        code = self.exit_codes[child.name] = child.stop(timeout)
+        return code
 
     def wait_healthy(self, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -582,7 +589,7 @@ class Demo:
     def stop_services(self) -> None:
         """Stop the services, storage last (the enrichment hands it what it holds)."""
         while self.services:
-            self.services.pop().stop()
+            self._stopped(self.services.pop())
 
     # Home Assistant
 
@@ -615,7 +622,7 @@ class Demo:
     def stop_hass(self) -> int | None:
         if self.hass is None:
             return None
-        code = self.hass.stop(timeout=60.0)
+        code = self._stopped(self.hass, timeout=60.0)
         self.hass = None
         return code
 
@@ -769,7 +776,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the work folder's contents: stored events, Home Assistant's users and state",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop this many seconds after everything is up (default: at Ctrl-C)",
+    )
     parser.add_argument(
         "--interval", type=float, default=5.0, help="seconds between progress lines (default 5)"
     )
@@ -807,7 +819,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             print_where(demo, time.monotonic() - started)
             previous: int | None = None
-            deadline = None if args.duration is None else started + args.duration
+            up = time.monotonic()
+            deadline = None if args.duration is None else up + args.duration
             next_line = time.monotonic()
             while deadline is None or time.monotonic() < deadline:
                 for child in [*demo.services, demo.hass]:
@@ -870,6 +883,8 @@ def print_summary(demo: Demo) -> None:
     print(f"  ha_ingestor in the HA log: {len(problems)} warnings/errors")
     for line in problems[:10]:
         print(f"    {line}")
+    codes = ", ".join(f"{name} {code}" for name, code in demo.exit_codes.items())
+    print(f"  exit codes          {codes}")
     print(f"  logs                {demo.ha_log}")
     for log in sorted(demo.logs_dir.glob("*.log")):
         print(f"                      {log}")
