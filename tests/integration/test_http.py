@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -365,7 +366,13 @@ async def test_forward_oversized(
     event = orjson.dumps({"event_type": "e", "event_data": {"blob": "x" * 300_000}})
     response = await client.post(FORWARD_URL, data=event)
     assert response.status == 413
-    assert_error_body(await response.json(), "payload_too_large")
+    answer = await response.json()
+    assert_error_body(answer, "payload_too_large")
+    assert answer["error"]["details"]["field"] == "event"
+    assert re.fullmatch(
+        r"The event is \d+ bytes, over the limit of 262144: send less data in event_data\.",
+        answer["error"]["message"],
+    )
     assert storage_server.requests_to(EVENT_PATH) == []
 
 
