@@ -370,7 +370,7 @@ async def test_forward_oversized(
     assert_error_body(answer, "payload_too_large")
     assert answer["error"]["details"]["field"] == "event"
     assert re.fullmatch(
-        r"The event is \d+ bytes, over the limit of 262144: send less data in event_data\.",
+        r"The event is \d+ bytes, over the limit of 262144: send less data in event_data",
         answer["error"]["message"],
     )
     assert storage_server.requests_to(EVENT_PATH) == []
