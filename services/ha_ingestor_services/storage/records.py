@@ -122,15 +122,17 @@ def event_time_ns(timestamp: str, event_id: str) -> int:
 
 def _text(value: object) -> str | None:
     """Text for a tag or text field; empty text counts as absent (InfluxDB drops it)."""
-    return value if isinstance(value, str) and value else None
+    return value if type(value) is str and value else None
 
 
 def _number(value: object) -> float | None:
     """A finite float; ints become floats so InfluxDB sees one field type."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value) if not isinstance(value, float) else value
-    return number if math.isfinite(number) else None
+    if type(value) is float:  # the usual case first: this runs several times per event
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return None
 
 
 def _valid_normalized(raw: object) -> Normalized | None:
@@ -199,28 +201,29 @@ def to_record(envelope: Mapping[str, Any]) -> Record:
     context_id = state_context.get("id") if isinstance(state_context, dict) else None
     entity_id = _text(data.get("entity_id"))
     attributes = data.get("attributes")
+    # Positional (in `Record`'s field order): a third of the cost of keywords here.
     return Record(
-        event_id=event_id,
-        time_ns=event_time_ns(envelope["timestamp"], event_id),
-        event_type=data["event_type"],
-        entity_id=entity_id,
-        domain=_text(normalized["domain"]),
-        device_class=_text(normalized["device_class"]),
-        unit=_text(normalized["unit"]),
-        source=_text(envelope.get("source")),
-        instance_id=_text(instance_id),
+        event_id,
+        event_time_ns(envelope["timestamp"], event_id),
+        data["event_type"],
+        entity_id,
+        _text(normalized["domain"]),
+        _text(normalized["device_class"]),
+        _text(normalized["unit"]),
+        _text(envelope.get("source")),
+        _text(instance_id),
         # An empty state is kept as none: InfluxDB 2.x's CSV answers cannot tell them apart.
-        state=data.get("state") or None,
-        value=normalized["value"],
-        old_state=data.get("old_state") or None,
-        attributes=_json_object(attributes, "data.attributes") or "{}",
-        event_data=_json_object(data.get("data"), "data.data"),
-        context_id=_text(context_id),
-        weather_temp_c=_number(weather.get("temperature_c")),
-        weather_humidity=_number(weather.get("humidity")),
-        weather_condition=_text(weather.get("condition")),
-        weather_pressure_hpa=_number(weather.get("pressure_hpa")),
-        processing_time_ms=processing_ms,
+        data.get("state") or None,
+        normalized["value"],
+        data.get("old_state") or None,
+        _json_object(attributes, "data.attributes") or "{}",
+        _json_object(data.get("data"), "data.data"),
+        _text(context_id),
+        _number(weather.get("temperature_c")),
+        _number(weather.get("humidity")),
+        _text(weather.get("condition")),
+        _number(weather.get("pressure_hpa")),
+        processing_ms,
     )
 
 

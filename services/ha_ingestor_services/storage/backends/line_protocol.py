@@ -76,59 +76,103 @@ def point_line(record: Record) -> str:
 # Point's escaping rules (influxdb_client.client.write.point).
 _MEASUREMENT_SPECIAL = re.compile(r"[, \n\t\r]")
 _KEY_SPECIAL = re.compile(r"[,= \n\t\r]")
-_STRING_SPECIAL = re.compile(r'["\\]')
 _ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
 _ESCAPE_KEY = str.maketrans(
     {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
 )
-_ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": r"\\"})
-
-# Point writes tags and fields sorted by key.
-_SORTED_TAGS = tuple(sorted(TAGS))
-_SORTED_FIELDS = tuple(sorted(_TEXT_FIELDS + _NUMBER_FIELDS))
-_NUMBERS = frozenset(_NUMBER_FIELDS)
 
 
-def _tag_value(value: str) -> str:
+def _tag(key: str, value: str | None) -> str:
+    """``,key=value`` as Point writes a tag ('' for none; the keys need no escaping)."""
+    if value is None or value == "":
+        return ""
     if _KEY_SPECIAL.search(value):
         value = value.translate(_ESCAPE_KEY)
-    return value + " " if value.endswith("\\") else value
+    if value.endswith("\\"):
+        value += " "
+    return f",{key}={value}"
 
 
-def _float(value: float) -> str:
+def _string(key: str, value: str | None) -> str:
+    """``,key="value"`` as Point writes a string field ('' for none)."""
+    if value is None:
+        return ""
+    if "\\" in value:
+        value = value.replace("\\", "\\\\")
+    if '"' in value:
+        value = value.replace('"', '\\"')
+    return f',{key}="{value}"'
+
+
+def _float(key: str, value: float | None) -> str:
+    """``,key=value`` as Point writes a float field ('' for none)."""
+    if value is None or not math.isfinite(value):
+        return ""
     text = str(value)
-    return text[:-2] if text.endswith(".0") else text
+    return f",{key}={text[:-2] if text.endswith('.0') else text}"
 
 
 def to_line(record: Record) -> str:
-    """``to_point(record).to_line_protocol()``, built directly (see the module doc)."""
-    measurement = record.event_type
+    """``to_point(record).to_line_protocol()``, built directly (see the module doc).
+
+    Tags and fields in Point's order (sorted by key); ``attributes`` is never none, so
+    the field list never starts empty.
+    """
+    (
+        event_id,
+        time_ns,
+        event_type,
+        entity_id,
+        domain,
+        device_class,
+        unit,
+        source,
+        instance_id,
+        state,
+        value,
+        old_state,
+        attributes,
+        event_data,
+        context_id,
+        weather_temp_c,
+        weather_humidity,
+        weather_condition,
+        weather_pressure_hpa,
+        processing_time_ms,
+    ) = record
+    measurement = event_type
     if _MEASUREMENT_SPECIAL.search(measurement):
         measurement = measurement.translate(_ESCAPE_MEASUREMENT)
-    parts = [measurement]
-    for tag in _SORTED_TAGS:
-        value = getattr(record, tag)
-        if value is not None and value != "":
-            parts.append(f",{tag}={_tag_value(value)}")
-    parts.append(" ")
-    separator = ""
-    for field in _SORTED_FIELDS:
-        value = getattr(record, field)
-        if value is None:
-            continue
-        if field in _NUMBERS:
-            if not math.isfinite(value):
-                continue
-            parts.append(f"{separator}{field}={_float(value)}")
-        else:
-            if _STRING_SPECIAL.search(value):
-                value = value.translate(_ESCAPE_STRING)
-            parts.append(f'{separator}{field}="{value}"')
-        separator = ","
-    if not separator:
-        return ""
-    parts.append(f" {record.time_ns}")
-    return "".join(parts)
+    fields = "".join(
+        (
+            _string("attributes", attributes),
+            _string("context_id", context_id),
+            _string("event_data", event_data),
+            _string("event_id", event_id),
+            _string("old_state", old_state),
+            _float("processing_time_ms", processing_time_ms),
+            _string("state", state),
+            _float("value", value),
+            _string("weather_condition", weather_condition),
+            _float("weather_humidity", weather_humidity),
+            _float("weather_pressure_hpa", weather_pressure_hpa),
+            _float("weather_temp_c", weather_temp_c),
+        )
+    )
+    return "".join(
+        (
+            measurement,
+            _tag("device_class", device_class),
+            _tag("domain", domain),
+            _tag("entity_id", entity_id),
+            _tag("instance_id", instance_id),
+            _tag("source", source),
+            _tag("unit", unit),
+            " ",
+            fields[1:],  # without the first comma
+            f" {time_ns}",
+        )
+    )
 
 
 def influx_problem(record: Record) -> str | None:
