@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -63,7 +64,7 @@ class StorageService:
         settings: StorageSettings,
         *,
         backend: StorageBackend | None = None,
-        clock_ns: Any = time.time_ns,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.settings = settings
         self.backend = backend if backend is not None else create_backend(settings)

@@ -125,11 +125,12 @@ async def test_events_influxdb_cannot_keep_are_rejected_alone(
     line = f'conflict,entity_id=sensor.x value="text" {time.time_ns()}'
     await asyncio.to_thread(_write_line, influxd_server, database, line)
     comment = envelope(event_type="#comment", entity_id="sensor.c")
+    backslash = envelope(event_type="ends\\", entity_id="sensor.c")
     huge = envelope("sensor.huge")
     huge["data"]["attributes"] = {"blob": "x" * 70_000}
     conflicting = envelope(event_type="conflict", entity_id="sensor.x")
     good = [envelope(f"sensor.g{i}") for i in range(6)]
-    batch = [good[0], comment, good[1], huge, good[2], conflicting, *good[3:]]
+    batch = [good[0], comment, good[1], huge, good[2], conflicting, backslash, *good[3:]]
     _, body = await post_batch(client, url, batch)
     assert statuses(body) == [
         "stored",
@@ -137,6 +138,7 @@ async def test_events_influxdb_cannot_keep_are_rejected_alone(
         "stored",
         "rejected",
         "stored",
+        "rejected",
         "rejected",
         "stored",
         "stored",

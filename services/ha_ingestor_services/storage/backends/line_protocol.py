@@ -179,6 +179,8 @@ def influx_problem(record: Record) -> str | None:
     """Why InfluxDB cannot keep ``record`` as it is, or None."""
     if record.event_type.startswith("#"):
         return "event_type: starts with '#', which line protocol reads as a comment"
+    if record.event_type.endswith("\\"):
+        return "event_type: ends with a backslash, which a line protocol measurement cannot keep"
     for field in _TEXT_FIELDS:
         value = getattr(record, field)
         if value is not None and len(value.encode()) > MAX_STRING_FIELD_BYTES:
