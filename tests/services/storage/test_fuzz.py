@@ -31,7 +31,7 @@ _any_text = st.text(max_size=16)
 _json: st.SearchStrategy[Any] = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64)
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
     | st.floats()
     | _any_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_any_text, inner, max_size=3),

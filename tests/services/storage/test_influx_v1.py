@@ -151,7 +151,7 @@ async def test_events_influxdb_cannot_keep_are_rejected_alone(
     assert service.stats()["influxdb-v1"]["bisections"] > 0
 
 
-async def test_a_dropped_database_is_created_again(
+async def test_a_dropped_database_or_policy_is_created_again(
     start_storage: StartStorage,
     client: aiohttp.ClientSession,
     influx_settings: dict[str, Any],
@@ -160,6 +160,12 @@ async def test_a_dropped_database_is_created_again(
     database = influx_settings["influx_database"]
     url, _ = await start_storage(**influx_settings, retention_days=30)
     await asyncio.to_thread(influxd_server.execute, f'DROP DATABASE "{database}"')
+    _, body = await post_batch(client, url, [envelope()])
+    assert statuses(body) == ["stored"]
+    assert influxd_server.count(database, "state_changed", "event_id") == 1
+    await asyncio.to_thread(
+        influxd_server.execute, f'DROP RETENTION POLICY "ha_ingestor" ON "{database}"'
+    )
     _, body = await post_batch(client, url, [envelope()])
     assert statuses(body) == ["stored"]
     assert influxd_server.count(database, "state_changed", "event_id") == 1

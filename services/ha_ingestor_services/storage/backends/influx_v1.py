@@ -30,7 +30,9 @@ from ha_ingestor_services.web import DependencyHealth, StartupError
 from .base import DUPLICATE, STORED, BackendUnavailable, EventQuery, Outcome
 from .line_protocol import influx_problem, to_line
 
-RECENT_IDS = 200_000
+# Enough to recognise resends of the last minutes; ids are kept as text (no hash
+# collisions that could call a new event a duplicate).
+RECENT_IDS = 50_000
 INFLUX_REJECTED = "INFLUX_REJECTED"
 
 
@@ -210,7 +212,7 @@ class InfluxV1Backend:
             return refused
         return {}
 
-    async def _post(self, body: bytes) -> None:
+    async def _post(self, body: bytes, *, prepare_again: bool = True) -> None:
         try:
             async with self._http().post(
                 f"{self._url}/write", params=self._write_params, data=body
@@ -227,11 +229,13 @@ class InfluxV1Backend:
         message = _error_text(_json(answer), answer)
         if status == 400:
             raise _Refused(message)
-        if status == 404 and "database not found" in message:
+        if prepare_again and (
+            "database not found" in message or "retention policy not found" in message
+        ):
             # Dropped while we run: create it again and retry once.
             self._last_error = message
             await self._prepare()
-            await self._post(body)
+            await self._post(body, prepare_again=False)
             return
         self._last_error = f"HTTP {status}: {message}"
         raise BackendUnavailable(
