@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -477,6 +478,49 @@ async def test_many_rows_per_statement_and_acks_by_range(
     await outbox.nack(r.seq for r in records[middle : middle + 2])
     assert await drain_ids(outbox) == [f"e{i:04}" for i in (middle, middle + 1)]
     assert rows_in_file(outbox.path) == 0
+
+
+def _arrives_while_encoding(outbox_box: list[Outbox[str]]) -> Callable[[str], EncodedEvent]:
+    """An encoder that is slow for "a" and appends "late" meanwhile, as a busy loop would."""
+
+    def encode_with_arrival(item: str) -> EncodedEvent:
+        if item == "a":
+            time.sleep(0.005)
+            outbox_box[0]._intake.append("late")
+        return encode(item)
+
+    return encode_with_arrival
+
+
+@pytest.mark.parametrize(
+    ("options", "rests"),
+    [
+        ({}, True),
+        ({"busy_rest": 0}, False),  # never rests
+        ({"max_rest_lag": 0}, False),  # the backlog is always too old to rest
+    ],
+)
+async def test_worker_rests_while_the_loop_keeps_appending(
+    make_outbox: OutboxFactory, options: dict[str, float], rests: bool
+) -> None:
+    box: list[Outbox[str]] = []
+    options = {"busy_rest": 1000.0, "commit_interval": 2.0, **options}
+    outbox = await opened(make_outbox, encode=_arrives_while_encoding(box), **options)
+    box.append(outbox)
+    outbox.append("a")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while outbox.stats_nowait().appended < 1:
+        await asyncio.sleep(0.01)
+    # "late" arrived while "a" was stored: it waits out the rest (2 s), or not at all.
+    while outbox.stats_nowait().appended < 2 and loop.time() - start < 1.0:
+        await asyncio.sleep(0.01)
+    assert (outbox.stats_nowait().appended == 1) is rests
+    assert outbox.stats_nowait().pending == 2  # waiting in memory counts as pending
+    if rests:
+        # A command is answered at once, rest or not (and the intake is stored first).
+        assert ids_of(await asyncio.wait_for(outbox.take(10), timeout=1.0)) == ["a", "late"]
+    assert await outbox.sync() == 2
 
 
 async def test_on_backlog_stays_in_memory_while_delivery_keeps_up(

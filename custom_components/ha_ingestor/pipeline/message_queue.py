@@ -949,6 +949,8 @@ class Outbox(Generic[T]):
         max_bytes: int = 512 * 1024 * 1024,
         memory_limit_events: int = 10_000,
         commit_interval: float = 0.1,
+        busy_rest: float = 10.0,
+        max_rest_lag: float = 2.0,
         max_dead_letters: int = 100_000,
         on_drop: Callable[[int], None] | None = None,
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
@@ -963,6 +965,14 @@ class Outbox(Generic[T]):
         self._logger = logger or _LOGGER
         self._log_limited = _RateLimitedLog(self._logger)
         self._commit_interval = commit_interval
+        # While the event loop keeps appending (a burst), the worker rests this many times
+        # as long as its last transaction took (at most commit_interval), so the loop has
+        # the interpreter to itself most of the time; 0 = never rest. Only while the
+        # backlog is younger than max_rest_lag: then it works flat out until it is empty.
+        self._busy_rest = busy_rest
+        self._max_rest_lag = max_rest_lag  # no more rests once the backlog is this old
+        self._resume_at = 0.0
+        self._backlog_since: float | None = None  # when the intake was last seen empty
         self._store = _Store(
             self.path,
             durability=Durability(durability),
@@ -1199,15 +1209,19 @@ class Outbox(Generic[T]):
         store = self._store
         while not self._stopped:
             try:
-                # After a refused write, wake up by ourselves to try again.
-                if self._intake:  # left over by a drain that gave way to a command
-                    command = self._commands.get_nowait()
-                elif store.disk_retry_at:
+                if self._intake:  # left over by a drain that gave way or rests
+                    rest = self._resume_at - time.monotonic()
+                    command = get(timeout=rest) if rest > 0 else self._commands.get_nowait()
+                elif store.disk_retry_at:  # after a refused write, try again by ourselves
                     command = get(timeout=_DISK_RETRY)
                 else:
                     command = get()
             except queue.Empty:
                 command = None
+            if command is None and self._intake and time.monotonic() < self._resume_at:
+                # An append's wake-up while resting: rest on. The wake stays pending, so
+                # appends meanwhile send no more of them.
+                continue
             self._wake_pending = False  # before draining: a later append sends a new wake
             try:
                 # Give way to waiting commands between transactions, so a take or an ack
@@ -1315,8 +1329,9 @@ class Outbox(Generic[T]):
     def _drain(self, *, give_way: bool = False) -> None:
         """Encode the intake and store it: one transaction per batch (group commit).
 
-        With ``give_way``, stop after a batch when a command is waiting; the caller
-        comes back for the rest.
+        With ``give_way``, stop after a batch when a command is waiting, or when new
+        items arrived while the batch was stored (the loop is busy: rest a little, see
+        ``busy_rest``); the caller comes back for the rest.
         """
         store = self._store
         if store.conn is None:
@@ -1325,7 +1340,11 @@ class Outbox(Generic[T]):
         encode = self._encode
         popleft = intake.popleft
         while intake:
-            deadline = time.monotonic() + self._commit_interval
+            started = time.monotonic()
+            if self._backlog_since is None:
+                self._backlog_since = started
+            deadline = started + self._commit_interval
+            before = len(intake)
             now = self._clock()
             seq = store.next_seq
             rows: list[_Row] = []
@@ -1355,6 +1374,7 @@ class Outbox(Generic[T]):
                 nbytes += len(payload)
                 if nbytes >= _BATCH_BYTES or (index & 127 == 127 and time.monotonic() > deadline):
                     break
+            left = before - len(rows) - len(failed)  # if nothing had arrived meanwhile
             store.next_seq = seq
             try:
                 if rows:
@@ -1363,8 +1383,22 @@ class Outbox(Generic[T]):
                     store.store_dead(failed)
             except Exception:
                 self._logger.exception("Outbox %s: storing a batch failed", self.path)
-            if give_way and not self._commands.empty():
+            if give_way and self._give_way(started, arrived=len(intake) > left):
                 return
+        self._backlog_since = None
+
+    def _give_way(self, started: float, *, arrived: bool) -> bool:
+        """After a batch: stop for a waiting command, or rest while the loop is busy."""
+        if not self._commands.empty():
+            return True
+        since = self._backlog_since
+        if not (self._busy_rest and arrived and since is not None):
+            return False
+        if started - since >= self._max_rest_lag:
+            return False  # the backlog is old enough: work flat out until it is gone
+        took = time.monotonic() - started
+        self._resume_at = started + took + min(took * self._busy_rest, self._commit_interval)
+        return True
 
     def _dead_item(self, item: object, reason: str, message: str, now: float) -> _DeadRow:
         try:
