@@ -19,7 +19,7 @@ import asyncio
 import functools
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,12 +64,29 @@ CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY, at_ns INTEGER N
 
 _COLUMNS = Record._fields
 _ROW = f"({', '.join('?' for _ in _COLUMNS)})"
-# Rows per INSERT statement and ids per SELECT: within SQLite's 32,766 bound parameters.
-_ROWS_PER_INSERT = 500
-_IDS_PER_SELECT = 5000
+# Rows per INSERT (and ids per SELECT) come in these sizes only, so a handful of
+# statements are compiled once and cached; 500 rows stay within SQLite's 32,766 bound
+# parameters.
+_CHUNK_SIZES = (500, 100, 25, 5, 1)
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """``items`` cut into pieces of the sizes in `_CHUNK_SIZES`, largest first."""
+    start = 0
+    for size in _CHUNK_SIZES:
+        while len(items) - start >= size:
+            yield items[start : start + size]
+            start += size
+
+
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM events"
 # Retention deletes in slices so flushes get the writer thread in between.
 _EXPIRE_SLICE = 5000
+
+
+@functools.cache
+def _select_ids_sql(count: int) -> str:
+    return f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * count)})"
 
 
 @functools.cache
@@ -207,8 +224,7 @@ class SQLiteBackend:
                     stored.add(record.event_id)  # a second copy in this flush is a duplicate
                     outcomes.append(STORED)
                     fresh.append(record)
-            for start in range(0, len(fresh), _ROWS_PER_INSERT):
-                chunk = fresh[start : start + _ROWS_PER_INSERT]
+            for chunk in _chunks(fresh):
                 conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
             conn.execute("COMMIT")
         except BaseException:
@@ -220,10 +236,8 @@ class SQLiteBackend:
     @staticmethod
     def _existing_ids(conn: sqlite3.Connection, event_ids: list[str]) -> set[str]:
         found: set[str] = set()
-        for start in range(0, len(event_ids), _IDS_PER_SELECT):
-            chunk = event_ids[start : start + _IDS_PER_SELECT]
-            sql = f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})"
-            found.update(row[0] for row in conn.execute(sql, chunk))
+        for chunk in _chunks(event_ids):
+            found.update(row[0] for row in conn.execute(_select_ids_sql(len(chunk)), chunk))
         return found
 
     async def expire(self, before_ns: int) -> int:
