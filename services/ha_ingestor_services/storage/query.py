@@ -2,8 +2,8 @@
 
 Times are RFC 3339 (``2025-01-31T12:00:00Z``) or relative to now: ``now``,
 ``30s ago``, ``15m ago``, ``1h ago``, ``2d ago``, ``1w ago`` (units may be spelled out:
-``2 hours ago``). Without a range the last 24 hours are searched; with only a start the
-range ends now; with only an end it starts 24 hours earlier.
+``2 hours ago``), or Flux's ``-1h``. Without a range the last 24 hours are searched;
+with only a start the range ends now; with only an end it starts 24 hours earlier.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _UNITS_S = {
     "week": 604_800,
 }
 _RELATIVE = re.compile(r"^(\d{1,9}(?:\.\d{1,9})?)\s*([a-z]+?)s?\s+ago$")
+_FLUX_STYLE = re.compile(r"^-(\d{1,9}(?:\.\d{1,9})?)([a-z]+?)s?$")  # "-1h", as in Flux
 
 
 def parse_time(text: str, now_ns: int) -> int:
@@ -50,7 +51,7 @@ def parse_time(text: str, now_ns: int) -> int:
     value = text.strip().lower()
     if value == "now":
         return now_ns
-    match = _RELATIVE.match(value)
+    match = _RELATIVE.match(value) or _FLUX_STYLE.match(value)
     if match:
         unit = _UNITS_S.get(match.group(2))
         if unit is None:
@@ -155,7 +156,7 @@ def _parameter(name: str, description: str, schema: dict[str, Any]) -> dict[str,
 
 
 def openapi_paths() -> dict[str, Any]:
-    time_text = "RFC 3339, or relative: 'now', '30m ago', '1h ago', '2d ago', '1w ago'"
+    time_text = "RFC 3339, or relative: 'now', '30m ago', '1h ago', '2d ago', '1w ago', '-1h'"
     event = {
         "type": "object",
         "required": ["event_id", "timestamp", "event_type"],
