@@ -187,6 +187,11 @@ async def test_concurrent_requests_share_flushes(
     assert writer["flushed_events"] == 100
     assert writer["flushes"] < len(batches)
     assert writer["max_flush_events"] > 5
+    # One event in two requests that share a flush: stored once, the other a duplicate.
+    event = envelope("sensor.shared")
+    answers = await asyncio.gather(*(post_batch(client, url, [event]) for _ in range(2)))
+    assert sorted(statuses(body)[0] for _, body in answers) == ["duplicate", "stored"]
+    assert service.stats()["writer"]["last_flush_events"] == 2
 
 
 async def test_flush_max_events_starts_a_flush_early(
