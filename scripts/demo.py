@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -410,6 +410,40 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+PIDS_FILE = "demo.pids"
+
+
+def stop_leftovers(workdir: Path) -> list[str]:
+    """Stop what an earlier run in this work folder left running (it was killed).
+
+    Newest first (Home Assistant before the services), and only processes whose command
+    line still names the work folder: a pid may have been reused since.
+    """
+    path = workdir / PIDS_FILE
+    try:
+        pids = [int(line) for line in path.read_text(encoding="utf-8").split()]
+    except (OSError, ValueError):
+        return []
+    notes: list[str] = []
+    for pid in reversed(pids):
+        proc = Path(f"/proc/{pid}")
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue  # gone (or not Linux)
+        if str(workdir).encode() not in cmdline:
+            continue
+        notes.append(f"stopped process {pid}, left running by an earlier demo run")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while proc.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if proc.exists():
+            os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return notes
+
+
 # -- the demo ------------------------------------------------------------------------------
 
 
@@ -453,6 +487,10 @@ class Demo:
         return f"http://{HOST}:{self.ports.enrichment}"
 
     @property
+    def pids_path(self) -> Path:
+        return self.workdir / PIDS_FILE
+
+    @property
     def ha_log(self) -> Path:
         return self.ha_dir / "home-assistant.log"
 
@@ -482,6 +520,13 @@ class Demo:
         data, options = entry_data_and_options(self.storage_url, self.enrichment_url, self.token)
         self.entry_id = seed_config_entry(self.ha_dir / ".storage", data, options)
 
+    def _start(self, name: str, argv: Sequence[str], log: Path) -> Child:
+        """Start a child and note its pid, so a later run can stop it if this one is killed."""
+        child = start_child(name, argv, log, self._env())
+        with self.pids_path.open("a", encoding="utf-8") as pids:
+            pids.write(f"{child.process.pid}\n")
+        return child
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["HA_INGESTOR_TOKEN"] = self.token
@@ -497,7 +542,7 @@ class Demo:
         if self.split_services:
             self.start_storage()
             self.services.append(
-                start_child(
+                self._start(
                     "enrichment",
                     [
                         *python,
@@ -508,12 +553,11 @@ class Demo:
                         self.storage_url,
                     ],
                     self.logs_dir / "enrichment.log",
-                    self._env(),
                 )
             )
         else:
             self.services.append(
-                start_child(
+                self._start(
                     "stack",
                     [
                         *python,
@@ -525,7 +569,6 @@ class Demo:
                         str(self.ports.enrichment),
                     ],
                     self.logs_dir / "stack.log",
-                    self._env(),
                 )
             )
         self.wait_healthy(self.storage_url, timeout)
@@ -533,7 +576,7 @@ class Demo:
 
     def start_storage(self) -> None:
         """(split services) Start the storage service alone, on the same SQLite file."""
-        child = start_child(
+        child = self._start(
             "storage",
             [
                 sys.executable,
@@ -548,7 +591,6 @@ class Demo:
                 str(self.sqlite_path),
             ],
             self.logs_dir / "storage.log",
-            self._env(),
         )
         self.services.insert(0, child)
 
@@ -595,11 +637,10 @@ class Demo:
 
     def start_hass(self, timeout: float = HA_START_TIMEOUT) -> None:
         """Start ``hass`` on the work folder; return when its HTTP server answers."""
-        self.hass = start_child(
+        self.hass = self._start(
             "Home Assistant",
             [str(BIN / "hass"), "-c", str(self.ha_dir), "--skip-pip"],
             self.logs_dir / "hass-console.log",
-            self._env(),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -669,6 +710,12 @@ class Demo:
         """Rows in the SQLite file (also when the services are stopped)."""
         return _count(self.sqlite_path, "SELECT count(*) FROM events")
 
+    def count_with_weather(self) -> int | None:
+        """Stored rows that carry the weather."""
+        return _count(
+            self.sqlite_path, "SELECT count(*) FROM events WHERE weather_condition IS NOT NULL"
+        )
+
     def queued_in_ha(self) -> tuple[int, int] | None:
         """(queued, dead letters) in the integration's outbox file; None without one."""
         queued = _count(self.outbox_path, "SELECT count(*) FROM outbox")
@@ -726,7 +773,10 @@ def progress_line(demo: Demo, started: float, previous: int | None) -> tuple[str
     stored = None
     if stats is not None:
         stored = int(stats.get("events", {}).get("stored", 0))
-    newest = ", ".join(describe(event) for event in demo.stored_events(limit=2))
+    # The newest two, leaving out the automations' own state changes when there are others.
+    events = demo.stored_events(limit=10)
+    helpers = [e for e in events if not str(e.get("entity_id")).startswith("automation.")]
+    newest = ", ".join(describe(event) for event in (helpers or events)[:2])
     queued = demo.queued_in_ha()
     parts: list[str] = []
     if stored is None:
@@ -741,20 +791,20 @@ def progress_line(demo: Demo, started: float, previous: int | None) -> tuple[str
 
 
 class _Stop(Exception):
-    """SIGTERM: stop like Ctrl-C."""
+    """SIGTERM or SIGHUP (the terminal closed): stop like Ctrl-C."""
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore_stop_signals() -> None:
+    """While stopping: one Ctrl-C is enough, more must not leave processes behind."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -797,55 +847,65 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    ports, notes = pick_ports(Ports(args.ha_port, args.enrichment_port, args.storage_port))
-    demo = Demo(workdir=args.workdir.resolve(), ports=ports)
+    workdir = args.workdir.resolve()
+    notes = stop_leftovers(workdir)
+    ports, port_notes = pick_ports(Ports(args.ha_port, args.enrichment_port, args.storage_port))
+    notes += port_notes
+    demo = Demo(workdir=workdir, ports=ports)
     for note in notes:
         print(f"note: {note}")
-    started = time.monotonic()
-    with _sigterm_stops():
-        try:
-            try:
-                demo.prepare(keep=args.keep)
-                print(f"starting the services (logs: {demo.logs_dir / 'stack.log'})")
-                demo.start_services()
-                print(f"starting Home Assistant (log: {demo.ha_log}); this takes a while")
-                demo.start_hass()
-            except DemoError as err:
-                print(f"\nerror: {err}", file=sys.stderr)
-                if err.log is not None:
-                    print(f"--- last lines of {err.log}:", file=sys.stderr)
-                    print(tail(err.log), file=sys.stderr)
-                demo.stop()
-                return 1
-            print_where(demo, time.monotonic() - started)
-            previous: int | None = None
-            up = time.monotonic()
-            deadline = None if args.duration is None else up + args.duration
-            next_line = time.monotonic()
-            while deadline is None or time.monotonic() < deadline:
-                for child in [*demo.services, demo.hass]:
-                    if child is not None and not child.running():
-                        print(
-                            f"\nerror: {child.name} exited with code {child.process.returncode}"
-                            f"\n--- last lines of {child.log}:\n{tail(child.log)}",
-                            file=sys.stderr,
-                        )
-                        demo.stop()
-                        return 1
-                if time.monotonic() >= next_line:
-                    line, previous = progress_line(demo, started, previous)
-                    print(line, flush=True)
-                    next_line += args.interval
-                time.sleep(0.2)
-        except (KeyboardInterrupt, _Stop):
-            print("\nstopping")
-        print("stopping Home Assistant")
-        try:
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGHUP, _raise_stop)
+    code = 0
+    try:
+        code = run(demo, args)
+    except (KeyboardInterrupt, _Stop):
+        print("\nstopping", flush=True)
+    finally:
+        _ignore_stop_signals()
+        if demo.hass is not None:
+            print("stopping Home Assistant", flush=True)
             demo.stop_hass()
-        finally:
-            print("stopping the services")
+        if demo.services:
+            print("stopping the services", flush=True)
             demo.stop_services()
     print_summary(demo)
+    return code
+
+
+def run(demo: Demo, args: argparse.Namespace) -> int:
+    """Set up, start, show progress until the duration is over; 1 when something failed."""
+    started = time.monotonic()
+    try:
+        demo.prepare(keep=args.keep)
+        log = demo.logs_dir / "stack.log"
+        print(f"starting the enrichment and storage services (log: {log})", flush=True)
+        demo.start_services()
+        print(f"starting Home Assistant (log: {demo.ha_log})", flush=True)
+        demo.start_hass()
+    except DemoError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        if err.log is not None:
+            print(f"--- last lines of {err.log}:\n{tail(err.log)}", file=sys.stderr)
+        return 1
+    print_where(demo, time.monotonic() - started)
+    previous: int | None = None
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    next_line = time.monotonic()
+    while deadline is None or time.monotonic() < deadline:
+        for child in [*demo.services, demo.hass]:
+            if child is not None and not child.running():
+                print(
+                    f"\nerror: {child.name} exited with code {child.process.returncode}"
+                    f"\n--- last lines of {child.log}:\n{tail(child.log)}",
+                    file=sys.stderr,
+                )
+                return 1
+        if time.monotonic() >= next_line:
+            line, previous = progress_line(demo, started, previous)
+            print(line, flush=True)
+            next_line += args.interval
+        time.sleep(0.2)
     return 0
 
 
@@ -875,7 +935,11 @@ def print_summary(demo: Demo) -> None:
     queued = demo.queued_in_ha()
     problems = demo.ha_log_problems()
     print("\nsummary")
-    print(f"  events stored       {stored if stored is not None else 'none'} ({demo.sqlite_path})")
+    if stored is None:
+        print(f"  events stored       none ({demo.sqlite_path} was not created)")
+    else:
+        weather = demo.count_with_weather()
+        print(f"  events stored       {stored}, {weather} with weather ({demo.sqlite_path})")
     if queued is None:
         print("  still queued in HA  unknown (no outbox file)")
     else:
