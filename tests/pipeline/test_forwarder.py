@@ -443,3 +443,53 @@ async def test_ten_thousand_events_through_mixed_faults(
     # Duplicates reached the receiver (stored, then 503) and were absorbed by its dedupe.
     assert len(fault_server.received) > total
     assert not await harness.outbox.list_dead_letters()
+
+
+class RewritingServer(FaultServer):
+    """Stores like FaultServer, then answers the first batch with its results rewritten."""
+
+    def __init__(self, rewrite: Any) -> None:
+        super().__init__()
+        self.rewrite = rewrite
+
+    async def _handle_events(self, request: web.Request) -> web.StreamResponse:
+        answer = await super()._handle_events(request)
+        assert isinstance(answer, web.Response)
+        assert isinstance(answer.body, bytes)
+        body = orjson.loads(answer.body)
+        if len(self.requests) == 1:
+            body["results"] = self.rewrite(body["results"])
+        return web.json_response(body, dumps=lambda value: orjson.dumps(value).decode())
+
+
+def _odd_status_for_the_first(results: list[dict[str, Any]]) -> list[Any]:
+    return [{**results[0], "status": ["stored"]}, *results[1:]]  # unhashable: unconfirmed
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "sends"),
+    [
+        (lambda results: results, 1),  # one result per event, in order: all acked at once
+        (lambda results: results[::-1], 1),  # another order: read by event id
+        (lambda results: [{**r, "status": "duplicate"} for r in results], 1),
+        (lambda results: [*results, {"event_id": "other", "status": "stored"}, 7], 1),
+        (_odd_status_for_the_first, 2),  # the first is sent again, the others acked
+        (lambda results: results[1:], 2),
+    ],
+)
+async def test_per_event_results_in_any_shape(harness: Harness, rewrite: Any, sends: int) -> None:
+    server = RewritingServer(rewrite)
+    await server.start()
+    try:
+        forwarder = harness.forwarder(harness.route("storage", server))
+        harness.outbox.append_many(event(n) for n in range(5))
+        await harness.outbox.sync()
+
+        assert await forwarder.flush(timeout=10)
+
+        assert sorted(set(numbers(server))) == [0, 1, 2, 3, 4]
+        assert len(server.requests) == sends
+        assert forwarder.metrics.get("delivered_storage") == 5
+        assert (await harness.outbox.stats()).pending == 0
+    finally:
+        await server.stop()

@@ -317,8 +317,13 @@ class EventForwarder:
         seqs = [record.seq for record in records]
         outcome = response.outcome
         if outcome is Outcome.SUCCESS:
+            body = _body_of(response)
+            if _all_confirmed(body, records):  # the usual answer: every event, in order
+                await self._ack(route, records)
+                self._succeeded()
+                return 0.0
             unconfirmed = await self._apply_results(
-                route, records, _results_of(response), default_ok=True
+                route, records, _results_in(body), default_ok=True
             )
             if unconfirmed:
                 return self._failed(route, f"{route.name}: {unconfirmed} events unconfirmed", None)
@@ -394,11 +399,7 @@ class EventForwarder:
                 else:
                     acked.append(record)
         if acked:
-            await self._outbox.ack([record.seq for record in acked])
-            self.metrics.record_delivery(
-                len(acked), [(now - record.enqueued_at) * 1000.0 for record in acked]
-            )
-            self.metrics.inc(f"delivered_{route.name}", len(acked))
+            await self._ack(route, acked, now)
         for record, code, message in rejected:
             await self._outbox.dead_letter([record.seq], code, message, route.name)
             self.metrics.inc("dead_lettered")
@@ -406,6 +407,16 @@ class EventForwarder:
             # The receiver did not say what became of these: send them again (dedupe by id).
             await self._outbox.nack([record.seq for record in unconfirmed])
         return len(unconfirmed)
+
+    async def _ack(
+        self, route: Route, records: Sequence[OutboxRecord], now: float | None = None
+    ) -> None:
+        now = self._clock() if now is None else now
+        await self._outbox.ack([record.seq for record in records])
+        self.metrics.record_delivery(
+            len(records), [(now - record.enqueued_at) * 1000.0 for record in records]
+        )
+        self.metrics.inc(f"delivered_{route.name}", len(records))
 
     def _succeeded(self) -> None:
         self.metrics.inc("batches_ok")
@@ -433,11 +444,42 @@ def _batch_key(records: Sequence[OutboxRecord]) -> str:
     return digest.hexdigest()
 
 
-def _results_of(response: ServiceResponse) -> dict[str, Any] | None:
+_CONFIRMED = ("stored", "duplicate")  # a tuple: an odd (unhashable) status is just unequal
+
+
+def _body_of(response: ServiceResponse) -> object:
     try:
-        body = response.json()
+        return response.json()
     except ServiceCallError:
         return None
+
+
+def _all_confirmed(body: object, records: Sequence[OutboxRecord]) -> bool:
+    """True when the answer confirms every event of the batch, one result each, in order.
+
+    A cheap check for the common case; anything else is read by `parse_results`.
+    """
+    if type(body) is not dict:
+        return False
+    results = body.get("results")
+    if type(results) is not list or len(results) != len(records):
+        return False
+    confirmed = _CONFIRMED
+    for item, record in zip(results, records, strict=True):
+        if (
+            type(item) is not dict
+            or item.get("event_id") != record.event_id
+            or item.get("status") not in confirmed
+        ):
+            return False
+    return True
+
+
+def _results_of(response: ServiceResponse) -> dict[str, Any] | None:
+    return _results_in(_body_of(response))
+
+
+def _results_in(body: object) -> dict[str, Any] | None:
     results = parse_results(body)
     # None: the receiver gives no per-event results (ack all on success);
     # a dict, even empty: only the events it names are settled.

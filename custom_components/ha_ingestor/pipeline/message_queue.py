@@ -1388,17 +1388,23 @@ class Outbox(Generic[T]):
         self._backlog_since = None
 
     def _give_way(self, started: float, *, arrived: bool) -> bool:
-        """After a batch: stop for a waiting command, or rest while the loop is busy."""
-        if not self._commands.empty():
-            return True
+        """After a batch: rest while the loop is busy, or stop for a waiting command.
+
+        Resting first: the queue also holds appends' wake-ups, and a real command ends
+        the rest anyway (see `_run`).
+        """
         since = self._backlog_since
-        if not (self._busy_rest and arrived and since is not None):
-            return False
-        if started - since >= self._max_rest_lag:
-            return False  # the backlog is old enough: work flat out until it is gone
-        took = time.monotonic() - started
-        self._resume_at = started + took + min(took * self._busy_rest, self._commit_interval)
-        return True
+        # The backlog is old enough (since is None cannot happen here): work flat out.
+        if (
+            self._busy_rest
+            and arrived
+            and since is not None
+            and started - since < self._max_rest_lag
+        ):
+            took = time.monotonic() - started
+            self._resume_at = started + took + min(took * self._busy_rest, self._commit_interval)
+            return True
+        return not self._commands.empty()
 
     def _dead_item(self, item: object, reason: str, message: str, now: float) -> _DeadRow:
         try:
