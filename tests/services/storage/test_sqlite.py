@@ -34,10 +34,14 @@ async def test_same_batch_twice_is_stored_once(
     again = envelope("sensor.twice")
     _, body = await post_batch(client, url, [again, again])
     assert statuses(body) == ["stored", "duplicate"]
+    # Old and new mixed in one statement (a chunk of 5 rows): each gets its own answer.
+    new, newer = envelope("sensor.new"), envelope("sensor.newer")
+    _, body = await post_batch(client, url, [batch[0], new, batch[1], newer, newer])
+    assert statuses(body) == ["duplicate", "stored", "duplicate", "stored", "duplicate"]
     with sqlite3.connect(tmp_path / "events.db") as conn:
-        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 21
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 23
     _, answer = await get_events(client, url, limit=1000)
-    assert len(answer["events"]) == 21
+    assert len(answer["events"]) == 23
 
 
 async def test_mixed_batch_rejects_only_the_bad_events(
