@@ -183,7 +183,12 @@ def influx_problem(record: Record) -> str | None:
         return "event_type: ends with a backslash, which a line protocol measurement cannot keep"
     for field in _TEXT_FIELDS:
         value = getattr(record, field)
-        if value is not None and len(value.encode()) > MAX_STRING_FIELD_BYTES:
+        # A character is at most 4 bytes in UTF-8: most texts need no encoding to know.
+        if (
+            value is not None
+            and len(value) * 4 > MAX_STRING_FIELD_BYTES
+            and len(value.encode()) > MAX_STRING_FIELD_BYTES
+        ):
             return f"{field}: is over {MAX_STRING_FIELD_BYTES} bytes, InfluxDB's string limit"
     for tag in TAGS:
         value = getattr(record, tag)
