@@ -207,7 +207,12 @@ async def test_flush_max_events_starts_a_flush_early(
     _, body = await post_batch(client, url, [envelope(f"sensor.m{i}") for i in range(10)])
     assert statuses(body) == ["stored"] * 10
     assert asyncio.get_running_loop().time() - started < 0.9
-    assert service.stats()["writer"]["flushes"] == 1
+    # Below the size bound the flush does wait for its interval.
+    started = asyncio.get_running_loop().time()
+    _, body = await post_batch(client, url, [envelope("sensor.late")])
+    assert statuses(body) == ["stored"]
+    assert asyncio.get_running_loop().time() - started >= 0.95
+    assert service.stats()["writer"]["flushes"] == 2
 
 
 async def test_query_filters_order_range_and_limit(
@@ -309,7 +314,7 @@ async def test_retention_deletes_old_events_and_rejects_late_ones(
 
     # Started with a retention of one day: the start sweeps the old events away.
     url, service = await start_storage(retention_days=1)
-    for _ in range(100):
+    for _ in range(500):
         if service.stats()["last_retention_run"] is not None:
             break
         await asyncio.sleep(0.02)
