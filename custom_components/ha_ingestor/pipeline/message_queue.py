@@ -987,6 +987,9 @@ class Outbox(Generic[T]):
         )
         self._intake: deque[T] = deque()
         self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
+        # Commands put and done (appends' wake-ups not counted): one writer each.
+        self._submitted = 0
+        self._taken = 0
         self._wake_pending = False
         self._state = _State.NEW
         self._accepting = True  # append allowed (False from the start of close)
@@ -1138,6 +1141,15 @@ class Outbox(Generic[T]):
         seqs = list(seqs)
         await self._call(lambda: self._store.ack(seqs))
 
+    def ack_soon(self, seqs: Iterable[int]) -> asyncio.Future[None]:
+        """`ack`, handed to the worker now; await the answer when convenient.
+
+        The worker runs commands in order, so any command given after this one (the next
+        take, stats, ...) already sees these records gone.
+        """
+        seqs = list(seqs)
+        return asyncio.wrap_future(self._submit(lambda: self._store.ack(seqs)))
+
     async def nack(self, seqs: Iterable[int]) -> None:
         """Failed: count the attempt and put them back at their original position."""
         seqs = list(seqs)
@@ -1196,6 +1208,7 @@ class Outbox(Generic[T]):
                 raise RuntimeError("the outbox is not open")
             raise OutboxClosedError("the outbox is closed")
         future: concurrent.futures.Future[R] = concurrent.futures.Future()
+        self._submitted += 1  # only the loop thread submits; the worker only reads it
         self._commands.put((fn, future, skippable))
         return future
 
@@ -1234,6 +1247,7 @@ class Outbox(Generic[T]):
                 self._publish()
             else:
                 self._execute(*command)
+                self._taken += 1  # after: the drain above cut its batch short for it
         # Nothing may wait forever on a command the thread will never run.
         while True:
             try:
@@ -1301,6 +1315,7 @@ class Outbox(Generic[T]):
         """Have the worker close the file (once) and wait for its thread to end."""
         if self._close_future is None:
             self._close_future = concurrent.futures.Future()
+            self._submitted += 1
             self._commands.put((self._close_in_worker, self._close_future, False))
         future = self._close_future
         try:
@@ -1372,8 +1387,12 @@ class Outbox(Generic[T]):
                 rows.append((seq, encoded.event_id, payload, 0, now, None, None))
                 seq += 1
                 nbytes += len(payload)
-                if nbytes >= _BATCH_BYTES or (index & 127 == 127 and time.monotonic() > deadline):
+                if nbytes >= _BATCH_BYTES:
                     break
+                if index & 127 == 127 and (
+                    time.monotonic() > deadline or (give_way and self._submitted != self._taken)
+                ):
+                    break  # commit now: the deadline, or a command waits (take, ack)
             left = before - len(rows) - len(failed)  # if nothing had arrived meanwhile
             store.next_seq = seq
             try:
@@ -1404,7 +1423,7 @@ class Outbox(Generic[T]):
             took = time.monotonic() - started
             self._resume_at = started + took + min(took * self._busy_rest, self._commit_interval)
             return True
-        return not self._commands.empty()
+        return self._submitted != self._taken
 
     def _dead_item(self, item: object, reason: str, message: str, now: float) -> _DeadRow:
         try:
