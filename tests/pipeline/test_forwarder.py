@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -493,3 +494,22 @@ async def test_per_event_results_in_any_shape(harness: Harness, rewrite: Any, se
         assert (await harness.outbox.stats()).pending == 0
     finally:
         await server.stop()
+
+
+async def test_a_failed_ack_is_reported_at_stop(
+    harness: Harness, fault_server: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ack is handed over without waiting; a failure still surfaces (here: at stop)."""
+
+    def broken_ack(seqs: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    harness.outbox._store.ack = broken_ack  # type: ignore[method-assign]
+    forwarder = harness.forwarder(harness.route("storage", fault_server))
+    harness.outbox.append_many(event(n) for n in range(3))
+    while len(fault_server.stored_ids) < 3:
+        await asyncio.sleep(0.01)
+    await forwarder.stop()
+    assert "Acknowledging the last batch failed: disk I/O error" in caplog.text
+    # Not acked: still in flight, so ready again when the outbox opens next time.
+    assert (await harness.outbox.stats()).in_flight == 3

@@ -523,6 +523,18 @@ async def test_worker_rests_while_the_loop_keeps_appending(
     assert await outbox.sync() == 2
 
 
+async def test_ack_soon_settles_before_any_later_command(make_outbox: OutboxFactory) -> None:
+    outbox = await opened(make_outbox)
+    outbox.append_many(["a", "b", "c"])
+    records = await outbox.take(2)
+    acking = outbox.ack_soon(record.seq for record in records)
+    # Not awaited yet, but the worker runs it first: a take right after sees them gone.
+    assert ids_of(await outbox.take(10)) == ["c"]
+    await acking
+    stats = await outbox.stats()
+    assert (stats.pending, stats.acked) == (1, 2)
+
+
 async def test_on_backlog_stays_in_memory_while_delivery_keeps_up(
     make_outbox: OutboxFactory,
 ) -> None:
