@@ -135,7 +135,10 @@ class SQLiteBackend:
     def _connect(self) -> sqlite3.Connection:
         # Autocommit mode: transactions are spelled out with BEGIN/COMMIT.
         conn = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # e.g. a file system without shared memory
+            conn.close()
+            raise StartupError(f"SQLite file {self.path} cannot use WAL (journal mode {mode})")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         return conn
 
