@@ -19,10 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ha_ingestor_pipeline.envelope import EventResult, ValidationError
-from ha_ingestor_services.web import DependencyHealth, ServiceUnavailable, json_response
+from ha_ingestor_pipeline.envelope import VALIDATION_ERROR, EventResult, ValidationError
+from ha_ingestor_services.web import (
+    DependencyHealth,
+    RequestError,
+    ServiceUnavailable,
+    json_response,
+)
 
-from .backends.base import BackendUnavailable, StorageBackend
+from .backends.base import BackendUnavailable, BadQuery, StorageBackend
 from .query import openapi_paths, parse_query
 from .records import Record, to_record
 from .settings import StorageSettings
@@ -219,6 +224,8 @@ class StorageService:
         query = parse_query(params, repeated, self._clock_ns)
         try:
             events = await self.backend.query(query)
+        except BadQuery as err:
+            raise RequestError(400, VALIDATION_ERROR, str(err)) from None
         except BackendUnavailable as err:
             raise ServiceUnavailable(
                 err.message, retry_after=err.retry_after or self.settings.retry_after_s

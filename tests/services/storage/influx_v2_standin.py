@@ -8,7 +8,8 @@ keeps, a point overwriting the one with the same series and time); ``POST
 entity filters, pivot, newest first, limit) with annotated CSV.
 
 Switches: ``down`` answers 503 with Retry-After; a line whose measurement is in
-``refuse`` makes the write a 400 "partial write", as InfluxDB does for a bad point.
+``refuse`` makes the write a 400 "partial write", as InfluxDB does for a bad point; a
+query for the entity "refuse me" is a 400, as for a Flux query InfluxDB cannot run.
 """
 
 from __future__ import annotations
@@ -206,6 +207,8 @@ class InfluxV2StandIn:
         start, stop = _parse_time(times[0]), _parse_time(times[1])
         measurement = _flux_string(r"r\._measurement == ", flux)
         entity_id = _flux_string(r"r\.entity_id == ", flux)
+        if entity_id == "refuse me":
+            return self._error(400, "invalid", "compilation failed: refused by the stand-in")
         limit_match = re.search(r"limit\(n: (\d+)\)", flux)
         assert limit_match is not None
         rows = [

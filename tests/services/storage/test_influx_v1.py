@@ -103,6 +103,8 @@ async def test_query_answers_the_same_shape_as_sqlite(
         {"start_time": "2d ago", "limit": 3},
         {"start_time": "2d ago", "end_time": "150m ago"},
         {"entity_id": "it's \\ odd"},
+        {"entity_id": "new\nline"},
+        {"event_type": "nul\x00"},
     ):
         status, from_influx = await get_events(client, influx_url, **params)
         assert status == 200, from_influx

@@ -98,6 +98,9 @@ async def test_query_answers_the_same_as_sqlite(
             assert {k: v for k, v in a.items() if v != b[k]} == {}, (b, params)
         assert from_v2 == from_sqlite, params
     assert 'r.entity_id == "quote \\" and \\${x}"' in server.queries[-1]
+    status, body = await get_events(client, v2_url, entity_id="refuse me")
+    assert status == 400
+    assert "compilation failed" in body["error"]["message"]
 
 
 async def test_refused_points_are_rejected_alone_and_outages_are_503(

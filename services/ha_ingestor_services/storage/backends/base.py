@@ -26,6 +26,10 @@ class BackendUnavailable(Exception):
         self.retry_after = retry_after
 
 
+class BadQuery(Exception):
+    """The backend refused a query for what it asks (answered 400, not 503)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EventQuery:
     """``GET /api/v1/events``: a time range (inclusive, ns), optional filters, newest first."""
@@ -50,7 +54,7 @@ class StorageBackend(Protocol):
         """Make ``records`` durable; one outcome each, in order. `BackendUnavailable` when down."""
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:
-        """Events in the range, newest first, at most ``query.limit``."""
+        """Events in the range, newest first, at most ``query.limit``; `BadQuery` if refused."""
 
     async def expire(self, before_ns: int) -> int:
         """Delete events older than ``before_ns``; how many went (0 when the server does it)."""

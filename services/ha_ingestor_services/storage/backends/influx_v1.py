@@ -16,6 +16,7 @@ is then halved until each refused line is found and rejected on its own.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -27,12 +28,13 @@ from ha_ingestor_services.storage.records import Record, StoredEvent, stored_eve
 from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import DependencyHealth, StartupError
 
-from .base import DUPLICATE, STORED, BackendUnavailable, EventQuery, Outcome
+from .base import DUPLICATE, STORED, BackendUnavailable, BadQuery, EventQuery, Outcome
 from .line_protocol import influx_problem, to_line
 
 # Enough to recognise resends of the last minutes; ids are kept as text (no hash
 # collisions that could call a new event a duplicate).
 RECENT_IDS = 50_000
+_UNQUOTABLE = re.compile(r"[\x00\n\r\t]")
 INFLUX_REJECTED = "INFLUX_REJECTED"
 
 
@@ -154,6 +156,8 @@ class InfluxV1Backend:
         except (aiohttp.ClientError, TimeoutError) as err:
             raise BackendUnavailable(f"InfluxDB is unreachable ({_describe(err)})") from None
         answer = _json(body)
+        if read and response.status == 400:
+            raise BadQuery(f"InfluxDB cannot run this query: {_error_text(answer, body)}")
         if response.status != 200:
             raise BackendUnavailable(
                 f"InfluxDB answered HTTP {response.status}: {_error_text(answer, body)}"
@@ -249,6 +253,11 @@ class InfluxV1Backend:
     # -- reads ------------------------------------------------------------------------------
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:
+        filters = [value for value in (query.event_type, query.entity_id) if value is not None]
+        if any(_UNQUOTABLE.search(value) for value in filters):
+            # InfluxQL cannot quote these, and no stored tag or measurement holds them
+            # (line protocol writes them escaped): nothing can match.
+            return []
         source = quote_identifier(query.event_type) if query.event_type is not None else "/.*/"
         where = [f"time >= {query.start_ns}", f"time <= {query.end_ns}"]
         if query.entity_id is not None:

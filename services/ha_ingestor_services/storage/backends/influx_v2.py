@@ -32,7 +32,7 @@ from ha_ingestor_services.storage.records import (
 from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import DependencyHealth, StartupError
 
-from .base import DUPLICATE, STORED, BackendUnavailable, EventQuery, Outcome
+from .base import DUPLICATE, STORED, BackendUnavailable, BadQuery, EventQuery, Outcome
 from .influx_v1 import INFLUX_REJECTED, RecentIds
 from .line_protocol import influx_problem, to_line
 
@@ -218,6 +218,8 @@ class InfluxV2Backend:
         try:
             tables = await self._live().query_api().query(flux_query(self._bucket, query))
         except ApiException as err:
+            if err.status == 400:
+                raise BadQuery(f"InfluxDB cannot run this query: {err.message}") from None
             raise BackendUnavailable(
                 f"InfluxDB answered HTTP {err.status}: {err.message}"
             ) from None
