@@ -3,21 +3,15 @@
 At start the database is created and the retention policy created (or altered) as the
 database's default, with a duration of ``retention_days`` (INF when 0).
 
-Idempotency: a resent event has the same measurement, tags and nanosecond time, so
-InfluxDB overwrites the point with itself: one copy whatever happens. A bounded set of
-recently written event ids lets the answer say ``duplicate``; storage stays correct
-without it (after a restart a resent event is answered ``stored`` and still kept once).
-
-InfluxDB answers a write with 204 once the points are in its write-ahead log (fsynced).
-A 400 means some lines were refused and the others written ("partial write"); the batch
-is then halved until each refused line is found and rejected on its own.
+InfluxDB answers a write with 204 once the points are in its write-ahead log (fsynced);
+a 400 ("partial write") becomes `Refused` for `influx_writes`, which finds the refused
+lines and handles idempotency (see there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,14 +22,10 @@ from ha_ingestor_services.storage.records import Record, StoredEvent, stored_eve
 from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import DependencyHealth, StartupError
 
-from .base import DUPLICATE, STORED, BackendUnavailable, BadQuery, EventQuery, Outcome
-from .line_protocol import influx_problem, to_line
+from .base import BackendUnavailable, BadQuery, EventQuery, Outcome
+from .influx_writes import InfluxWrites, Refused
 
-# Enough to recognise resends of the last minutes; ids are kept as text (no hash
-# collisions that could call a new event a duplicate).
-RECENT_IDS = 50_000
 _UNQUOTABLE = re.compile(r"[\x00\n\r\t]")
-INFLUX_REJECTED = "INFLUX_REJECTED"
 
 
 def quote_identifier(name: str) -> str:
@@ -48,29 +38,6 @@ def quote_string(value: str) -> str:
     return f"'{escaped}'"
 
 
-class RecentIds:
-    """The last ``size`` event ids written, to answer ``duplicate`` without a read."""
-
-    def __init__(self, size: int = RECENT_IDS) -> None:
-        self._size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._ids
-
-    def add(self, event_id: str) -> None:
-        self._ids[event_id] = None
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
-class _Refused(Exception):
-    """InfluxDB refused (some of) the lines: 400 with its message."""
-
-
 class InfluxV1Backend:
     name = "influxdb-v1"
 
@@ -78,7 +45,7 @@ class InfluxV1Backend:
         self.settings = settings
         self._url = settings.influx_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self._recent = RecentIds()
+        self._writes = InfluxWrites(self._post)
         self._auth = (
             aiohttp.BasicAuth(settings.influx_username, settings.influx_password or "")
             if settings.influx_username is not None
@@ -90,7 +57,6 @@ class InfluxV1Backend:
             "precision": "ns",
         }
         self._last_error: str | None = None
-        self._bisections = 0
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -174,49 +140,10 @@ class InfluxV1Backend:
     # -- writes -----------------------------------------------------------------------------
 
     async def write(self, records: Sequence[Record]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = []
-        lines: list[str] = []
-        positions: list[int] = []
-        seen: set[str] = set()
-        for index, record in enumerate(records):
-            if record.event_id in self._recent or record.event_id in seen:
-                outcomes.append(DUPLICATE)
-                continue
-            problem = influx_problem(record)
-            if problem is not None:
-                outcomes.append(_rejected(problem))
-                continue
-            seen.add(record.event_id)
-            lines.append(to_line(record))
-            positions.append(index)
-            outcomes.append(None)
-        refused = await self._write_lines(lines, 0)
-        for offset, index in enumerate(positions):
-            message = refused.get(offset)
-            if message is None:
-                outcomes[index] = STORED
-                self._recent.add(records[index].event_id)
-            else:
-                outcomes[index] = _rejected(f"InfluxDB refused the point: {message}")
-        return [outcome if outcome is not None else STORED for outcome in outcomes]
+        return await self._writes.write(records)
 
-    async def _write_lines(self, lines: list[str], first: int) -> dict[int, str]:
-        """Write ``lines``; the refused ones by position (from ``first``) with InfluxDB's reason."""
-        if not lines:
-            return {}
-        try:
-            await self._post("\n".join(lines).encode())
-        except _Refused as err:
-            if len(lines) == 1:
-                return {first: str(err)}
-            self._bisections += 1
-            half = len(lines) // 2
-            refused = await self._write_lines(lines[:half], first)
-            refused.update(await self._write_lines(lines[half:], first + half))
-            return refused
-        return {}
-
-    async def _post(self, body: bytes, *, prepare_again: bool = True) -> None:
+    async def _post(self, lines: str, *, prepare_again: bool = True) -> None:
+        body = lines.encode()
         try:
             async with self._http().post(
                 f"{self._url}/write", params=self._write_params, data=body
@@ -232,14 +159,14 @@ class InfluxV1Backend:
             return
         message = _error_text(_json(answer), answer)
         if status == 400:
-            raise _Refused(message)
+            raise Refused(message)
         if prepare_again and (
             "database not found" in message or "retention policy not found" in message
         ):
             # Dropped while we run: create it again and retry once.
             self._last_error = message
             await self._prepare()
-            await self._post(body, prepare_again=False)
+            await self._post(lines, prepare_again=False)
             return
         self._last_error = f"HTTP {status}: {message}"
         raise BackendUnavailable(
@@ -303,14 +230,10 @@ class InfluxV1Backend:
             "url": self._url,
             "database": self.settings.influx_database,
             "retention_policy": self.settings.influx_retention_policy,
-            "recent_ids": len(self._recent),
-            "bisections": self._bisections,
+            "recent_ids": len(self._writes.recent),
+            "bisections": self._writes.bisections,
             "last_error": self._last_error,
         }
-
-
-def _rejected(message: str) -> Outcome:
-    return {"code": INFLUX_REJECTED, "message": message}
 
 
 def _json(body: bytes) -> Any:

@@ -2,7 +2,7 @@
 
 The bucket must exist (checked at start; its retention is InfluxDB's business). Writes
 send the same line protocol as API v1 with nanosecond precision; queries are Flux.
-Idempotency works as in `influx_v1`: a resent event overwrites its own point.
+Idempotency and refused lines are handled as for API v1 (`influx_writes`).
 
 No InfluxDB 2.x server could be run where this was written: the tests drive this
 module against a local stand-in that checks the requests as InfluxDB 2.x would.
@@ -32,9 +32,8 @@ from ha_ingestor_services.storage.records import (
 from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import DependencyHealth, StartupError
 
-from .base import DUPLICATE, STORED, BackendUnavailable, BadQuery, EventQuery, Outcome
-from .influx_v1 import INFLUX_REJECTED, RecentIds
-from .line_protocol import influx_problem, to_line
+from .base import BackendUnavailable, BadQuery, EventQuery, Outcome
+from .influx_writes import InfluxWrites, Refused
 
 # influxdb-client has no type hints; its buckets service is used through Any.
 BucketsService: Any = _UntypedBuckets
@@ -73,10 +72,6 @@ def flux_query(bucket: str, query: EventQuery) -> str:
     return "\n".join(lines)
 
 
-class _Refused(Exception):
-    """InfluxDB refused (some of) the lines: 400 or 422 with its message."""
-
-
 class InfluxV2Backend:
     name = "influxdb-v2"
 
@@ -87,9 +82,8 @@ class InfluxV2Backend:
         self._org: str = settings.influx_org or ""
         self._client: InfluxDBClientAsync | None = None
         self._write_api: WriteApiAsync | None = None
-        self._recent = RecentIds()
+        self._writes = InfluxWrites(self._post)
         self._last_error: str | None = None
-        self._bisections = 0
 
     def _live(self) -> InfluxDBClientAsync:
         if self._client is None:
@@ -142,49 +136,7 @@ class InfluxV2Backend:
     # -- writes -----------------------------------------------------------------------------
 
     async def write(self, records: Sequence[Record]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = []
-        lines: list[str] = []
-        positions: list[int] = []
-        seen: set[str] = set()
-        for index, record in enumerate(records):
-            if record.event_id in self._recent or record.event_id in seen:
-                outcomes.append(DUPLICATE)
-                continue
-            problem = influx_problem(record)
-            if problem is not None:
-                outcomes.append({"code": INFLUX_REJECTED, "message": problem})
-                continue
-            seen.add(record.event_id)
-            lines.append(to_line(record))
-            positions.append(index)
-            outcomes.append(None)
-        refused = await self._write_lines(lines, 0)
-        for offset, index in enumerate(positions):
-            message = refused.get(offset)
-            if message is None:
-                outcomes[index] = STORED
-                self._recent.add(records[index].event_id)
-            else:
-                outcomes[index] = {
-                    "code": INFLUX_REJECTED,
-                    "message": f"InfluxDB refused the point: {message}",
-                }
-        return [outcome if outcome is not None else STORED for outcome in outcomes]
-
-    async def _write_lines(self, lines: list[str], first: int) -> dict[int, str]:
-        if not lines:
-            return {}
-        try:
-            await self._post("\n".join(lines))
-        except _Refused as err:
-            if len(lines) == 1:
-                return {first: str(err)}
-            self._bisections += 1
-            half = len(lines) // 2
-            refused = await self._write_lines(lines[:half], first)
-            refused.update(await self._write_lines(lines[half:], first + half))
-            return refused
-        return {}
+        return await self._writes.write(records)
 
     async def _post(self, body: str) -> None:
         if self._write_api is None:
@@ -199,7 +151,7 @@ class InfluxV2Backend:
         except ApiException as err:
             message = f"HTTP {err.status}: {err.message}"
             if err.status in (400, 422):
-                raise _Refused(err.message) from None
+                raise Refused(err.message) from None
             self._last_error = message
             raise BackendUnavailable(
                 f"InfluxDB answered {message}", retry_after=_seconds(err.retry_after)
@@ -256,8 +208,8 @@ class InfluxV2Backend:
             "url": self._url,
             "org": self._org,
             "bucket": self._bucket,
-            "recent_ids": len(self._recent),
-            "bisections": self._bisections,
+            "recent_ids": len(self._writes.recent),
+            "bisections": self._writes.bisections,
             "last_error": self._last_error,
         }
 

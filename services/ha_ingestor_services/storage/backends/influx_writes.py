@@ -1,0 +1,103 @@
+"""What both InfluxDB backends do with a flush: lines out, one outcome per record back.
+
+A record InfluxDB cannot keep is rejected before sending (`influx_problem`). A resent
+event is recognised by a bounded memory of recently written ids and answered
+``duplicate`` without a write; InfluxDB stays correct without it, since a resent event
+overwrites its own point (same series, same time). When InfluxDB refuses some lines of
+a write (400: it wrote the others), the lines are halved until each refused one is
+found and rejected on its own; rewriting the good ones changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+
+from ha_ingestor_services.storage.records import Record
+
+from .base import DUPLICATE, STORED, Outcome
+from .line_protocol import influx_problem, to_line
+
+INFLUX_REJECTED = "INFLUX_REJECTED"
+# Enough to recognise resends of the last minutes; ids are kept as text (no hash
+# collisions that could call a new event a duplicate).
+RECENT_IDS = 50_000
+
+
+class Refused(Exception):
+    """InfluxDB refused (some of) the lines of a write; the message is InfluxDB's."""
+
+
+class RecentIds:
+    """The last ``size`` event ids written, to answer ``duplicate`` without a read."""
+
+    def __init__(self, size: int = RECENT_IDS) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def rejected(message: str) -> Outcome:
+    return {"code": INFLUX_REJECTED, "message": message}
+
+
+class InfluxWrites:
+    """Turns a flush into writes through ``post`` (which raises `Refused` on a 400)."""
+
+    def __init__(self, post: Callable[[str], Awaitable[None]]) -> None:
+        self._post = post
+        self.recent = RecentIds()
+        self.bisections = 0
+
+    async def write(self, records: Sequence[Record]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = []
+        lines: list[str] = []
+        positions: list[int] = []
+        seen: set[str] = set()
+        for index, record in enumerate(records):
+            if record.event_id in self.recent or record.event_id in seen:
+                outcomes.append(DUPLICATE)
+                continue
+            problem = influx_problem(record)
+            if problem is not None:
+                outcomes.append(rejected(problem))
+                continue
+            seen.add(record.event_id)
+            lines.append(to_line(record))
+            positions.append(index)
+            outcomes.append(None)
+        refused = await self._write_lines(lines, 0)
+        for offset, index in enumerate(positions):
+            message = refused.get(offset)
+            if message is None:
+                outcomes[index] = STORED
+                self.recent.add(records[index].event_id)
+            else:
+                outcomes[index] = rejected(f"InfluxDB refused the point: {message}")
+        return [outcome if outcome is not None else STORED for outcome in outcomes]
+
+    async def _write_lines(self, lines: list[str], first: int) -> dict[int, str]:
+        """Write ``lines``; the refused ones by position (from ``first``) with the reason."""
+        if not lines:
+            return {}
+        try:
+            await self._post("\n".join(lines))
+        except Refused as err:
+            if len(lines) == 1:
+                return {first: str(err)}
+            self.bisections += 1
+            half = len(lines) // 2
+            refused = await self._write_lines(lines[:half], first)
+            refused.update(await self._write_lines(lines[half:], first + half))
+            return refused
+        return {}
