@@ -376,6 +376,7 @@ async def test_health_stats_and_metrics(
     assert storage["writer"]["last_flush_events"] == 2
     assert storage["writer"]["last_flush_ms"] is not None
     assert storage["sqlite"]["path"] == str(tmp_path / "events.db")
+    assert storage["sqlite"]["file_bytes"] > 0
     async with client.get(f"{url}/metrics", headers=AUTH) as response:
         text = await response.text()
     assert 'ha_ingestor_events_total{service="data-storage",status="stored"} 2.0' in text

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -327,7 +328,16 @@ class SQLiteBackend:
     def stats(self) -> dict[str, Any]:
         return {
             "path": self.path,
+            "file_bytes": _size(self.path),
+            "wal_bytes": _size(f"{self.path}-wal"),
             "synchronous": self._synchronous,
             "expired_events": self._expired,
             "last_error": self._last_error,
         }
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
