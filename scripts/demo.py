@@ -152,7 +152,7 @@ http:
 logger:
   default: warning
   logs:
-    custom_components.ha_ingestor: info
+    custom_components.ha_ingestor: {integration_log_level}
 
 input_number:
   demo_counter:
@@ -455,6 +455,7 @@ class Demo:
     ports: Ports
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     split_services: bool = False  # storage and enrichment as two processes (tests)
+    integration_log_level: str = "info"  # custom_components.ha_ingestor in HA's log
     entry_id: str = ""
     services: list[Child] = field(default_factory=list)
     hass: Child | None = None
@@ -507,7 +508,10 @@ class Demo:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.ha_dir.mkdir(parents=True, exist_ok=True)
         (self.ha_dir / "configuration.yaml").write_text(
-            CONFIGURATION_YAML.format(host=HOST, port=self.ports.ha), encoding="utf-8"
+            CONFIGURATION_YAML.format(
+                host=HOST, port=self.ports.ha, integration_log_level=self.integration_log_level
+            ),
+            encoding="utf-8",
         )
         for name in ("automations.yaml", "scripts.yaml", "scenes.yaml"):
             (self.ha_dir / name).touch()

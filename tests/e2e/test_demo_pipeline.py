@@ -26,7 +26,7 @@ if importlib.util.find_spec("hass_frontend") is None:
         allow_module_level=True,
     )
 
-from scripts.demo import COUNTER_ENTITY, WEATHER_ENTITY, Demo, Ports, pick_ports
+from scripts.demo import COUNTER_ENTITY, WEATHER_ENTITY, Demo, Ports, pick_ports, tail
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +34,14 @@ CONDITIONS = {"sunny", "partlycloudy", "cloudy", "rainy", "pouring", "fog", "win
 OUTAGE_S = 5.0
 
 
-def wait_for[T](what: str, probe: Callable[[], T | None], timeout: float) -> T:
+def wait_for[T](what: str | Callable[[], str], probe: Callable[[], T | None], timeout: float) -> T:
     """Poll until probe gives something truthy; fail naming what did not happen."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := probe():
             return value
         time.sleep(0.25)
-    pytest.fail(f"within {timeout:.0f} s: {what}")
+    pytest.fail(f"within {timeout:.0f} s: {what if isinstance(what, str) else what()}")
 
 
 def rows(database: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -53,7 +53,9 @@ def rows(database: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def demo(socket_enabled: None, tmp_path: Path) -> Iterator[Demo]:
     ports, _ = pick_ports(Ports(0, 0, 0))
-    demo = Demo(workdir=tmp_path / "demo", ports=ports, split_services=True)
+    demo = Demo(
+        workdir=tmp_path / "demo", ports=ports, split_services=True, integration_log_level="debug"
+    )
     try:
         demo.prepare()
         demo.start_services()
@@ -61,6 +63,9 @@ def demo(socket_enabled: None, tmp_path: Path) -> Iterator[Demo]:
         yield demo
     finally:
         demo.stop()
+        # Shown when the test fails: what each part logged last.
+        for log in (demo.ha_log, *sorted(demo.logs_dir.glob("*.log"))):
+            print(f"--- {log}:\n{tail(log, 60)}")
 
 
 def counter_values(demo: Demo) -> list[int]:
@@ -100,11 +105,16 @@ def test_no_event_lost_or_duplicated_across_a_storage_outage(demo: Demo) -> None
     demo.start_storage()
     demo.wait_healthy(demo.storage_url, 30)
     target = before + OUTAGE_S + 5
+    seen: dict[str, Any] = {}
+
+    def drained() -> bool:
+        values = counter_values(demo)
+        seen.update(last_counter=values[-1] if values else None, outbox=demo.queued_in_ha())
+        return bool(values) and values[-1] >= target and seen["outbox"] == (0, 0)
+
     wait_for(
-        f"the counter stored past {target:.0f} and the outbox empty",
-        lambda: (values := counter_values(demo))
-        and values[-1] >= target
-        and demo.queued_in_ha() == (0, 0),
+        lambda: f"the counter stored past {target:.0f} and the outbox empty (seen: {seen})",
+        drained,
         60,
     )
     demo.stop_hass()
