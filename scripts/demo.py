@@ -851,6 +851,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not (BIN / "hass").exists():
+        print(
+            f"error: no Home Assistant next to {sys.executable}; run scripts/demo, "
+            "which sets up .venv",
+            file=sys.stderr,
+        )
+        return 2
     workdir = args.workdir.resolve()
     notes = stop_leftovers(workdir)
     ports, port_notes = pick_ports(Ports(args.ha_port, args.enrichment_port, args.storage_port))
