@@ -31,6 +31,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -234,7 +235,7 @@ class SQLiteBackend:
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, chunk: Sequence[Record]) -> list[Outcome]:
-        cursor = conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+        cursor = conn.execute(_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
         inserted = cursor.rowcount
         if inserted == len(chunk):
             return [STORED] * inserted
