@@ -498,11 +498,18 @@ def _arrives_while_encoding(outbox_box: list[Outbox[str]]) -> Callable[[str], En
         ({}, True),
         ({"busy_rest": 0}, False),  # never rests
         ({"max_rest_lag": 0}, False),  # the backlog is always too old to rest
+        ({"rest_backlog": 1}, False),  # ... or always too big
     ],
 )
 async def test_worker_rests_while_the_loop_keeps_appending(
-    make_outbox: OutboxFactory, options: dict[str, float], rests: bool
+    make_outbox: OutboxFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, float],
+    rests: bool,
 ) -> None:
+    options = dict(options)
+    if "rest_backlog" in options:
+        monkeypatch.setattr(message_queue, "_REST_BACKLOG", options.pop("rest_backlog"))
     box: list[Outbox[str]] = []
     options = {"busy_rest": 1000.0, "commit_interval": 2.0, **options}
     outbox = await opened(make_outbox, encode=_arrives_while_encoding(box), **options)

@@ -68,6 +68,7 @@ _TAIL_EVENTS = 20_000  # rows just written kept in memory too, so take() need no
 _TAIL_BYTES = 16 * 1024 * 1024
 _LOG_EVERY = 60.0  # seconds between repeated warnings of one kind
 _DISK_RETRY = 1.0  # seconds before writing again after the file refused a write
+_REST_BACKLOG = 100_000  # no rests while the intake holds this many (memory)
 
 _SCHEMA = (
     """CREATE TABLE outbox (
@@ -950,7 +951,7 @@ class Outbox(Generic[T]):
         memory_limit_events: int = 10_000,
         commit_interval: float = 0.1,
         busy_rest: float = 10.0,
-        max_rest_lag: float = 2.0,
+        max_rest_lag: float = 5.0,
         max_dead_letters: int = 100_000,
         on_drop: Callable[[int], None] | None = None,
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
@@ -968,7 +969,9 @@ class Outbox(Generic[T]):
         # While the event loop keeps appending (a burst), the worker rests this many times
         # as long as its last transaction took (at most commit_interval), so the loop has
         # the interpreter to itself most of the time; 0 = never rest. Only while the
-        # backlog is younger than max_rest_lag: then it works flat out until it is empty.
+        # backlog is younger than max_rest_lag (5 s: Home Assistant's recorder commits
+        # every 5 s) and under _REST_BACKLOG events: then it works flat out until the
+        # intake is empty.
         self._busy_rest = busy_rest
         self._max_rest_lag = max_rest_lag  # no more rests once the backlog is this old
         self._resume_at = 0.0
@@ -1413,12 +1416,13 @@ class Outbox(Generic[T]):
         the rest anyway (see `_run`).
         """
         since = self._backlog_since
-        # The backlog is old enough (since is None cannot happen here): work flat out.
+        # Not once the backlog is old or big: then work flat out (since is never None).
         if (
             self._busy_rest
             and arrived
             and since is not None
             and started - since < self._max_rest_lag
+            and len(self._intake) < _REST_BACKLOG
         ):
             took = time.monotonic() - started
             self._resume_at = started + took + min(took * self._busy_rest, self._commit_interval)
