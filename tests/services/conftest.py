@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
+import pytest_socket
 from aiohttp import web
 
 from benchmarks.influxd import Influxd, running_influxd
@@ -53,10 +54,13 @@ def influxd_server() -> Iterator[Influxd]:
     """A real influxd (Debian's influxdb 1.x) with a temporary data directory.
 
     scripts/test installs it when it runs as root; elsewhere the tests that need it skip.
+    Session fixtures are set up before a test's ``socket_enabled``, so sockets are
+    allowed here for influxd's start-up ping (each test's setup blocks them again).
     """
     if shutil.which("influxd") is None and not os.path.exists("/usr/bin/influxd"):
         if os.geteuid() == 0:
             pytest.fail("influxd is missing; scripts/test installs Debian's influxdb as root")
         pytest.skip("influxd is not installed (Debian's influxdb package)")
+    pytest_socket.enable_socket()
     with running_influxd() as server:
         yield server

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_socket
 
-from benchmarks.influxd import Influxd, running_influxd
+from benchmarks.influxd import Influxd
 from ha_ingestor_services.storage.service import StorageService
 from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import Limits, create_app
@@ -76,23 +73,6 @@ def start_storage(serve: Serve, tmp_path: Any) -> StartStorage:
         return await serve(app), service
 
     return start
-
-
-@pytest.fixture(scope="session")
-def influxd_server() -> Iterator[Influxd]:
-    """The shared fixture's influxd, with sockets allowed while it starts.
-
-    Session fixtures are set up before a test's ``socket_enabled``, so the parent
-    fixture's start-up ping would hit pytest-socket's block; this override allows
-    sockets for that moment (each test's setup blocks them again).
-    """
-    if shutil.which("influxd") is None and not os.path.exists("/usr/bin/influxd"):
-        if os.geteuid() == 0:
-            pytest.fail("influxd is missing; scripts/test installs Debian's influxdb as root")
-        pytest.skip("influxd is not installed (Debian's influxdb package)")
-    pytest_socket.enable_socket()
-    with running_influxd() as server:
-        yield server
 
 
 @pytest.fixture
