@@ -49,9 +49,18 @@ BOOLEAN_STATES: dict[str, dict[str, bool]] = {
 }
 
 
+# What an ASCII character that starts a finite float() can be (float also reads
+# whitespace-padded text). Text states ("on", "home") fail this check without paying
+# for float()'s exception; non-ASCII starts (other digits, spaces) still go to float().
+_NUMBER_START = frozenset("0123456789+-. \t\n\r\x0b\x0c")
+_EMPTY: dict[str, Any] = {}  # read only: the default for missing mappings
+
+
 def numeric_value(state: object) -> float | None:
     """A finite float from a state's text ("22.5", "-3", "1e3"), else None."""
     if not isinstance(state, str) or not state or len(state) > 64:
+        return None
+    if state[0] not in _NUMBER_START and state[0].isascii():
         return None
     try:
         value = float(state)
@@ -71,7 +80,9 @@ def _text_attribute(attributes: Mapping[str, Any], key: str) -> str | None:
 def normalize(envelope: Mapping[str, Any]) -> Normalized:
     """Domain and object id, numeric value, boolean meaning, unit and device class."""
     data = envelope.get("data")
-    data = data if isinstance(data, Mapping) else {}
+    # `type(...) is dict` first: isinstance against the Mapping ABC is slow per event.
+    if type(data) is not dict and not isinstance(data, Mapping):
+        data = _EMPTY
     entity_id = data.get("entity_id")
     domain: str | None = None
     object_id: str | None = None
@@ -79,10 +90,11 @@ def normalize(envelope: Mapping[str, Any]) -> Normalized:
         domain, _, object_id = entity_id.partition(".")
     state = data.get("state")
     attributes = data.get("attributes")
-    attributes = attributes if isinstance(attributes, Mapping) else {}
+    if type(attributes) is not dict and not isinstance(attributes, Mapping):
+        attributes = _EMPTY
     boolean: bool | None = None
     if domain is not None and isinstance(state, str):
-        boolean = BOOLEAN_STATES.get(domain, {}).get(state)
+        boolean = BOOLEAN_STATES.get(domain, _EMPTY).get(state)
     return {
         "domain": domain,
         "object_id": object_id,

@@ -153,13 +153,17 @@ class WeatherStep:
         """One answer per envelope, in order."""
         answers: list[WeatherAnswer] = []
         waiting: dict[LocationKey, list[int]] = {}  # locations to fetch -> event positions
-        known: dict[LocationKey, WeatherAnswer] = {}  # this batch's cache answers
+        # Per batch, by raw (latitude, longitude): the answer, or the rounded location
+        # still to fetch; so most events cost two dict lookups. (check_envelope has
+        # refused booleans, which would share keys with 1 and 0.)
+        answered: dict[tuple[Any, Any], WeatherAnswer] = {}
+        to_fetch: dict[tuple[Any, Any], LocationKey] = {}
         provider = self.provider
         now = self._clock()
         for envelope in envelopes:
             context = envelope.get("context")
             location = None
-            if isinstance(context, Mapping):
+            if type(context) is dict or isinstance(context, Mapping):
                 sent = context.get("weather")
                 if sent:
                     weather = from_home_assistant(sent)
@@ -170,20 +174,29 @@ class WeatherStep:
             if provider is None:
                 answers.append(_NOT_CONFIGURED)
                 continue
-            key = location_key(location, self._precision)
-            if key is None:
+            if type(location) is not dict and not isinstance(location, Mapping):
                 answers.append(_NO_LOCATION)
                 continue
-            answer = known.get(key)
-            if answer is None and key not in waiting:
-                answer = self._cached(key, now)
-                if answer is not None:
-                    known[key] = answer
+            raw = (location.get("latitude"), location.get("longitude"))
+            answer = answered.get(raw)
             if answer is not None:
                 answers.append(answer)
-            else:
-                waiting.setdefault(key, []).append(len(answers))
-                answers.append(_UNAVAILABLE)  # replaced below
+                continue
+            key = to_fetch.get(raw)
+            if key is None:
+                key = location_key(location, self._precision)
+                if key is None:
+                    answer = _NO_LOCATION
+                elif key not in waiting:
+                    answer = self._cached(key, now)
+                if answer is not None:
+                    answered[raw] = answer
+                    answers.append(answer)
+                    continue
+                assert key is not None
+                to_fetch[raw] = key
+            waiting.setdefault(key, []).append(len(answers))
+            answers.append(_UNAVAILABLE)  # replaced once fetched
         if waiting:
             self.stats.cache_misses += len(waiting)
             fetched = await asyncio.gather(*(self._fetch_shared(key) for key in waiting))
