@@ -777,10 +777,13 @@ def progress_line(demo: Demo, started: float, previous: int | None) -> tuple[str
     stored = None
     if stats is not None:
         stored = int(stats.get("events", {}).get("stored", 0))
-    # The newest two, leaving out the automations' own state changes when there are others.
-    events = demo.stored_events(limit=10)
-    helpers = [e for e in events if not str(e.get("entity_id")).startswith("automation.")]
-    newest = ", ".join(describe(event) for event in (helpers or events)[:2])
+    # The newest of two entities, leaving out the automations' own state changes.
+    latest: dict[str, dict[str, Any]] = {}
+    for event in demo.stored_events(limit=20):
+        entity = str(event.get("entity_id"))
+        if not entity.startswith("automation.") and len(latest) < 2:
+            latest.setdefault(entity, event)
+    newest = ", ".join(describe(event) for event in latest.values())
     queued = demo.queued_in_ha()
     parts: list[str] = []
     if stored is None:
