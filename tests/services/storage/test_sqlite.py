@@ -356,6 +356,18 @@ async def test_locked_database_answers_503_then_recovers(
         assert response.status == 200
 
 
+async def test_overlapping_health_checks_are_all_healthy(
+    start_storage: StartStorage, client: aiohttp.ClientSession
+) -> None:
+    url, _ = await start_storage()
+
+    async def check() -> int:
+        async with client.get(f"{url}/api/v1/health") as response:
+            return response.status
+
+    assert await asyncio.gather(*(check() for _ in range(20))) == [200] * 20
+
+
 async def test_health_stats_and_metrics(
     start_storage: StartStorage, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

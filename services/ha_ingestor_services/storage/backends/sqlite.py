@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 import sqlite3
 import time
@@ -110,6 +111,7 @@ class SQLiteBackend:
     def __init__(self, path: str, *, synchronous: str = "full", timeout_s: float = 10.0) -> None:
         self.path = path
         self._synchronous = synchronous.upper()
+        self._probe_numbers = itertools.count(time.time_ns())
         self._timeout_s = timeout_s
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="storage-sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="storage-sqlite-reader")
@@ -301,8 +303,12 @@ class SQLiteBackend:
     # -- health ---------------------------------------------------------------------------
 
     async def probe(self) -> DependencyHealth:
-        """Write a row, read it back on the other connection."""
-        stamp = time.time_ns()
+        """Write a row, read it back on the other connection.
+
+        Probes may overlap (several health checks at once): a later probe's number read
+        back proves the write path just as well, so only an older number is a failure.
+        """
+        stamp = next(self._probe_numbers)
         try:
             await asyncio.wait_for(self._on(self._writer, lambda: self._probe_write(stamp)), 5)
             seen = await asyncio.wait_for(self._on(self._reader, self._probe_read), 5)
@@ -310,7 +316,7 @@ class SQLiteBackend:
             return DependencyHealth(False, f"SQLite {self.path}: {err}")
         except TimeoutError:
             return DependencyHealth(False, f"SQLite {self.path}: the probe took over 5 s")
-        if seen != stamp:
+        if seen is None or seen < stamp:
             return DependencyHealth(False, f"SQLite {self.path}: the probe row did not read back")
         return DependencyHealth(True, f"SQLite {self.path} (WAL, synchronous={self._synchronous})")
 
