@@ -67,6 +67,7 @@ SERVICE_NAME = "enrichment-pipeline"
 STORAGE_SERVICE = "data-storage"
 BATCH_PATH = "/api/v1/events/batch"
 HEALTH_PATH = "/api/v1/health"
+STATS_PATH = "/api/v1/stats"
 # What was done to each event before it went to storage (its processing.processing_steps).
 EVENT_STEPS = ("validation", "enrichment", "normalization")
 STORAGE_NO_RESULT = "STORAGE_NO_RESULT"
@@ -223,6 +224,16 @@ class EnrichmentService:
         self, envelopes: list[dict[str, Any]], correlation_id: str
     ) -> list[EventResult]:
         clients = self._ready()
+        processing = envelopes[0].get("processing")
+        if isinstance(processing, dict) and "processor_version" in processing:
+            # Enriched already: an enrichment whose storage_urls points at an enrichment
+            # (perhaps itself). Refuse rather than forward in a circle.
+            self._counters.unavailable_answers += 1
+            raise ServiceUnavailable(
+                "these events are enriched already: the sender's storage_urls points at an "
+                "enrichment pipeline, not at the data storage",
+                retry_after=CONFIG_RETRY_AFTER_S,
+            )
         self.enrich(envelopes, await clients.weather.resolve(envelopes), time.perf_counter())
         self._counters.batches += 1
         self._counters.events_enriched += len(envelopes)
@@ -315,7 +326,7 @@ class EnrichmentService:
                 response = await storage.post(BATCH_PATH, body, correlation_id=correlation_id)
             except CircuitOpenError as err:
                 raise self._answer_503(
-                    f"storage is unreachable (calls paused; last error: "
+                    f"storage is failing; calls to it are paused (last error: "
                     f"{self._last_storage_error or err})",
                     retry_after=max(1.0, err.retry_in),
                 ) from None
@@ -422,8 +433,12 @@ class EnrichmentService:
         }
 
     async def _storage_health(self, storage: ServiceHTTPClient) -> DependencyHealth:
-        if self._storage_problem is not None:  # reachable, but it will not take our events
-            return DependencyHealth(False, self._storage_problem)
+        if self._storage_problem is not None:
+            # Storage refused our token, or the URL is not a storage: ask again (with the
+            # token) rather than wait for events that may go elsewhere meanwhile.
+            if not await self._takes_our_calls(storage):
+                return DependencyHealth(False, self._storage_problem)
+            self._storage_problem = None
         try:
             response = await storage.get(
                 HEALTH_PATH, timeout=HEALTH_TIMEOUTS, retry=False, auth=False
@@ -431,20 +446,33 @@ class EnrichmentService:
         except CircuitOpenError as err:
             return DependencyHealth(
                 False,
-                f"unreachable, calls paused for {err.retry_in:.0f} s; last error: "
+                f"failing, calls paused for {err.retry_in:.0f} s; last error: "
                 f"{self._last_storage_error or err}",
             )
         except ServiceCallError as err:
             return DependencyHealth(False, f"unreachable: {err}")
-        status = "unknown"
         try:
             body = response.json()
         except ServiceCallError:
             body = None
-        if isinstance(body, dict) and isinstance(body.get("status"), str):
-            status = body["status"]
+        body = body if isinstance(body, dict) else {}
+        if body.get("service") == SERVICE_NAME:
+            return DependencyHealth(
+                False,
+                f"{response.endpoint} is an enrichment pipeline, not the data storage "
+                "(check storage_urls)",
+            )
+        status = body.get("status") if isinstance(body.get("status"), str) else "unknown"
         detail = f"{response.endpoint}: HTTP {response.status}, {status}"
         return DependencyHealth(response.outcome is Outcome.SUCCESS, detail)
+
+    async def _takes_our_calls(self, storage: ServiceHTTPClient) -> bool:
+        """Whether storage answers an authenticated request (its stats) with a 2xx."""
+        try:
+            response = await storage.get(STATS_PATH, timeout=HEALTH_TIMEOUTS, retry=False)
+        except ServiceCallError:
+            return False
+        return response.outcome is Outcome.SUCCESS
 
     def stats(self) -> dict[str, Any]:
         counters = self._counters

@@ -13,7 +13,7 @@ import orjson
 from ha_ingestor_services import __version__
 from ha_ingestor_services.web import Limits
 from tests.pipeline.fault_server import REJECT_MARKER, Fault, FaultServer
-from tests.services.conftest import AUTH
+from tests.services.conftest import AUTH, TOKEN
 
 from .conftest import Enrichment, StartEnrichment, WeatherAPI
 from .helpers import HA_WEATHER, batch, envelope
@@ -368,7 +368,7 @@ async def test_storage_down_answers_503(
         status, answer, headers = await post(client, enrichment.url, batch(envelope()))
         assert status == 503
         assert int(headers["Retry-After"]) >= 1
-    assert "calls paused" in answer["error"]["message"]
+    assert "calls to it are paused" in answer["error"]["message"]
     assert "Cannot connect" in answer["error"]["message"]
     await storage.restore()
     enrichment.clock.advance(10)  # the circuit lets a probe through
@@ -431,6 +431,28 @@ async def test_wrong_storage_token_is_a_503_that_says_so(
     assert response.status == 503
     assert health["status"] == "unhealthy"
     assert "token" in health["dependencies"]["storage"]["detail"]
+    # Storage now takes that token: health sees it without waiting for events.
+    storage.token = "wrong"
+    async with client.get(enrichment.url + "/api/v1/health") as response:
+        assert response.status == 200
+    status, _, _ = await post(client, enrichment.url, batch(envelope()))
+    assert status == 200
+
+
+async def test_storage_urls_pointing_at_an_enrichment(
+    start_enrichment: StartEnrichment, storage: FaultServer, client: aiohttp.ClientSession
+) -> None:
+    """No forwarding in a circle: the second enrichment refuses enriched events."""
+    second = await start_enrichment(storage_urls=(storage.url,))
+    first = await start_enrichment(storage_urls=(second.url,), storage_token=TOKEN)
+    status, answer, _ = await post(client, first.url, batch(envelope()))
+    assert status == 503
+    assert "enriched already" in answer["error"]["message"]
+    assert storage.received == []
+    async with client.get(first.url + "/api/v1/health") as response:
+        health = await response.json()
+    assert health["status"] == "unhealthy"
+    assert "is an enrichment pipeline" in health["dependencies"]["storage"]["detail"]
 
 
 async def test_storage_url_that_is_not_storage(
