@@ -234,7 +234,9 @@ class EnrichmentService:
                 "enrichment pipeline, not at the data storage",
                 retry_after=CONFIG_RETRY_AFTER_S,
             )
-        self.enrich(envelopes, await clients.weather.resolve(envelopes), time.perf_counter())
+        started = time.perf_counter()
+        weather = await clients.weather.resolve(envelopes)
+        self.enrich(envelopes, weather, started)
         self._counters.batches += 1
         self._counters.events_enriched += len(envelopes)
         return await self._forward(clients.storage, envelopes, correlation_id)
