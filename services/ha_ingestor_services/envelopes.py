@@ -62,6 +62,10 @@ def check_entity_id(value: object, field: str = "data.entity_id") -> str:
 def _check_number(value: object, field: str, low: float, high: float) -> None:
     if value is None:
         return
+    # The usual case first, without the isinstance calls: a JSON number in range (NaN
+    # and infinities fail the comparison and get the full check below).
+    if (type(value) is float or type(value) is int) and low <= value <= high:
+        return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(field, f"has type {_type_name(value)}", "number or null")
     if not math.isfinite(value) or not low <= value <= high:
