@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 import aiohttp
 
@@ -75,11 +75,18 @@ def condition_of(code: object, icon: object) -> str | None:
 
 
 def number(value: object) -> float | None:
-    """A finite number as float; anything else (bool, text, NaN) is None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A finite number as float; anything else (bool, text, NaN, huge) is None."""
+    # `type(...) is` first: this runs for several fields of every event.
+    kind = type(value)
+    if (kind is not float and kind is not int) and (
+        isinstance(value, bool) or not isinstance(value, int | float)
+    ):
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    try:
+        result = float(cast("float", value))  # an int or float by now
+    except OverflowError:  # an int past float's range
+        return None
+    return result if math.isfinite(result) else None
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
