@@ -14,6 +14,7 @@ from ha_ingestor_services.enrichment.openweathermap import (
     OpenWeatherMap,
     ProviderError,
     condition_of,
+    number,
     parse_current,
 )
 from ha_ingestor_services.enrichment.weather import (
@@ -316,3 +317,11 @@ async def test_cache_is_bounded(
         await step.resolve([envelope(location={"latitude": float(n), "longitude": 0.0})])
     assert step.snapshot()["cache_entries"] == 3
     await step.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(3, 3.0), (2.5, 2.5), (True, None), ("1", None), (float("nan"), None), (10**400, None)],
+)
+def test_number(value: object, expected: float | None) -> None:
+    assert number(value) == expected
