@@ -164,9 +164,18 @@ class OpenWeatherMap:
                 if response.outcome is Outcome.AUTH:
                     message = "the API key was refused"
                 raise ProviderError(
-                    f"OpenWeatherMap answered HTTP {response.status} ({code}): {message[:120]}",
+                    self._scrub(
+                        f"OpenWeatherMap answered HTTP {response.status} ({code}): " + message[:120]
+                    ),
                     retry_after=response.retry_after,
                 )
             return parse_current(response.json())
         except ServiceCallError as err:  # no answer: refused, timed out, circuit open
-            raise ProviderError(f"OpenWeatherMap: {err}", retry_after=err.retry_after) from None
+            raise ProviderError(
+                self._scrub(f"OpenWeatherMap: {err}"), retry_after=err.retry_after
+            ) from None
+
+    def _scrub(self, message: str) -> str:
+        """The key travels in the URL (appid=), and some aiohttp errors quote the URL;
+        messages end up in logs and the open health endpoint (on one line)."""
+        return " ".join(message.replace(self._api_key, "***").split())

@@ -325,3 +325,29 @@ async def test_cache_is_bounded(
 )
 def test_number(value: object, expected: float | None) -> None:
     assert number(value) == expected
+
+
+async def test_api_key_never_shows_in_errors(
+    client: aiohttp.ClientSession, clock: FakeClock, socket_enabled: None
+) -> None:
+    """A broken answer makes aiohttp quote the URL, which carries the key (appid=)."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 ZZZ broken\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        step = make_step(WeatherAPI(url=f"http://127.0.0.1:{port}"), client, clock)
+        assert await step.resolve([envelope()]) == [(None, "unavailable")]
+        ok, detail = step.health()
+        assert not ok
+        assert OWM_KEY not in detail, detail
+        assert OWM_KEY not in str(step.snapshot())
+        await step.close()
+    finally:
+        server.close()
+        await server.wait_closed()
