@@ -9,6 +9,7 @@ caches failures instead). Conditions are mapped onto Home Assistant's condition 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,28 @@ from ha_ingestor_pipeline.http_client import ServiceCallError, ServiceHTTPClient
 from ha_ingestor_pipeline.retry import BackoffPolicy, Outcome
 
 WEATHER_PATH = "/data/2.5/weather"
+
+
+class _HideKeys(logging.Filter):
+    """Replaces API keys in log records: the key travels in the URL (appid=), and some
+    aiohttp errors quote the URL, which the shared client logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(key in message for key in self.keys):
+            for key in self.keys:
+                message = message.replace(key, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+_HIDE_KEYS = _HideKeys()
+_CLIENT_LOGGER = logging.getLogger(f"{__name__}.client")
+_CLIENT_LOGGER.addFilter(_HIDE_KEYS)
 
 
 class WeatherInfo(TypedDict):
@@ -133,6 +156,7 @@ class OpenWeatherMap:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api_key = api_key
+        _HIDE_KEYS.keys.add(api_key)
         self.client = ServiceHTTPClient(
             self.name,
             [base_url],
@@ -147,6 +171,7 @@ class OpenWeatherMap:
             # long a Retry-After (a rate limit) keeps the step away from the provider.
             backoff=BackoffPolicy(cap=900.0),
             clock=clock,
+            logger=_CLIENT_LOGGER,
         )
 
     async def current(self, latitude: float, longitude: float, precision: int) -> WeatherInfo:

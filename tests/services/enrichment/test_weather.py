@@ -4,6 +4,7 @@ TTL (injected clock), negative cache, and what a failing provider does to events
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -328,7 +329,10 @@ def test_number(value: object, expected: float | None) -> None:
 
 
 async def test_api_key_never_shows_in_errors(
-    client: aiohttp.ClientSession, clock: FakeClock, socket_enabled: None
+    client: aiohttp.ClientSession,
+    clock: FakeClock,
+    socket_enabled: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A broken answer makes aiohttp quote the URL, which carries the key (appid=)."""
 
@@ -338,6 +342,7 @@ async def test_api_key_never_shows_in_errors(
         await writer.drain()
         writer.close()
 
+    caplog.set_level(logging.DEBUG)
     server = await asyncio.start_server(garbage, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -347,6 +352,12 @@ async def test_api_key_never_shows_in_errors(
         assert not ok
         assert OWM_KEY not in detail, detail
         assert OWM_KEY not in str(step.snapshot())
+        # Three failures open the client's breaker, and it logs the last error.
+        for latitude in (1, 2):
+            await step.resolve([envelope(location={"latitude": latitude, "longitude": 0})])
+        assert "pausing calls" in caplog.text
+        assert "appid=***" in caplog.text
+        assert OWM_KEY not in caplog.text
         await step.close()
     finally:
         server.close()
