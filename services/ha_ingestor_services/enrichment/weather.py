@@ -178,7 +178,11 @@ class WeatherStep:
                 answers.append(_NO_LOCATION)
                 continue
             raw = (location.get("latitude"), location.get("longitude"))
-            answer = answered.get(raw)
+            try:
+                answer = answered.get(raw)
+            except TypeError:  # unhashable: not numbers (check_envelope refuses those)
+                answers.append(_NO_LOCATION)
+                continue
             if answer is not None:
                 answers.append(answer)
                 continue
@@ -198,15 +202,24 @@ class WeatherStep:
             waiting.setdefault(key, []).append(len(answers))
             answers.append(_UNAVAILABLE)  # replaced once fetched
         if waiting:
-            self.stats.cache_misses += len(waiting)
-            fetched = await asyncio.gather(*(self._fetch_shared(key) for key in waiting))
-            for positions, answer in zip(waiting.values(), fetched, strict=True):
-                for position in positions:
-                    answers[position] = answer
+            await self._fetch_into(answers, waiting)
+        self._count(answers)
+        return answers
+
+    def _count(self, answers: list[WeatherAnswer]) -> None:
         counts = self.stats.events
         for _, status in answers:
             counts[status] += 1
-        return answers
+
+    async def _fetch_into(
+        self, answers: list[WeatherAnswer], waiting: dict[LocationKey, list[int]]
+    ) -> None:
+        """Fetch each waiting location (at once, single flight) into its events' answers."""
+        self.stats.cache_misses += len(waiting)
+        fetched = await asyncio.gather(*(self._fetch_shared(key) for key in waiting))
+        for positions, answer in zip(waiting.values(), fetched, strict=True):
+            for position in positions:
+                answers[position] = answer
 
     def _cached(self, key: LocationKey, now: float) -> WeatherAnswer | None:
         entry = self._cache.get(key)

@@ -138,6 +138,7 @@ async def test_sources_in_order(
             envelope(),
             envelope(location=None),
             envelope(weather={"condition": "unknown"}),  # says nothing: provider instead
+            envelope(location={"latitude": [1], "longitude": {}}),  # unchecked input
         ]
     )
     assert [status for _, status in answers] == [
@@ -145,6 +146,7 @@ async def test_sources_in_order(
         "provider",
         "no_location",
         "provider",
+        "no_location",
     ]
     assert answers[0][0] is not None
     assert answers[0][0]["source"] == "home_assistant"
