@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from ha_ingestor_pipeline.envelope import ValidationError, to_rfc3339
 
@@ -87,11 +87,101 @@ def _check_context(raw: object) -> None:
         _require_mapping(weather, "context.weather")
 
 
+def _in_range(value: object, low: float, high: float) -> bool:
+    """`_check_number`'s usual case: none, or a plain float or int within the range."""
+    return value is None or ((type(value) is float or type(value) is int) and low <= value <= high)
+
+
+def _plain_text(value: object, max_length: int) -> TypeGuard[str]:
+    """`_text`'s accepted case, for an exact str."""
+    return type(value) is str and 0 < len(value) <= max_length and not value.isspace()
+
+
+def _quick_check(envelope: dict[str, Any]) -> dict[str, Any] | None:
+    """`check_envelope`'s answer for the usual envelope, or None to take the long way.
+
+    Every test here is one of the long way's checks in a stricter form (exact types,
+    plain dicts), so whatever it lets through the long way accepts with the same
+    answer; anything else (every error included) goes the long way, which names it.
+    """
+    if not _plain_text(envelope.get("event_id"), MAX_EVENT_ID_LENGTH):
+        return None
+    if "timestamp" not in envelope:
+        return None
+    try:
+        timestamp = to_rfc3339(envelope["timestamp"], "timestamp")
+    except ValidationError:
+        return None
+    source = envelope.get("source")
+    correlation_id = envelope.get("correlation_id")
+    if (source is not None and type(source) is not str) or (
+        correlation_id is not None and type(correlation_id) is not str
+    ):
+        return None
+    data = envelope.get("data")
+    if type(data) is not dict:
+        return None
+    event_type = data.get("event_type")
+    if not _plain_text(event_type, MAX_EVENT_TYPE_LENGTH):
+        return None
+    entity_id = data.get("entity_id")
+    if event_type == "state_changed" or entity_id is not None:
+        if not _plain_text(entity_id, MAX_ENTITY_ID_LENGTH) or " " in entity_id:
+            return None
+        domain, dot, object_id = entity_id.partition(".")
+        if not dot or not domain or not object_id:
+            return None
+    state = data.get("state")
+    old_state = data.get("old_state")
+    if (state is not None and type(state) is not str) or (
+        old_state is not None and type(old_state) is not str
+    ):
+        return None
+    for key in ("attributes", "context", "data"):
+        value = data.get(key)
+        if value is not None and type(value) is not dict:
+            return None
+    context = envelope.get("context")
+    if context is not None:
+        if type(context) is not dict:
+            return None
+        instance_id = context.get("instance_id")
+        if instance_id is not None and type(instance_id) is not str:
+            return None
+        location = context.get("location")
+        if location is not None:
+            if type(location) is not dict:
+                return None
+            time_zone = location.get("time_zone")
+            if not (
+                _in_range(location.get("latitude"), -90, 90)
+                and _in_range(location.get("longitude"), -180, 180)
+                and _in_range(location.get("elevation"), -1e5, 1e5)
+                and (time_zone is None or type(time_zone) is str)
+            ):
+                return None
+        weather = context.get("weather")
+        if weather is not None and type(weather) is not dict:
+            return None
+    checked = envelope.copy()
+    checked["timestamp"] = timestamp
+    return checked
+
+
 def check_envelope(raw: object) -> dict[str, Any]:
     """Check one envelope; return it with ``timestamp`` normalized to RFC 3339 UTC.
 
     The result is a new top-level dict (nested values are shared with ``raw``).
     """
+    if type(raw) is dict:
+        checked = _quick_check(raw)
+        if checked is not None:
+            return checked
+    return _check_fully(raw)
+
+
+def _check_fully(raw: object) -> dict[str, Any]:
+    """`check_envelope` the long way, which names the first problem it finds."""
     envelope = _require_mapping(raw, "event")
     _text(envelope.get("event_id"), "event_id", MAX_EVENT_ID_LENGTH)
     if "timestamp" not in envelope:

@@ -175,8 +175,54 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+# Second prefixes ("YYYY-MM-DDTHH:MM:SS") known to be canonical, so that text already in
+# the form `to_rfc3339` answers (what every envelope carries after its first hop) is
+# recognized without parsing and formatting it again. Bounded: cleared when full.
+_CANONICAL_SECONDS: set[str] = set()
+_CANONICAL_SECONDS_MAX = 4096
+
+
+def _is_canonical_utc(value: str) -> bool:
+    """Whether ``value`` is exactly what `to_rfc3339` answers for it.
+
+    That is ``YYYY-MM-DDTHH:MM:SSZ``, or the same with ``.ffffff`` (six ASCII digits,
+    not all zero: ``isoformat`` leaves out a zero fraction) before the ``Z``, where the
+    seconds part is a valid date and time written the way ``isoformat`` writes it.
+    """
+    length = len(value)
+    if length == 27:
+        if value[26] != "Z" or value[19] != ".":
+            return False
+        fraction = value[20:26]
+        if not (fraction.isascii() and fraction.isdigit()) or fraction == "000000":
+            return False
+    elif length != 20 or value[19] != "Z":
+        return False
+    seconds = value[:19]
+    if seconds in _CANONICAL_SECONDS:
+        return True
+    try:
+        canonical = datetime.fromisoformat(seconds).isoformat() == seconds
+    except ValueError:
+        return False
+    if canonical:
+        if len(_CANONICAL_SECONDS) >= _CANONICAL_SECONDS_MAX:
+            _CANONICAL_SECONDS.clear()
+        _CANONICAL_SECONDS.add(seconds)
+    return canonical
+
+
 def to_rfc3339(value: object, field: str) -> str:
     """Normalize a datetime or RFC 3339 text to RFC 3339 UTC ('Z')."""
+    # Fast path: text already in the answered form is its own answer (same result as
+    # the full parse below, see `_is_canonical_utc`).
+    if type(value) is str and _is_canonical_utc(value):
+        return value
+    return _to_rfc3339_parsed(value, field)
+
+
+def _to_rfc3339_parsed(value: object, field: str) -> str:
+    """`to_rfc3339` the long way: parse, convert to UTC, format."""
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
