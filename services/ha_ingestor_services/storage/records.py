@@ -137,24 +137,32 @@ def _number(value: object) -> float | None:
 
 def _valid_normalized(raw: object) -> Normalized | None:
     """The enrichment's ``normalized`` part when every key has its type, else None."""
-    if not isinstance(raw, dict):
+    if type(raw) is not dict and not isinstance(raw, dict):
         return None
-    for key in ("domain", "object_id", "unit", "device_class"):
-        if raw.get(key) is not None and not isinstance(raw.get(key), str):
+    # Each key read once (this runs for every enriched event).
+    domain = raw.get("domain")
+    object_id = raw.get("object_id")
+    unit = raw.get("unit")
+    device_class = raw.get("device_class")
+    for text in (domain, object_id, unit, device_class):
+        if text is not None and not isinstance(text, str):
             return None
     value = raw.get("value")
-    if value is not None and _number(value) is None:
-        return None
+    number = None
+    if value is not None:
+        number = _number(value)
+        if number is None:
+            return None
     boolean = raw.get("boolean")
     if boolean is not None and not isinstance(boolean, bool):
         return None
     return {
-        "domain": raw.get("domain"),
-        "object_id": raw.get("object_id"),
-        "value": _number(value),
+        "domain": domain,
+        "object_id": object_id,
+        "value": number,
         "boolean": boolean,
-        "unit": raw.get("unit"),
-        "device_class": raw.get("device_class"),
+        "unit": unit,
+        "device_class": device_class,
     }
 
 
