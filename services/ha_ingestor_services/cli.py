@@ -415,32 +415,33 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        name: str, help_text: str, plan: Callable[[argparse.Namespace, _Server], Plan]
+        name: str,
+        help_text: str,
+        plan: Callable[[argparse.Namespace, _Server], Plan],
+        ports: dict[str, str],
     ) -> argparse.ArgumentParser:
+        """A subcommand with the server options and its port flags (flag: what it is for)."""
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(plan=plan)
         _add_options(sub.add_argument_group("server"), SERVER_OPTIONS)
+        for flag, text in ports.items():
+            env = ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+            sub.add_argument(flag, default=None, help=f"{text} [env {env}]")
         return sub
 
     enrichment = command(
         "enrichment",
         "Run the enrichment pipeline (weather, normalization, metadata) in front of storage.",
         _plan_enrichment,
-    )
-    enrichment.add_argument(
-        "--port",
-        default=None,
-        help=f"port to listen on (default {ENRICHMENT_PORT}) [env {ENV_PREFIX}PORT]",
+        {"--port": f"port to listen on (default {ENRICHMENT_PORT})"},
     )
     _add_options(enrichment.add_argument_group("enrichment"), ENRICHMENT_OPTIONS)
 
     storage = command(
-        "storage", "Run the data storage service (SQLite, InfluxDB 1.x or 2.x/3.x).", _plan_storage
-    )
-    storage.add_argument(
-        "--port",
-        default=None,
-        help=f"port to listen on (default {STORAGE_PORT}) [env {ENV_PREFIX}PORT]",
+        "storage",
+        "Run the data storage service (SQLite, InfluxDB 1.x or 2.x/3.x).",
+        _plan_storage,
+        {"--port": f"port to listen on (default {STORAGE_PORT})"},
     )
     _add_options(storage.add_argument_group("storage"), STORAGE_OPTIONS)
 
@@ -448,16 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
         "stack",
         "Run both in one process: storage (SQLite by default) and the enrichment in front of it.",
         _plan_stack,
-    )
-    stack.add_argument(
-        "--storage-port",
-        default=None,
-        help=f"storage's port (default {STORAGE_PORT}) [env {ENV_PREFIX}STORAGE_PORT]",
-    )
-    stack.add_argument(
-        "--enrichment-port",
-        default=None,
-        help=f"the enrichment's port (default {ENRICHMENT_PORT}) [env {ENV_PREFIX}ENRICHMENT_PORT]",
+        {
+            "--storage-port": f"storage's port (default {STORAGE_PORT})",
+            "--enrichment-port": f"the enrichment's port (default {ENRICHMENT_PORT})",
+        },
     )
     _add_options(stack.add_argument_group("storage"), STORAGE_OPTIONS)
     stack_enrichment = [
