@@ -65,12 +65,12 @@ class EventEncoder:
 
     def __init__(self, validator: EventValidator) -> None:
         self.validator = validator
-        # (the context, its JSON): one reference, so the worker never sees a mix.
+        # (the context, its JSON) as one reference, so the worker never sees a mix;
+        # derived again whenever the validator's context is a different object.
         self._context_json = _context_json(validator.envelope_context)
 
     def set_context(self, context: EnvelopeContext) -> None:
         self.validator.envelope_context = context
-        self._context_json = _context_json(context)
 
     def __call__(self, event: Event[Any]) -> EncodedEvent:
         if event.event_type == EVENT_STATE_CHANGED:
@@ -95,7 +95,7 @@ class EventEncoder:
         ):
             return None
         context_of, context_json = self._context_json
-        if context_of is not self.validator.envelope_context:  # set behind our back
+        if context_of is not self.validator.envelope_context:
             context_of, context_json = self._context_json = _context_json(
                 self.validator.envelope_context
             )

@@ -56,6 +56,19 @@ def ago(**delta: float) -> datetime:
     return datetime.now(UTC) - timedelta(**delta)
 
 
+def query_batch() -> list[dict[str, Any]]:
+    """Five events over 26 hours (one empty state, one call_service) for query tests."""
+    call_service = envelope(event_type="call_service", entity_id="light.kitchen", state=None)
+    call_service["data"]["data"] = {"domain": "light", "service": "turn_on"}
+    return [
+        envelope("sensor.a", "1", when=ago(hours=26)),
+        envelope("sensor.a", "2", when=ago(hours=3)),
+        envelope("binary_sensor.door", "on", when=ago(hours=2)),
+        envelope("sensor.a", "", when=ago(minutes=30)),
+        call_service,
+    ]
+
+
 StartStorage = Callable[..., Awaitable[tuple[str, StorageService]]]
 
 

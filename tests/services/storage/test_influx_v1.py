@@ -14,7 +14,7 @@ import aiohttp
 from benchmarks.influxd import Influxd, running_influxd
 from tests.services.conftest import AUTH
 
-from .conftest import StartStorage, ago, envelope, get_events, post_batch, statuses
+from .conftest import StartStorage, envelope, get_events, post_batch, query_batch, statuses
 
 
 def _write_line(server: Influxd, database: str, line: str) -> None:
@@ -84,15 +84,7 @@ async def test_query_answers_the_same_shape_as_sqlite(
 ) -> None:
     influx_url, _ = await start_storage(**influx_settings)
     sqlite_url, _ = await start_storage()
-    call_service = envelope(event_type="call_service", entity_id="light.kitchen", state=None)
-    call_service["data"]["data"] = {"domain": "light", "service": "turn_on"}
-    batch = [
-        envelope("sensor.a", "1", when=ago(hours=26)),
-        envelope("sensor.a", "2", when=ago(hours=3)),
-        envelope("binary_sensor.door", "on", when=ago(hours=2)),
-        envelope("sensor.a", "", when=ago(minutes=30)),
-        call_service,
-    ]
+    batch = query_batch()
     for url in (influx_url, sqlite_url):
         _, body = await post_batch(client, url, batch)
         assert statuses(body) == ["stored"] * 5

@@ -20,7 +20,7 @@ from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import StartupError
 from tests.services.conftest import AUTH, Serve
 
-from .conftest import StartStorage, ago, envelope, get_events, post_batch, statuses
+from .conftest import StartStorage, envelope, get_events, post_batch, query_batch, statuses
 from .influx_v2_standin import InfluxV2StandIn
 
 
@@ -71,15 +71,7 @@ async def test_query_answers_the_same_as_sqlite(
     influx_url, server = standin
     v2_url, _ = await start_storage(**v2_settings(influx_url))
     sqlite_url, _ = await start_storage()
-    call_service = envelope(event_type="call_service", entity_id="light.kitchen", state=None)
-    call_service["data"]["data"] = {"domain": "light", "service": "turn_on"}
-    batch = [
-        envelope("sensor.a", "1", when=ago(hours=26)),
-        envelope("sensor.a", "2", when=ago(hours=3)),
-        envelope("binary_sensor.door", "on", when=ago(hours=2)),
-        envelope("sensor.a", "", when=ago(minutes=30)),
-        call_service,
-    ]
+    batch = query_batch()
     for url in (v2_url, sqlite_url):
         _, body = await post_batch(client, url, batch)
         assert statuses(body) == ["stored"] * 5
