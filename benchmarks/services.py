@@ -199,6 +199,8 @@ async def run(count: int, folder: Path) -> tuple[dict[str, float], dict[str, flo
             figures["storage_sqlite_p99_batch_ms"] = p99(latencies)
             peak_rss.append(storage.peak_rss_mb())
         checks["sqlite_rows"] = sqlite_rows(database)
+        # The file after the service stopped (its WAL checkpointed): disk per stored event.
+        checks["sqlite_bytes_per_event"] = database.stat().st_size / checks["sqlite_rows"]
 
         with running_influxd() as influxd:
             figures["storage_influxdb_v1_per_s"], latencies = await _influx_round(
