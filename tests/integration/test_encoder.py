@@ -8,6 +8,7 @@ event to the validator's judgement.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -111,9 +112,19 @@ def test_odd_entity_ids_are_judged_by_the_validator(entity_id: object) -> None:
 def test_attributes_that_cannot_be_serialized_are_a_validation_error() -> None:
     encoder = _encoder()
     with pytest.raises(ValidationError) as caught:
-        encoder(_state_changed(State("sensor.t", "1", {1: "int key"}), None))
+        encoder(_state_changed(State("sensor.t", "1", {(1, 2): "tuple key"}), None))
     assert caught.value.field == "data"
     assert "cannot be serialized" in caught.value.issue
+
+
+def test_attribute_keys_of_a_str_subclass_are_encoded_as_text() -> None:
+    # Home Assistant's state attributes may use StrEnum keys; orjson 3.11 (the newest Home
+    # Assistant's) refuses them unless told, which sent every such event to dead letters.
+    class Key(StrEnum):
+        MODE = "mode"
+
+    encoded = _encoder()(_state_changed(State("climate.t", "heat", {Key.MODE: "auto"}), None))
+    assert orjson.loads(encoded.payload)["data"]["attributes"] == {"mode": "auto"}
 
 
 def test_the_size_limit_holds_on_the_direct_path() -> None:

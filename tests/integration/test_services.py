@@ -307,7 +307,7 @@ async def test_forward_event_data_that_cannot_be_serialized(
 ) -> None:
     # Not possible through the action's schema, but async_forward_event is shared.
     with pytest.raises(ForwardError) as err:
-        await async_forward_event(entry.runtime_data.runtime, "e", {1: "x"})
+        await async_forward_event(entry.runtime_data.runtime, "e", {(1, 2): "x"})
     assert err.value.translation_key == "invalid_event"
     assert err.value.placeholders["field"] == "event_data"
     assert err.value.status == 422

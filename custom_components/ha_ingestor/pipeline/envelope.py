@@ -359,10 +359,14 @@ class EventValidator:
         integration's encoder for Home Assistant events): the same serialization, the
         same errors and the same limit as `encode`. Values may include
         ``orjson.Fragment`` (JSON text inserted as is).
+
+        Keys that are not plain ``str`` become text, as in Home Assistant's own JSON:
+        its state attributes may have keys of a `str` subclass or numbers, and orjson
+        refuses both without `OPT_NON_STR_KEYS` (from orjson 3.11 even `str` subclasses).
         """
         try:
-            payload = orjson.dumps(envelope, default=str)
-        except TypeError as err:  # e.g. keys that are not strings
+            payload = orjson.dumps(envelope, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as err:  # e.g. a tuple as a key
             raise ValidationError(
                 "data", f"cannot be serialized: {err}", "JSON-safe values"
             ) from None
