@@ -28,11 +28,12 @@ if TYPE_CHECKING:
     from .coordinator import HaIngestorConfigEntry, ServiceHealth
 
 MANUFACTURER = "HA Ingestor"
-FORWARDER_NAME = "HA Ingestor forwarder"
-# Device name and model per configured service.
+# Device names are translated: strings.json "device" holds them under these keys.
+FORWARDER_TRANSLATION_KEY = "forwarder"
+# Translation key and model per configured service.
 SERVICE_DEVICES: dict[str, tuple[str, str]] = {
-    SERVICE_ENRICHMENT: ("Enrichment pipeline", "Enrichment pipeline"),
-    SERVICE_STORAGE: ("Data storage", "Data storage service"),
+    SERVICE_ENRICHMENT: ("enrichment", "Enrichment pipeline"),
+    SERVICE_STORAGE: ("storage", "Data storage service"),
 }
 
 
@@ -52,41 +53,56 @@ def forwarder_device_info(hass: HomeAssistant, entry_id: str) -> DeviceInfo:
         identifiers={forwarder_identifier(entry_id)},
         manufacturer=MANUFACTURER,
         model="Forwarder",
-        name=FORWARDER_NAME,
+        translation_key=FORWARDER_TRANSLATION_KEY,
         sw_version=str(version) if version else None,
     )
 
 
 def service_device_info(entry_id: str, service: str, url: str) -> DeviceInfo:
-    """One external service (all its URLs), reached through the forwarder."""
-    name, model = SERVICE_DEVICES.get(service, (service, service))
+    """One external service (all its URLs); `async_prepare_devices` links it to the forwarder."""
+    translation_key, model = SERVICE_DEVICES.get(service, (service, service))
     return DeviceInfo(
         configuration_url=url,
         entry_type=DeviceEntryType.SERVICE,
         identifiers={service_identifier(entry_id, service)},
         manufacturer=MANUFACTURER,
         model=model,
-        name=name,
-        via_device=forwarder_identifier(entry_id),
+        translation_key=translation_key,
     )
 
 
-def async_prepare_devices(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> None:
-    """Create the forwarder device first and drop devices of services no longer configured.
+def service_url(coordinator: IngestorCoordinator, service: str) -> str:
+    """The URL of a service in use now (the first one before any health check)."""
+    health = coordinator.data.services.get(service)
+    return health.url if health else coordinator.runtime.registry.get_service_url(service)
 
-    Both platforms call this before adding entities: the service devices name the
-    forwarder as their ``via_device``, which must exist by then whichever platform
-    comes first. A service removed by a reconfigure loses its device (and entities).
+
+def async_prepare_devices(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> None:
+    """Create the forwarder, then each service's device linked through it; drop the rest.
+
+    Both platforms call this before adding entities, so the devices and their links
+    exist whichever platform comes first. The link is set by device id: newer Home
+    Assistant releases deprecate DeviceInfo's ``via_device`` (an identifier), DeviceInfo
+    of 2025.4 has no ``via_device_id``, and ``async_update_device`` takes it in both.
+    A service removed by a reconfigure loses its device (and entities).
     """
     registry = dr.async_get(hass)
     entry_id = entry.entry_id
-    registry.async_get_or_create(config_entry_id=entry_id, **forwarder_device_info(hass, entry_id))
-    wanted = {forwarder_identifier(entry_id)} | {
-        service_identifier(entry_id, service) for service in entry.runtime_data.runtime.clients
-    }
+    coordinator = entry.runtime_data.coordinator
+    forwarder = registry.async_get_or_create(
+        config_entry_id=entry_id, **forwarder_device_info(hass, entry_id)
+    )
+    wanted = {forwarder.id}
+    for service in entry.runtime_data.runtime.clients:
+        device = registry.async_get_or_create(
+            config_entry_id=entry_id,
+            **service_device_info(entry_id, service, service_url(coordinator, service)),
+        )
+        registry.async_update_device(device.id, via_device_id=forwarder.id)
+        wanted.add(device.id)
     for device in dr.async_entries_for_config_entry(registry, entry_id):
-        if not device.identifiers & wanted:
-            registry.async_update_device(device.id, remove_config_entry_id=entry_id)
+        if device.id not in wanted:
+            registry.async_remove_device(device.id)
 
 
 class IngestorEntity(CoordinatorEntity[IngestorCoordinator]):
@@ -126,8 +142,7 @@ class IngestorServiceEntity(IngestorEntity):
         self.service = service
         entry_id = coordinator.config_entry.entry_id
         self._attr_unique_id = f"{entry_id}_{service}_{description.key}"
-        health = coordinator.data.services.get(service)
-        self._url = health.url if health else coordinator.runtime.registry.get_service_url(service)
+        self._url = service_url(coordinator, service)
         self._attr_device_info = service_device_info(entry_id, service, self._url)
 
     @property
