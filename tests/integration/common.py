@@ -6,10 +6,13 @@ Fixtures live in conftest.py; these are plain functions the tests call.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from homeassistant.config_entries import ConfigEntryState
+from homeassistant.helpers import device_registry as dr
+from homeassistant.helpers import entity_registry as er
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
@@ -25,11 +28,75 @@ from tests.integration.conftest import TOKEN
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
+    from syrupy.assertion import SnapshotAssertion
 
     from tests.pipeline.fault_server import FaultServer
 
 ENTRY_ID = "01JHAINGESTORTESTENTRY0001"
 """A fixed entry id, for snapshots that hold ids derived from it."""
+
+# What the integration decides about an entity's registry entry and a device. The other
+# fields (ids, aliases, config subentries, ...) are Home Assistant's bookkeeping and
+# change shape between the releases the tests run on, so snapshots leave them out.
+ENTITY_FIELDS = (
+    "entity_id",
+    "unique_id",
+    "platform",
+    "has_entity_name",
+    "original_name",
+    "translation_key",
+    "original_device_class",
+    "original_icon",
+    "entity_category",
+    "unit_of_measurement",
+    "capabilities",
+    "supported_features",
+    "options",
+)
+DEVICE_FIELDS = ("identifiers", "name", "manufacturer", "model", "entry_type")
+
+
+def plain(value: Any) -> Any:
+    """Mappings (also nested in lists) as dicts keyed by plain strings.
+
+    Newer Home Assistant releases key state attributes and capabilities by StrEnum
+    members (``EntityStateAttribute.FRIENDLY_NAME``), 2025.4 by strings; ``str`` of a
+    StrEnum member is its value, so both compare alike.
+    """
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value
+
+
+def device_snapshot(hass: HomeAssistant, device_id: str | None) -> dict[str, Any] | None:
+    """A device as the integration decided it, and the device it is reached through."""
+    registry = dr.async_get(hass)
+    device = registry.async_get(device_id) if device_id else None
+    if device is None:
+        return None
+    decided = {field: getattr(device, field) for field in DEVICE_FIELDS}
+    via = registry.async_get(device.via_device_id) if device.via_device_id else None
+    decided["via_device"] = via.identifiers if via else None
+    return decided
+
+
+def snapshot_entities(hass: HomeAssistant, snapshot: SnapshotAssertion, entry_id: str) -> None:
+    """Each entity of the entry: its registry entry as the integration decided it, its
+    device's name, and its state (``-entry`` and ``-state`` snapshots, like Home
+    Assistant's ``snapshot_platform``)."""
+    entities = er.async_entries_for_config_entry(er.async_get(hass), entry_id)
+    assert entities
+    for entity in entities:
+        decided = {field: getattr(entity, field) for field in ENTITY_FIELDS}
+        device = device_snapshot(hass, entity.device_id)
+        decided["device"] = device["name"] if device else None
+        assert plain(decided) == snapshot(name=f"{entity.entity_id}-entry")
+        state = hass.states.get(entity.entity_id)
+        assert state is not None, entity.entity_id
+        shown = {"state": state.state, "attributes": plain(state.attributes)}
+        assert shown == snapshot(name=f"{entity.entity_id}-state")
 
 
 def make_entry(

@@ -12,13 +12,15 @@ from unittest.mock import patch
 
 import pytest
 from homeassistant.const import STATE_OFF, STATE_ON, Platform
-from pytest_homeassistant_custom_component.common import MockConfigEntry, snapshot_platform
+from homeassistant.helpers import device_registry as dr
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.ha_ingestor.const import CONF_STORAGE_FAILOVER_URLS, DOMAIN
 from tests.integration.common import (
     ENTRY_ID,
     make_entry,
     setup_entry,
+    snapshot_entities,
     state_of,
     tick,
     unload,
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from homeassistant.core import HomeAssistant
-    from homeassistant.helpers import device_registry as dr
-    from homeassistant.helpers import entity_registry as er
     from syrupy.assertion import SnapshotAssertion
 
     from tests.pipeline.fault_server import FaultServer
@@ -40,18 +40,29 @@ STORAGE = "binary_sensor.data_storage_connectivity"
 ENRICHMENT = "binary_sensor.enrichment_pipeline_connectivity"
 
 
+def storage_device(hass: HomeAssistant, entry_id: str) -> dr.DeviceEntry:
+    """The entry's storage device, found among the entry's devices.
+
+    Not ``async_get_device(identifiers=...)``: newer releases refuse it, identifiers
+    being unique only within a config entry there.
+    """
+    identifier = (DOMAIN, f"{entry_id}_storage")
+    devices = dr.async_entries_for_config_entry(dr.async_get(hass), entry_id)
+    (device,) = [device for device in devices if identifier in device.identifiers]
+    return device
+
+
 async def test_binary_sensors(
     hass: HomeAssistant,
     storage_server: FaultServer,
     enrichment_server: FaultServer,
-    entity_registry: er.EntityRegistry,
     snapshot: SnapshotAssertion,
 ) -> None:
     """One connectivity sensor per configured service, on its service's device."""
     entry = make_entry(storage_server.url, enrichment_server.url, entry_id=ENTRY_ID)
     with patch("custom_components.ha_ingestor.PLATFORMS", [Platform.BINARY_SENSOR]):
         await setup_entry(hass, entry)
-        await snapshot_platform(hass, entity_registry, snapshot, entry.entry_id)
+        snapshot_entities(hass, snapshot, entry.entry_id)
         await unload(hass, entry)
 
 
@@ -124,7 +135,6 @@ async def test_failover_moves_the_device_link(
     hass: HomeAssistant,
     storage_server: FaultServer,
     fault_server_factory: Callable[..., Awaitable[FaultServer]],
-    device_registry: dr.DeviceRegistry,
 ) -> None:
     """With the first storage URL down, the second is in use and the device links to it."""
     second = await fault_server_factory(token=TOKEN, name="data-storage-2")
@@ -137,25 +147,18 @@ async def test_failover_moves_the_device_link(
         options=dict(entry.options),
     )
     await setup_entry(hass, entry)
-    identifier = (DOMAIN, f"{entry.entry_id}_storage")
-    device = device_registry.async_get_device(identifiers={identifier})
-    assert device is not None
-    assert device.configuration_url == storage_server.url
+    assert storage_device(hass, entry.entry_id).configuration_url == storage_server.url
 
     registry = entry.runtime_data.runtime.registry
     storage_server.health_status = 503
     await registry.check_all_services()
     await registry.check_all_services()
     await tick(hass)
-    device = device_registry.async_get_device(identifiers={identifier})
-    assert device is not None
-    assert device.configuration_url == second.url
+    assert storage_device(hass, entry.entry_id).configuration_url == second.url
     assert state_of(hass, STORAGE) == STATE_ON  # the service is still reachable
 
     storage_server.health_status = 200
     await registry.check_all_services()
     await tick(hass)
-    device = device_registry.async_get_device(identifiers={identifier})
-    assert device is not None
-    assert device.configuration_url == storage_server.url
+    assert storage_device(hass, entry.entry_id).configuration_url == storage_server.url
     await unload(hass, entry)

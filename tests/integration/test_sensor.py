@@ -23,11 +23,7 @@ from homeassistant.helpers import device_registry as dr
 from homeassistant.helpers import entity_registry as er
 from homeassistant.loader import async_get_loaded_integration
 from homeassistant.util import dt as dt_util
-from pytest_homeassistant_custom_component.common import (
-    MockConfigEntry,
-    snapshot_platform,
-)
-from syrupy.filters import props
+from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.ha_ingestor.const import (
     CONF_ENRICHMENT_URL,
@@ -36,9 +32,11 @@ from custom_components.ha_ingestor.const import (
 from custom_components.ha_ingestor.runtime import own_entities
 from tests.integration.common import (
     ENTRY_ID,
+    device_snapshot,
     flush,
     make_entry,
     setup_entry,
+    snapshot_entities,
     state_of,
     tick,
     unload,
@@ -102,18 +100,17 @@ async def test_sensors(
     hass: HomeAssistant,
     storage: FaultServer,
     enrichment: FaultServer,
-    entity_registry: er.EntityRegistry,
     snapshot: SnapshotAssertion,
 ) -> None:
     """Every sensor's registry entry and first state, with both services configured.
 
-    All enabled (Home Assistant's snapshot helper wants every entity to have a state);
-    which ones start disabled is `test_less_important_sensors_start_disabled`'s business.
+    All enabled (every entity must have a state to snapshot); which ones start disabled
+    is `test_less_important_sensors_start_disabled`'s business.
     """
     entry = make_entry(storage.url, enrichment.url, entry_id=ENTRY_ID)
     with patch("custom_components.ha_ingestor.PLATFORMS", [Platform.SENSOR]):
         await setup_entry(hass, entry)
-        await snapshot_platform(hass, entity_registry, snapshot, entry.entry_id)
+        snapshot_entities(hass, snapshot, entry.entry_id)
         await unload(hass, entry)
 
 
@@ -167,7 +164,7 @@ async def test_devices(
         key=lambda device: device.name or "",
     )
     # The URLs carry the receivers' random ports, the version changes with releases.
-    assert devices == snapshot(exclude=props("configuration_url", "sw_version"))
+    assert [device_snapshot(hass, device.id) for device in devices] == snapshot
     by_name = {device.name: device for device in devices}
     forwarder = by_name["HA Ingestor forwarder"]
     assert forwarder.sw_version == str(async_get_loaded_integration(hass, DOMAIN).version)
