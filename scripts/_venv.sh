@@ -1,12 +1,35 @@
-# Sourced by scripts/test and scripts/bench: find Python 3.13 and make .venv ready.
-# Re-running reuses .venv while requirements_test.txt and pyproject.toml are unchanged.
+# Sourced by scripts/test, scripts/bench and scripts/demo: the two test legs and their venvs.
+#
+#   floor   Python 3.13, requirements_floor.txt  (the oldest Home Assistant supported), in .venv
+#   latest  Python 3.14, requirements_latest.txt (the newest Home Assistant), in .venv-latest,
+#           or, where no python3.14 is on PATH, inside a Debian root (scripts/_root.sh)
+#
+# A venv is reused while its Python, its requirements and pyproject.toml are unchanged.
+
+leg_python_version() {
+  case "$1" in
+    floor) echo 3.13 ;;
+    latest) echo 3.14 ;;
+    *) echo "unknown leg '$1' (floor or latest)" >&2; return 2 ;;
+  esac
+}
+
+leg_venv() {
+  # Inside the Debian root the venv lives in the root, outside the checkout, so a fresh
+  # clone reuses it (scripts/_root.sh sets HA_INGESTOR_LATEST_VENV).
+  case "$1" in
+    floor) echo .venv ;;
+    latest) echo "${HA_INGESTOR_LATEST_VENV:-.venv-latest}" ;;
+  esac
+}
 
 find_python() {
-  local candidate
-  for candidate in python3.13 "$(command -v pyenv >/dev/null 2>&1 && pyenv root)/versions/3.13"*/bin/python3.13 \
-      "$HOME/.pyenv/versions/3.13"*/bin/python3.13; do
+  local version=$1 candidate
+  for candidate in "python$version" \
+      "$(command -v pyenv >/dev/null 2>&1 && pyenv root)/versions/$version"*/bin/"python$version" \
+      "$HOME/.pyenv/versions/$version"*/bin/"python$version"; do
     if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 \
-        && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then
+        && "$candidate" -c "import sys; sys.exit(sys.version_info[:2] != (${version/./, }))" 2>/dev/null; then
       command -v "$candidate"
       return 0
     fi
@@ -15,25 +38,38 @@ find_python() {
 }
 
 pip_install() {
+  local venv=$1
+  shift
   # This machine's pip config names local mirrors that may be absent; hide that noise.
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" \
-    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" \
+    2> >(grep -v -e "is ignored: it is neither a file nor a directory" \
+      -e "is ignored: it is either a non-existing path" >&2)
 }
 
 ensure_venv() {
-  local python stamp_value
-  python=$(find_python) || { echo "Python 3.13 not found (PATH or pyenv)" >&2; return 1; }
-  stamp_value="$("$python" --version 2>&1) $(cat requirements_test.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
-  if [ -x .venv/bin/python ] && [ "$(cat .venv/.stamp 2>/dev/null)" = "$stamp_value" ]; then
+  # ensure_venv LEG: make the leg's venv ready; prints nothing when it already is.
+  local leg=$1 version venv python requirements stamp_value
+  version=$(leg_python_version "$leg") || return 2
+  venv=$(leg_venv "$leg")
+  requirements="requirements_$leg.txt"
+  python=$(find_python "$version") || { echo "Python $version not found (PATH or pyenv)" >&2; return 1; }
+  stamp_value="$("$python" --version 2>&1) $(cat "$requirements" requirements_tools.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$stamp_value" ]; then
     return 0
   fi
-  echo "creating .venv with $python"
-  rm -rf .venv
-  "$python" -m venv .venv
-  pip_install --upgrade pip
-  pip_install -r requirements_test.txt
-  pip_install --no-deps --no-build-isolation -e .
-  echo "$stamp_value" > .venv/.stamp
+  echo "creating $venv with $python ($requirements)"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  pip_install "$venv" --upgrade pip
+  pip_install "$venv" -r "$requirements"
+  pip_install "$venv" --no-deps --no-build-isolation -e .
+  echo "$stamp_value" > "$venv/.stamp"
+}
+
+print_leg() {
+  # One line saying what a leg runs, before its tests or benchmarks.
+  "$2/bin/python" -c 'import sys, homeassistant.const as c
+print(f"== leg {sys.argv[1]}: Python {sys.version.split()[0]}, Home Assistant {c.__version__}")' "$1"
 }
 
 ensure_influxd() {
@@ -55,11 +91,18 @@ ensure_influxd() {
 }
 
 typecheck() {
-  # The integration, then the services. The services import the pipeline as the top-level
-  # package ha_ingestor_pipeline (pyproject's package-dir); mypy cannot follow setuptools'
-  # editable import hook, so it gets that name through a symlink kept inside .venv.
-  .venv/bin/mypy custom_components/ha_ingestor
-  mkdir -p .venv/typing
-  ln -sfn "$PWD/custom_components/ha_ingestor/pipeline" .venv/typing/ha_ingestor_pipeline
-  MYPYPATH="$PWD/services:$PWD/.venv/typing" .venv/bin/mypy -p ha_ingestor_services
+  # typecheck VENV: the integration, then the services. The services import the pipeline as
+  # the top-level package ha_ingestor_pipeline (pyproject's package-dir); mypy cannot follow
+  # setuptools' editable import hook, so it gets that name through a symlink in the venv.
+  local venv typing mypy
+  venv=$(cd "$1" && pwd)
+  typing="$venv/typing"
+  # Each leg checks against its own Python (the newest Home Assistant is written in 3.14)
+  # and keeps its own cache: the two Home Assistant versions would evict each other's.
+  mypy=("$venv/bin/mypy" --cache-dir "$venv/.mypy_cache" --python-version
+    "$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')")
+  "${mypy[@]}" custom_components/ha_ingestor
+  mkdir -p "$typing"
+  ln -sfn "$PWD/custom_components/ha_ingestor/pipeline" "$typing/ha_ingestor_pipeline"
+  MYPYPATH="$PWD/services:$typing" "${mypy[@]}" -p ha_ingestor_services
 }
