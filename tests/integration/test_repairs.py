@@ -46,10 +46,23 @@ STRINGS = json.loads((Path(repairs.__file__).parent / "strings.json").read_text(
 def assert_translated(found: ir.IssueEntry) -> None:
     """The issue's text exists and every placeholder it uses is given."""
     text = STRINGS["issues"][found.translation_key]
-    used = set(re.findall(r"{(\w+)}", text["title"] + text["description"]))
+    used = set(re.findall(r"{(\w+)}", text["title"] + text.get("description", "")))
     for step in text.get("fix_flow", {}).get("step", {}).values():
         used |= set(re.findall(r"{(\w+)}", step.get("title", "") + step.get("description", "")))
     assert used <= set(found.translation_placeholders or {})
+
+
+def test_issue_texts_are_what_hassfest_accepts() -> None:
+    """Every issue has a title and either a description or a fix flow, never both.
+
+    A fixable issue shows its fix flow's first step instead of a description, so that
+    step says what happened and what to do.
+    """
+    for key, text in STRINGS["issues"].items():
+        assert text["title"], key
+        assert ("description" in text) != ("fix_flow" in text), key
+        if "fix_flow" in text:
+            assert text["fix_flow"]["step"]["init"]["description"], key
 
 
 async def refresh(entry: MockConfigEntry) -> None:
