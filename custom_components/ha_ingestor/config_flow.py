@@ -43,7 +43,6 @@ from homeassistant.helpers.selector import (
     NumberSelector,
     NumberSelectorConfig,
     NumberSelectorMode,
-    SelectOptionDict,
     SelectSelector,
     SelectSelectorConfig,
     SelectSelectorMode,
@@ -55,6 +54,7 @@ from yarl import URL
 
 from .const import (
     ALL_EVENTS,
+    ALL_EVENTS_OPTION,
     CONF_API_TOKEN,
     CONF_BATCH_SIZE,
     CONF_DURABILITY,
@@ -448,13 +448,21 @@ def _number(bounds: tuple[int, int], unit: str) -> NumberSelector:
     )
 
 
-def _event_type_options(current: Sequence[str]) -> list[SelectOptionDict]:
-    """The suggested event types, "*" (all), then any custom type already chosen."""
-    values = [*SUGGESTED_EVENT_TYPES, ALL_EVENTS]
-    values += [value for value in current if value not in values]
+def _event_type_options(current: Sequence[str]) -> list[str]:
+    """The suggested event types, all events, then any custom type already chosen.
+
+    The fixed values are labelled by their translations (selector.event_types).
+    """
+    values = [*SUGGESTED_EVENT_TYPES, ALL_EVENTS_OPTION]
+    return values + [value for value in current if value not in values]
+
+
+def _shown_event_types(event_types: Any) -> list[str]:
+    """Event types as the select holds them: the stored "*" is its "all_events" option."""
     return [
-        SelectOptionDict(value=value, label="All events (*)" if value == ALL_EVENTS else value)
-        for value in values
+        ALL_EVENTS_OPTION if value == ALL_EVENTS else value
+        for value in event_types or []
+        if isinstance(value, str)
     ]
 
 
@@ -540,8 +548,9 @@ def _parse_options(user_input: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
         for event_type in event_types
     ):
         errors[CONF_EVENT_TYPES] = "invalid_event_type"
-    elif ALL_EVENTS in event_types:
-        event_types = [ALL_EVENTS]  # every type: naming others as well adds nothing
+    elif ALL_EVENTS_OPTION in event_types or ALL_EVENTS in event_types:
+        # Every type (chosen, or typed as "*"): naming others as well adds nothing.
+        event_types = [ALL_EVENTS]
     options: dict[str, Any] = {CONF_EVENT_TYPES: event_types}
     for key in (CONF_INCLUDE_DOMAINS, CONF_EXCLUDE_DOMAINS):
         options[key] = _unique(user_input.get(key))
@@ -577,11 +586,12 @@ class HaIngestorOptionsFlow(OptionsFlow):
             options, errors = _parse_options(user_input)
             if not errors:
                 return self.async_create_entry(data=options)
-        current: Mapping[str, Any] = (
-            user_input
+        current: dict[str, Any] = (
+            dict(user_input)
             if user_input is not None
             else {**default_options(), **self.config_entry.options}
         )
+        current[CONF_EVENT_TYPES] = _shown_event_types(current.get(CONF_EVENT_TYPES))
         return self.async_show_form(
             step_id="init",
             data_schema=self.add_suggested_values_to_schema(

@@ -34,6 +34,9 @@ CONF_HEALTH_INTERVAL: Final = "health_check_interval"
 CONF_WEATHER_ENTITY: Final = "weather_entity"
 
 ALL_EVENTS: Final = "*"  # in CONF_EVENT_TYPES: every event type
+# The options flow's select offers ALL_EVENTS under this value: select values are
+# translation keys, and "*" is not a valid one. Stored options keep ALL_EVENTS.
+ALL_EVENTS_OPTION: Final = "all_events"
 
 DEFAULT_EVENT_TYPES: Final = ["state_changed"]
 DEFAULT_BATCH_SIZE: Final = 500

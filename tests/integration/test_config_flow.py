@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest.mock import patch
@@ -17,6 +18,8 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 from custom_components.ha_ingestor import config_flow
 from custom_components.ha_ingestor.config_flow import default_options, normalize_url
 from custom_components.ha_ingestor.const import (
+    ALL_EVENTS,
+    ALL_EVENTS_OPTION,
     CONF_API_TOKEN,
     CONF_BATCH_SIZE,
     CONF_DURABILITY,
@@ -39,6 +42,7 @@ from custom_components.ha_ingestor.const import (
     CONF_VERIFY_SSL,
     CONF_WEATHER_ENTITY,
     DOMAIN,
+    SUGGESTED_EVENT_TYPES,
 )
 from custom_components.ha_ingestor.pipeline.http_client import Timeouts
 from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
@@ -766,12 +770,11 @@ async def test_options_changes(hass: HomeAssistant, storage_server: FaultServer)
     # Opened again: the stored values are the suggestions, custom event types included.
     result = await hass.config_entries.options.async_init(entry.entry_id)
     assert suggested(result) == expected
-    event_types = field_selector(result, CONF_EVENT_TYPES).config["options"]
-    assert [option["value"] for option in event_types] == [
+    assert field_selector(result, CONF_EVENT_TYPES).config["options"] == [
         "state_changed",
         "call_service",
         "automation_triggered",
-        "*",
+        "all_events",
         "my_custom_event",
     ]
     assert field_selector(result, CONF_INCLUDE_DOMAINS).config["options"] == [
@@ -790,14 +793,39 @@ async def test_options_changes(hass: HomeAssistant, storage_server: FaultServer)
     assert entry.options[CONF_WEATHER_ENTITY] is None
 
 
-async def test_options_all_events(hass: HomeAssistant, storage_server: FaultServer) -> None:
+@pytest.mark.parametrize("chosen", ["all_events", "*", " * "])
+async def test_options_all_events(
+    hass: HomeAssistant, storage_server: FaultServer, chosen: str
+) -> None:
+    """The select's "all_events" option, or "*" typed in, is stored as "*" (and shown back
+    as "all_events", the select's translatable value for it)."""
     entry = add_entry(hass, storage_server.url)
     result = await hass.config_entries.options.async_init(entry.entry_id)
     result = await hass.config_entries.options.async_configure(
-        result["flow_id"], options_input(event_types=["state_changed", "*"])
+        result["flow_id"], options_input(event_types=["state_changed", chosen])
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
-    assert entry.options[CONF_EVENT_TYPES] == ["*"]
+    assert entry.options[CONF_EVENT_TYPES] == [ALL_EVENTS]
+
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    assert suggested(result)[CONF_EVENT_TYPES] == [ALL_EVENTS_OPTION]
+    options = field_selector(result, CONF_EVENT_TYPES).config["options"]
+    assert ALL_EVENTS_OPTION in options
+    assert ALL_EVENTS not in options
+
+
+async def test_options_all_events_kept_on_an_error(
+    hass: HomeAssistant, storage_server: FaultServer
+) -> None:
+    """A form shown again for another field's error keeps "all events" chosen."""
+    entry = add_entry(hass, storage_server.url)
+    result = await hass.config_entries.options.async_init(entry.entry_id)
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], options_input(event_types=["*"], include_domains=["Light"])
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {CONF_INCLUDE_DOMAINS: "invalid_domain"}
+    assert suggested(result)[CONF_EVENT_TYPES] == [ALL_EVENTS_OPTION]
 
 
 async def test_options_lists_left_out(hass: HomeAssistant, storage_server: FaultServer) -> None:
@@ -926,7 +954,10 @@ def test_translations_in_step() -> None:
     }
     assert set(strings["selector"]["durability"]["options"]) == {"always", "on_backlog"}
     assert set(strings["selector"]["event_types"]["options"]) == {
-        "state_changed",
-        "call_service",
-        "automation_triggered",
+        *SUGGESTED_EVENT_TYPES,
+        ALL_EVENTS_OPTION,
     }
+    # Select values are translation keys: lower case, digits, - and _, not at either end.
+    for selector in strings["selector"].values():
+        for value in selector["options"]:
+            assert re.fullmatch(r"[a-z0-9]([a-z0-9_-]*[a-z0-9])?", value), value

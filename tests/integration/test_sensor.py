@@ -11,8 +11,11 @@ wall clock ahead, it moves the coordinator's clock alone.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections import Counter
 from datetime import datetime, tzinfo
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest.mock import patch
 
@@ -29,6 +32,7 @@ from custom_components.ha_ingestor.const import (
     CONF_ENRICHMENT_URL,
     DOMAIN,
 )
+from custom_components.ha_ingestor.entity import FORWARDER_TRANSLATION_KEY, SERVICE_DEVICES
 from custom_components.ha_ingestor.runtime import own_entities
 from tests.integration.common import (
     ENTRY_ID,
@@ -174,6 +178,17 @@ async def test_devices(
     for name in ("Data storage", "Enrichment pipeline"):
         assert by_name[name].via_device_id == forwarder.id
     await unload(hass, entry)
+
+
+def test_device_names_are_translations() -> None:
+    """Each device's translation key names it in strings.json; keys are valid ones."""
+    strings_path = Path(__file__).parents[2] / "custom_components" / DOMAIN / "strings.json"
+    strings = json.loads(strings_path.read_text(encoding="utf-8"))
+    keys = {FORWARDER_TRANSLATION_KEY, *(key for key, _ in SERVICE_DEVICES.values())}
+    assert set(strings["device"]) == keys
+    for key in keys:
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9_-]*[a-z0-9])?", key), key
+        assert strings["device"][key]["name"], key
 
 
 async def test_storage_only(hass: HomeAssistant, storage: FaultServer) -> None:
