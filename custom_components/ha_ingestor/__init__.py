@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE, Platform
 from homeassistant.core import Event, HomeAssistant
+from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
 
 from .const import DOMAIN, LOGGER
@@ -34,7 +36,16 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 async def async_setup_entry(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> bool:
     """Start the pipeline of one entry: outbox, delivery, health checks, listener."""
     runtime = IngestorRuntime(hass, entry)
-    await runtime.async_start()
+    try:
+        await runtime.async_start()
+    except (OSError, sqlite3.OperationalError) as err:
+        # The outbox file cannot be opened yet (a full disk, a folder not mounted yet,
+        # a locked file): Home Assistant retries later. async_start released what it began.
+        raise ConfigEntryNotReady(
+            translation_domain=DOMAIN,
+            translation_key="outbox_unavailable",
+            translation_placeholders={"path": str(runtime.outbox.path), "error": str(err)},
+        ) from err
     coordinator = IngestorCoordinator(hass, entry, runtime)
     try:
         await coordinator.async_config_entry_first_refresh()

@@ -209,15 +209,23 @@ class IngestorRuntime:
     # -- lifecycle -------------------------------------------------------------------
 
     async def async_start(self) -> None:
-        """Open the outbox, start delivery and health checks, then listen."""
-        self._base_context = await self._envelope_context()
-        self._track_weather()
-        await self.outbox.open()
-        self.forwarder.start()
-        self.registry.start()
-        self.listener.subscribe(
-            list(self.settings.event_types), self.settings.entity_filter_object()
-        )
+        """Open the outbox, start delivery and health checks, then listen.
+
+        When a step fails (the outbox file cannot be opened), whatever had started is
+        stopped before the error goes on, so a retried set-up leaves nothing behind.
+        """
+        try:
+            self._base_context = await self._envelope_context()
+            self._track_weather()
+            await self.outbox.open()
+            self.forwarder.start()
+            self.registry.start()
+            self.listener.subscribe(
+                list(self.settings.event_types), self.settings.entity_filter_object()
+            )
+        except BaseException:
+            await self.async_stop()
+            raise
 
     async def async_stop(self) -> None:
         """Stop listening, let the batch in flight settle, write everything to the file."""

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest.mock import patch
 
 import pytest
 from homeassistant.config_entries import ConfigEntryState
 from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
-from pytest_homeassistant_custom_component.common import MockConfigEntry
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.setup import async_setup_component
+from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_time_changed
 
+import custom_components.ha_ingestor
 from custom_components.ha_ingestor.const import (
     CONF_API_TOKEN,
     CONF_DURABILITY,
@@ -293,3 +302,105 @@ async def test_pause_survives_an_outbox_swap(hass: HomeAssistant, storage: Fault
     runtime.forwarder.resume()
     await flush(entry)
     assert stored_states(storage) == [("switch.kept", "on")]
+
+
+# -- set-up that cannot open the outbox ----------------------------------------------------
+
+STRINGS = json.loads(
+    (Path(custom_components.ha_ingestor.__file__).parent / "strings.json").read_text("utf-8")
+)
+
+
+def our_threads_and_tasks() -> list[str]:
+    """The outbox's worker threads, the forwarder's and health checks' tasks still alive."""
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("ha_ingestor")]
+    tasks = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("ha_ingestor")]
+    return threads + tasks
+
+
+async def set_up_the_integration(hass: HomeAssistant) -> dict[str, int]:
+    """The integration without entries, and the bus listeners it leaves: the baseline.
+
+    The shared HTTP session, which the entry uses and which listens for Home Assistant
+    closing, is created now as well: it stays for good and is not the entry's.
+    """
+    assert await async_setup_component(hass, DOMAIN, {})
+    async_get_clientsession(hass, verify_ssl=True)
+    await hass.async_block_till_done()
+    return hass.bus.async_listeners()
+
+
+def block_outbox(path: Path, how: str) -> None:
+    """Make the outbox file impossible to open: a real failure, no mock."""
+    if how == "folder_is_a_file":  # creating the folder fails: OSError
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.write_text("not a folder")
+    else:  # SQLite cannot open a folder: sqlite3.OperationalError
+        path.mkdir(parents=True)
+
+
+def unblock_outbox(path: Path, how: str) -> None:
+    if how == "folder_is_a_file":
+        path.parent.unlink()
+    else:
+        path.rmdir()
+
+
+@pytest.mark.parametrize("how", ["folder_is_a_file", "outbox_is_a_folder"])
+async def test_setup_retries_while_the_outbox_cannot_be_opened(
+    hass: HomeAssistant, storage: FaultServer, how: str
+) -> None:
+    """Set-up is retried with a translated reason, leaks nothing, and works once it can."""
+    hass.states.async_set("weather.home", "sunny")
+    listeners = await set_up_the_integration(hass)
+    entry = make_entry(storage.url, **{CONF_WEATHER_ENTITY: "weather.home"})
+    path = outbox_path(hass, entry.entry_id)
+    block_outbox(path, how)
+
+    entry.add_to_hass(hass)
+    assert not await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+
+    assert entry.state is ConfigEntryState.SETUP_RETRY
+    assert entry.error_reason_translation_key == "outbox_unavailable"
+    placeholders = entry.error_reason_translation_placeholders
+    assert placeholders is not None
+    assert placeholders["path"] == str(path)
+    message = STRINGS["exceptions"]["outbox_unavailable"]["message"]
+    # Home Assistant drops the final period of a translated exception message.
+    assert entry.reason == message.format(**placeholders).rstrip(".")
+    # The weather listener set up before the outbox failed is gone again.
+    assert hass.bus.async_listeners() == listeners
+    assert our_threads_and_tasks() == []
+
+    unblock_outbox(path, how)
+    async_fire_time_changed(hass, dt_util.utcnow() + timedelta(minutes=2))
+    await hass.async_block_till_done(wait_background_tasks=True)  # the retry runs there
+    assert entry.state is ConfigEntryState.LOADED
+    hass.states.async_set("sensor.after", "1")
+    await hass.async_block_till_done()
+    await flush(entry)
+    assert stored_states(storage) == [("sensor.after", "1")]
+    assert await hass.config_entries.async_unload(entry.entry_id)
+    await hass.async_block_till_done()
+    assert our_threads_and_tasks() == []
+
+
+async def test_a_failed_start_stops_what_had_started(
+    hass: HomeAssistant, storage: FaultServer
+) -> None:
+    """A failure after the outbox, forwarder and health checks started stops them all."""
+    hass.states.async_set("weather.home", "sunny")
+    listeners = await set_up_the_integration(hass)
+    entry = make_entry(storage.url, **{CONF_WEATHER_ENTITY: "weather.home"})
+    entry.add_to_hass(hass)
+    with patch(
+        "custom_components.ha_ingestor.runtime.EventListener.subscribe",
+        side_effect=RuntimeError("the last step fails"),
+    ):
+        assert not await hass.config_entries.async_setup(entry.entry_id)
+    await hass.async_block_till_done()
+
+    assert entry.state is ConfigEntryState.SETUP_ERROR  # not a transient failure
+    assert hass.bus.async_listeners() == listeners
+    assert our_threads_and_tasks() == []
