@@ -13,6 +13,7 @@ action, live options, a reconfigure that drops a service, a reload and an unload
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -40,6 +41,8 @@ from tests.integration.common import flush, make_entry, setup_entry, tick, unloa
 from tests.pipeline.fault_server import REJECT_MARKER
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     from homeassistant.core import HomeAssistant
 
     from tests.pipeline.fault_server import FaultServer
@@ -63,11 +66,30 @@ def complaints(caplog: pytest.LogCaptureFixture) -> list[str]:
     return found
 
 
-def our_deprecation_warnings(recwarn: pytest.WarningsRecorder) -> list[str]:
+@pytest.fixture
+def caught_warnings() -> Generator[list[warnings.WarningMessage]]:
+    """Every warning of the test; deprecations recorded whatever the filters say.
+
+    Not pytest's ``recwarn``: that lets every warning through, so the configured
+    ``error::pytest.PytestUnraisableExceptionWarning`` would no longer fail the test.
+    Here the configured filters stay, and the other warnings go on to pytest afterwards.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        for category in DEPRECATION_WARNINGS:
+            warnings.simplefilter("always", category)
+        yield caught
+    for warning in caught:
+        if not issubclass(warning.category, DEPRECATION_WARNINGS):
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+
+
+def our_deprecation_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     """Deprecation warnings raised from the integration's own files."""
     return [
         f"{warning.filename}:{warning.lineno}: {warning.message}"
-        for warning in recwarn
+        for warning in caught
         if issubclass(warning.category, DEPRECATION_WARNINGS)
         and "custom_components/ha_ingestor/" in warning.filename.replace("\\", "/")
     ]
@@ -85,7 +107,7 @@ async def test_a_whole_life_without_complaints(
     storage_server: FaultServer,
     enrichment_server: FaultServer,
     caplog: pytest.LogCaptureFixture,
-    recwarn: pytest.WarningsRecorder,
+    caught_warnings: list[warnings.WarningMessage],
 ) -> None:
     hass.states.async_set("weather.home", "sunny", {"temperature": 20, "humidity": 50})
     entry = await setup_entry(
@@ -155,5 +177,5 @@ async def test_a_whole_life_without_complaints(
     await unload(hass, entry)
     assert storage_server.stored_ids  # the run did deliver
 
-    found = complaints(caplog) + our_deprecation_warnings(recwarn)
+    found = complaints(caplog) + our_deprecation_warnings(caught_warnings)
     assert not found, "\n".join(found)
