@@ -30,9 +30,11 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import orjson
 from homeassistant import loader
+from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import (
@@ -87,7 +89,16 @@ async def _setup_influxdb(hass: HomeAssistant, influxd: Influxd) -> Callable[[],
     database = f"{DATABASE}_{os.getpid()}"
     influxd.create_database(database)
     config = {"host": "127.0.0.1", "port": influxd.port, "database": database}
+    # Newer releases (2026.x) import this YAML into a config entry, whose set-up reads
+    # configuration.yaml again: the file must hold the same section.
+    yaml = "".join(f"  {key}: {value}\n" for key, value in config.items())
+    await hass.async_add_executor_job(
+        Path(hass.config.path("configuration.yaml")).write_text, f"influxdb:\n{yaml}"
+    )
     assert await async_setup_component(hass, "influxdb", {"influxdb": config})
+    await hass.async_block_till_done()
+    for entry in hass.config_entries.async_entries("influxdb"):
+        assert entry.state is ConfigEntryState.LOADED, f"influxdb entry: {entry.state}"
     return lambda: influxd.count(database, UNIT, "value")
 
 
@@ -140,6 +151,10 @@ async def run_scenario(
                 figures = await scenario(hass, lambda: _setup_ha_ingestor(hass, sink_url), events)
             else:
                 figures = await scenario(hass, None, events)
+            # Config entries are not unloaded by stopping; influxdb's writer thread (an
+            # entry from 2026.x on) would keep this process alive.
+            for entry in hass.config_entries.async_entries():
+                await hass.config_entries.async_unload(entry.entry_id)
             await hass.async_stop(force=True)
     return figures
 
