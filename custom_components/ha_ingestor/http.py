@@ -10,7 +10,7 @@
   action over HTTP.
 
 All three take an optional ``entry_id`` query parameter (404 when it names no HA Ingestor
-entry, 503 when that entry is not loaded). Errors use DESIGN.md's error body; bad input
+entry, 503 when that entry is not loaded). Errors use the contract's error body; bad input
 is a 4xx, never a 500.
 """
 
@@ -316,7 +316,7 @@ class IngestorForwardView(HomeAssistantView):
     """POST /api/ha_ingestor/events/forward (administrators only).
 
     The body is the ``forward_event`` action's data: ``event_type``, optional
-    ``event_data``, ``entity_id`` and ``config_entry_id``. The answer is DESIGN.md's
+    ``event_data``, ``entity_id`` and ``config_entry_id``. The answer is the contract's
     success shape with the receiver's result for the event.
 
     Home Assistant's ``require_admin`` answers 401 to a signed-in user who is not an
@@ -405,7 +405,7 @@ async def _read_body(request: web.Request) -> bytes | web.Response:
 
 
 def _schema_error(err: vol.Invalid) -> web.Response:
-    """A voluptuous error as DESIGN.md's 422 body, naming the field."""
+    """A voluptuous error as the contract's 422 body, naming the field."""
     first = err.errors[0] if isinstance(err, vol.MultipleInvalid) and err.errors else err
     field = ".".join(str(part) for part in first.path) or "body"
     return _error(

@@ -4,7 +4,7 @@ Every action takes an optional ``config_entry_id``; without it the action acts o
 only loaded entry. `async_forward_event` is shared with the HTTP view
 (``POST /api/ha_ingestor/events/forward``): it raises `ForwardError`, which the action
 turns into a translated `ServiceValidationError` or `HomeAssistantError` and the view
-into DESIGN.md's error body with the matching status code.
+into the contract's error body with the matching status code.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """HA Ingestor's companion services: the enrichment pipeline and the data storage.
 
-Both are aiohttp servers that speak the contracts of DESIGN.md and make every outbound
-call through the shared delivery core (`ha_ingestor_pipeline`). Start them with the
-``ha-ingestor-services`` console script (see `ha_ingestor_services.cli`).
+Both are aiohttp servers that speak the contracts of docs/ARCHITECTURE.md ("Contracts")
+and make every outbound call through the shared delivery core (`ha_ingestor_pipeline`).
+Start them with the ``ha-ingestor-services`` console script (see
+`ha_ingestor_services.cli`).
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document each service serves at ``/api/v1/openapi.json``.
 
 The shared routes (events, health, stats, metrics, this document) and the wire formats
-of DESIGN.md are described here once; a service adds the path items of its own routes.
+of the contract (docs/ARCHITECTURE.md, "Contracts") are described here once; a service
+adds the path items of its own routes.
 Tests check that the document and the routes the server really has agree.
 """
 

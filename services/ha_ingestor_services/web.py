@@ -5,7 +5,8 @@ application with
 
 - bearer-token auth compared in constant time (health is the only open endpoint),
 - body and batch limits (413), malformed JSON (400) and schema errors (422) in the one
-  error format of DESIGN.md, and never a 500 for bad input,
+  error body of the contract (docs/ARCHITECTURE.md, "Contracts"), never a 500 for bad
+  input,
 - ``POST /api/v1/events`` and ``POST /api/v1/events/batch`` answering with one result
   per event, so one bad event never sinks its batch,
 - ``GET /api/v1/health``, ``GET /api/v1/stats``, ``GET /metrics`` (Prometheus text) and

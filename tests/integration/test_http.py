@@ -61,7 +61,7 @@ async def read_only_client(
 
 
 def assert_error_body(body: dict[str, Any], code: str) -> None:
-    """DESIGN.md's error shape."""
+    """The contract's error shape."""
     assert body["success"] is False
     assert body["error"]["code"] == code
     assert isinstance(body["error"]["message"], str)

@@ -1,4 +1,4 @@
-"""A real receiver of DESIGN.md's contract on 127.0.0.1, with switches for every failure.
+"""A real receiver of the services' contract on 127.0.0.1, with switches for every failure.
 
 `FaultServer` answers ``POST /api/v1/events/batch``, ``POST /api/v1/events`` (gzip bodies
 welcome), ``GET /api/v1/health`` and ``GET /api/v1/stats`` (behind the token, like the

@@ -136,7 +136,7 @@ def test_validation_error_without_expected_and_custom_code() -> None:
 
 
 def test_to_error_matches_the_design_error_details() -> None:
-    """DESIGN.md: {"code", "message", "details": {"field", "issue", "expected"}}."""
+    """The contract's error: {"code", "message", "details": {"field", "issue", "expected"}}."""
     err = ValidationError("entity_id", "has type int", "string")
     error = err.to_error()
     assert set(error) == {"code", "message", "details"}

@@ -1,4 +1,6 @@
-"""The wire formats of DESIGN.md: event envelope, per-event results and errors.
+"""The wire formats: event envelope, per-event results and errors.
+
+The contract they make up is described in docs/ARCHITECTURE.md, "Contracts".
 
 `EventValidator` turns a raw Home Assistant event (a mapping with ``event_type``,
 ``time_fired`` and ``data``) into an encoded envelope, or raises `ValidationError`

@@ -2,7 +2,7 @@
 
 One loop, one batch in flight: FIFO holds because a failed batch goes back to its
 place in the outbox and is taken again before anything newer. What each answer means
-is DESIGN.md's table (see retry.Outcome):
+is the contract's answer table (retry.Outcome; docs/ARCHITECTURE.md, "Contracts"):
 
 - success: ack per event from the per-event results; ``rejected`` -> dead letters
 - retryable / rate limited / breaker open: back to the outbox, back off, try again

@@ -3,10 +3,10 @@
 One call is one or more attempt rounds. A round walks the endpoints (configured order,
 or the registry's healthy-first order), skipping those whose circuit breaker refuses,
 and fails over to the next endpoint on a retryable failure. Any HTTP answer comes back
-as a `ServiceResponse` whose `outcome` says what to do (DESIGN.md's table); only
-transport failures (and "every breaker is open") raise. Queued events get one round
-(the forwarder retries them itself); interactive calls (``retry=True``) get a few
-rounds with backoff.
+as a `ServiceResponse` whose `outcome` says what to do (the contract's answer table, in
+retry.py); only transport failures (and "every breaker is open") raise. Queued events
+get one round (the forwarder retries them itself); interactive calls (``retry=True``)
+get a few rounds with backoff.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class ServiceResponse:
             ) from None
 
     def error(self) -> tuple[str, str]:
-        """Code and message of an error answer (DESIGN.md's error body), else the status."""
+        """Code and message of an error answer (the contract's error body), else the status."""
         try:
             body = self.json()
         except ServiceCallError:

@@ -1,7 +1,8 @@
 """When to try again: backoff with full jitter, Retry-After, and what an answer means.
 
-The classification is DESIGN.md's table: every HTTP status or transport failure maps to
-one `Outcome`, and the forwarder and the client act on the outcome alone.
+The classification is the contract's answer table (docs/ARCHITECTURE.md, "Contracts"):
+every HTTP status or transport failure maps to one `Outcome`, and the forwarder and the
+client act on the outcome alone.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """One stored event: how an envelope becomes a record, and a record an answered event.
 
-Every backend stores the same `Record` (DESIGN.md, "Storage schema"): measurement =
-event type; tags entity_id, domain, device_class, unit, source, instance_id; fields
-state, value, old_state, attributes (JSON text), event_data (JSON text, for events other
-than state changes), event_id, context_id, weather_*, processing_time_ms; time = the
-event's own time in nanoseconds.
+Every backend stores the same `Record` (docs/ARCHITECTURE.md, "Storage schema"):
+measurement = event type; tags entity_id, domain, device_class, unit, source,
+instance_id; fields state, value, old_state, attributes (JSON text), event_data (JSON
+text, for events other than state changes), event_id, context_id, weather_*,
+processing_time_ms; time = the event's own time in nanoseconds.
 
 Home Assistant's times have microsecond precision, so the nanosecond digits below it are
 free: they hold a number derived from the event id (0..999). A resent event gets the

@@ -29,7 +29,7 @@ def envelope(
     event_type: str = "state_changed",
     **extra: Any,
 ) -> dict[str, Any]:
-    """An envelope as the integration sends it (DESIGN.md)."""
+    """An envelope as the integration sends it (the contract's event envelope)."""
     moment = when or datetime.now(UTC)
     data: dict[str, Any] = {
         "event_type": event_type,
