@@ -4,7 +4,6 @@
 #   latest  Python 3.14, requirements_latest.txt (the newest Home Assistant), in .venv-latest,
 #           or, where no python3.14 is on PATH, inside a Debian root (scripts/_root.sh)
 #
-# A venv is reused while its Python, its requirements and pyproject.toml are unchanged.
 
 leg_python_version() {
   case "$1" in
@@ -47,23 +46,30 @@ pip_install() {
 }
 
 ensure_venv() {
-  # ensure_venv LEG: make the leg's venv ready; prints nothing when it already is.
-  local leg=$1 version venv python requirements stamp_value
+  # ensure_venv LEG: make the leg's venv ready; prints nothing when it already is. The
+  # pinned packages are reinstalled only when the Python or the requirements change; this
+  # project (editable) when pyproject.toml or the checkout's place changes.
+  local leg=$1 version venv python requirements packages project
   version=$(leg_python_version "$leg") || return 2
   venv=$(leg_venv "$leg")
   requirements="requirements_$leg.txt"
   python=$(find_python "$version") || { echo "Python $version not found (PATH or pyenv)" >&2; return 1; }
-  stamp_value="$("$python" --version 2>&1) $(cat "$requirements" requirements_tools.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
-  if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$stamp_value" ]; then
-    return 0
+  packages="$("$python" --version 2>&1) $(cat "$requirements" requirements_tools.txt | sha256sum | cut -d' ' -f1)"
+  project="$PWD $(sha256sum pyproject.toml | cut -d' ' -f1)"
+  if ! [ -x "$venv/bin/python" ] || [ "$(cat "$venv/.stamp" 2>/dev/null)" != "$packages" ]; then
+    echo "creating $venv with $python ($requirements)"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    pip_install "$venv" --upgrade pip
+    pip_install "$venv" -r "$requirements"
+    echo "$packages" > "$venv/.stamp"
   fi
-  echo "creating $venv with $python ($requirements)"
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  pip_install "$venv" --upgrade pip
-  pip_install "$venv" -r "$requirements"
-  pip_install "$venv" --no-deps --no-build-isolation -e .
-  echo "$stamp_value" > "$venv/.stamp"
+  if [ "$(cat "$venv/.stamp-project" 2>/dev/null)" != "$project" ]; then
+    # setuptools warns that an editable install is one; that is the point.
+    PYTHONWARNINGS="ignore:Editable installation" \
+      pip_install "$venv" --no-deps --no-build-isolation -e .
+    echo "$project" > "$venv/.stamp-project"
+  fi
 }
 
 print_leg() {

@@ -352,9 +352,12 @@ async def test_cancelled_take_and_ack(make_outbox: OutboxFactory) -> None:
 
 
 async def test_take_cancelled_after_it_ran_puts_records_back(make_outbox: OutboxFactory) -> None:
-    signal = threading.Event()
+    in_gate, release, signal = threading.Event(), threading.Event(), threading.Event()
 
     def signalling(item: str) -> EncodedEvent:
+        if item == "gate":
+            in_gate.set()
+            release.wait(10)
         if item == "signal":
             signal.set()
         return encode(item)
@@ -362,15 +365,20 @@ async def test_take_cancelled_after_it_ran_puts_records_back(make_outbox: Outbox
     outbox = await opened(make_outbox, encode=signalling)
     outbox.append_many(["a", "b"])
     await outbox.sync()
+    # The worker is held while the take is queued: otherwise a fast take can finish
+    # within one turn of the loop, before it could be cancelled.
+    outbox.append("gate")
+    assert in_gate.wait(10)
     take = asyncio.ensure_future(outbox.take(10))
     await asyncio.sleep(0)  # the take is queued
     outbox.append("signal")  # encoded by the worker before or after the take ran
+    release.set()
     assert signal.wait(10)  # blocks the loop: the take's result cannot be delivered yet
     take.cancel()
     with pytest.raises(asyncio.CancelledError):
         await take
     # Whether the take ran or was skipped, nothing is stuck in flight.
-    assert ids_of(await outbox.take(10)) == ["a", "b", "signal"]
+    assert ids_of(await outbox.take(10)) == ["a", "b", "gate", "signal"]
 
 
 # -- durability ---------------------------------------------------------------------
