@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -107,7 +108,7 @@ def ids_of(records: list[OutboxRecord]) -> list[str]:
 
 
 def rows_in_file(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
         count: int = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
     return count
 

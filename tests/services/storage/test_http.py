@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from pathlib import Path
@@ -130,7 +131,7 @@ async def test_newer_schema_is_refused(tmp_path: Path, socket_enabled: None) -> 
     service = StorageService(StorageSettings(sqlite_path=str(path)))
     await service.start()
     await service.stop()
-    with sqlite3.connect(path) as conn:
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # commit, then close
         conn.execute("UPDATE schema_version SET version = 99")
     service = StorageService(StorageSettings(sqlite_path=str(path)))
     with pytest.raises(StartupError, match="schema version 99"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -38,7 +39,7 @@ async def test_same_batch_twice_is_stored_once(
     new, newer = envelope("sensor.new"), envelope("sensor.newer")
     _, body = await post_batch(client, url, [batch[0], new, batch[1], newer, newer])
     assert statuses(body) == ["duplicate", "stored", "duplicate", "stored", "duplicate"]
-    with sqlite3.connect(tmp_path / "events.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 23
     _, answer = await get_events(client, url, limit=1000)
     assert len(answer["events"]) == 23
