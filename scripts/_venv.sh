@@ -13,6 +13,26 @@ leg_python_version() {
   esac
 }
 
+take_leg_option() {
+  # take_leg_option ARGS...: `--ha LEG` (or `--ha=LEG`) sets LEG; the other arguments go
+  # to REST, in order.
+  REST=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --ha) LEG="${2:?--ha needs floor or latest}"; shift 2 ;;
+      --ha=*) LEG="${1#--ha=}"; shift ;;
+      *) REST+=("$1"); shift ;;
+    esac
+  done
+  if [ -n "${LEG:-}" ]; then leg_python_version "$LEG" >/dev/null; fi
+}
+
+needs_root() {
+  # needs_root LEG: true when the leg is latest and no Python 3.14 is at hand, so it runs
+  # inside the Debian root (scripts/_root.sh).
+  [ "$1" = latest ] && ! find_python 3.14 >/dev/null
+}
+
 leg_venv() {
   # Inside the Debian root the venv lives in the root, outside the checkout, so a fresh
   # clone reuses it (scripts/_root.sh sets HA_INGESTOR_LATEST_VENV).
