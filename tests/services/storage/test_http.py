@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import re
 import sqlite3
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +119,13 @@ async def test_start_fails_with_one_line(tmp_path: Path, socket_enabled: None) -
     not_sqlite = tmp_path / "text.db"
     not_sqlite.write_text("this is not a database " * 100)
     service = StorageService(StorageSettings(sqlite_path=str(not_sqlite)))
-    with pytest.raises(StartupError, match="cannot be opened"):
-        await service.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(StartupError, match="cannot be opened"):
+            await service.start()
+        gc.collect()  # an unclosed connection warns when it is collected
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not _storage_threads()
     unreachable = StorageService(
         StorageSettings(backend="influxdb", influx_url="http://127.0.0.1:9", timeout_s=2)
     )
@@ -136,6 +144,11 @@ async def test_newer_schema_is_refused(tmp_path: Path, socket_enabled: None) -> 
     service = StorageService(StorageSettings(sqlite_path=str(path)))
     with pytest.raises(StartupError, match="schema version 99"):
         await service.start()
+    assert not _storage_threads()  # a refused start leaves no thread behind
+
+
+def _storage_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("storage-sqlite")]
 
 
 async def test_stop_finishes_what_was_accepted(tmp_path: Path, socket_enabled: None) -> None:

@@ -139,11 +139,14 @@ class SQLiteBackend:
     def _connect(self) -> sqlite3.Connection:
         # Autocommit mode: transactions are spelled out with BEGIN/COMMIT.
         conn = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":  # e.g. a file system without shared memory
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # e.g. a file system without shared memory
+                raise StartupError(f"SQLite file {self.path} cannot use WAL (journal mode {mode})")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except BaseException:  # e.g. not a database: the connection must not leak
             conn.close()
-            raise StartupError(f"SQLite file {self.path} cannot use WAL (journal mode {mode})")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            raise
         return conn
 
     # -- life -----------------------------------------------------------------------------
@@ -158,6 +161,9 @@ class SQLiteBackend:
         except sqlite3.Error as err:
             await self.close()
             raise StartupError(f"SQLite file {self.path} cannot be opened: {err}") from None
+        except BaseException:  # a newer schema, no WAL: no connection or thread left behind
+            await self.close()
+            raise
 
     def _open_writer(self) -> None:
         conn = self._connect()
