@@ -158,6 +158,23 @@ async def test_user_storage_only(
     assert stats.headers["Authorization"] == f"Bearer {TOKEN}"
 
 
+@pytest.mark.usefixtures("disable_mock_zeroconf_resolver", "mock_async_zeroconf")
+# localhost is also ::1, which the harness refuses; the connection goes on to 127.0.0.1.
+@pytest.mark.filterwarnings("ignore:A test tried to use socket.socket.connect:UserWarning")
+async def test_user_with_a_hostname(
+    hass: HomeAssistant, storage_server: FaultServer, mock_setup_entry: AsyncMock
+) -> None:
+    # A name, not an address: Home Assistant's own resolver (aiodns, with mDNS for .local
+    # names) looks it up, not the harness's stand-in.
+    url = f"http://localhost:{storage_server.port}"
+    result = await start_user_flow(hass)
+    result = await submit(hass, result, user_input(url))
+
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["data"] == entry_data(url)
+    assert storage_server.requests_to(HEALTH_PATH)
+
+
 async def test_user_with_enrichment_and_failovers(
     hass: HomeAssistant,
     storage_server: FaultServer,
