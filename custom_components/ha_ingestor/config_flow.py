@@ -94,7 +94,7 @@ from .const import (
     STATS_PATH,
     SUGGESTED_EVENT_TYPES,
 )
-from .pipeline.http_client import ServiceCallError, ServiceHTTPClient, Timeouts
+from .pipeline.http_client import ServiceCallError, ServiceHTTPClient, ServiceResponse, Timeouts
 from .pipeline.retry import BackoffPolicy, Outcome
 
 # A person waits on these checks: short timeouts and a few quick retries. Read at call
@@ -277,6 +277,20 @@ def _targets(data: Mapping[str, Any]) -> list[_Target]:
     return targets
 
 
+# What each companion service calls itself in its health answer ("service").
+HEALTH_NAMES = {SERVICE_STORAGE: "data-storage", SERVICE_ENRICHMENT: "enrichment-pipeline"}
+
+
+def _is_the_other_service(target: _Target, health: ServiceResponse) -> bool:
+    """True when the URL answers as the other companion service (a swapped URL)."""
+    try:
+        body = health.json()
+    except ServiceCallError:
+        return False
+    name = body.get("service") if isinstance(body, dict) else None
+    return name in HEALTH_NAMES.values() and name != HEALTH_NAMES[target.service]
+
+
 async def _async_check_target(
     session: aiohttp.ClientSession, target: _Target, token: str
 ) -> str | None:
@@ -298,6 +312,9 @@ async def _async_check_target(
                 "%s at %s is not healthy: HTTP %s", target.service, target.url, health.status
             )
             return "cannot_connect"
+        if _is_the_other_service(target, health):
+            LOGGER.debug("%s at %s is the other service", target.service, target.url)
+            return "wrong_service"
         stats = await client.get(STATS_PATH, retry=True)
     except ServiceCallError as err:
         LOGGER.debug("Cannot reach %s at %s: %s", target.service, target.url, err)

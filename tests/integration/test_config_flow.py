@@ -335,6 +335,24 @@ async def test_user_enrichment_unreachable(
     assert result["errors"] == {CONF_ENRICHMENT_URL: "cannot_connect"}
 
 
+async def test_user_urls_of_the_other_service(
+    hass: HomeAssistant, storage_server: FaultServer, enrichment_server: FaultServer
+) -> None:
+    # Each service names itself in its health answer: swapped URLs are caught, not stored.
+    result = await start_user_flow(hass)
+    swapped = user_input(enrichment_server.url, enrichment_url=storage_server.url)
+    result = await submit(hass, result, swapped)
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {
+        CONF_STORAGE_URL: "wrong_service",
+        CONF_ENRICHMENT_URL: "wrong_service",
+    }
+    result = await submit(
+        hass, result, user_input(storage_server.url, enrichment_url=enrichment_server.url)
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
 async def test_user_failovers_unreachable(
     hass: HomeAssistant, storage_server: FaultServer, enrichment_server: FaultServer
 ) -> None:
@@ -952,6 +970,7 @@ def test_translations_in_step() -> None:
         "invalid_auth",
         "invalid_url",
         "failover_without_primary",
+        "wrong_service",
         "unknown",
     }
     assert set(config["abort"]) == {
