@@ -94,6 +94,7 @@ from .const import (
     STATS_PATH,
     SUGGESTED_EVENT_TYPES,
 )
+from .pipeline.envelope import ENRICHMENT_SERVICE_NAME, STORAGE_SERVICE_NAME
 from .pipeline.http_client import ServiceCallError, ServiceHTTPClient, ServiceResponse, Timeouts
 from .pipeline.retry import BackoffPolicy, Outcome
 
@@ -278,7 +279,7 @@ def _targets(data: Mapping[str, Any]) -> list[_Target]:
 
 
 # What each companion service calls itself in its health answer ("service").
-HEALTH_NAMES = {SERVICE_STORAGE: "data-storage", SERVICE_ENRICHMENT: "enrichment-pipeline"}
+HEALTH_NAMES = {SERVICE_STORAGE: STORAGE_SERVICE_NAME, SERVICE_ENRICHMENT: ENRICHMENT_SERVICE_NAME}
 
 
 def _is_the_other_service(target: _Target, health: ServiceResponse) -> bool:

@@ -19,6 +19,9 @@ from typing import Any, Literal, NotRequired, TypedDict, TypeIs
 import orjson
 
 SOURCE = "ha_ingestor"
+# What each companion service calls itself in its answers (health's "service", metadata).
+STORAGE_SERVICE_NAME = "data-storage"
+ENRICHMENT_SERVICE_NAME = "enrichment-pipeline"
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
 
 # Reason codes shared by dead letters, per-event results and error bodies.

@@ -39,7 +39,9 @@ from aiohttp import web
 
 from ha_ingestor_pipeline.circuit_breaker import BreakerConfig
 from ha_ingestor_pipeline.envelope import (
+    ENRICHMENT_SERVICE_NAME,
     PAYLOAD_TOO_LARGE,
+    STORAGE_SERVICE_NAME,
     EventResult,
     parse_results,
     utc_now_iso,
@@ -63,8 +65,6 @@ from .weather import WeatherAnswer, WeatherProvider, WeatherStep
 
 _LOGGER = logging.getLogger(__name__)
 
-SERVICE_NAME = "enrichment-pipeline"
-STORAGE_SERVICE = "data-storage"
 BATCH_PATH = "/api/v1/events/batch"
 HEALTH_PATH = "/api/v1/health"
 STATS_PATH = "/api/v1/stats"
@@ -128,7 +128,7 @@ def _stored_in_order(envelopes: list[dict[str, Any]], body: object) -> list[Even
 class EnrichmentService:
     """The `EventService` of the enrichment pipeline (see `ha_ingestor_services.web`)."""
 
-    name = SERVICE_NAME
+    name = ENRICHMENT_SERVICE_NAME
 
     def __init__(
         self,
@@ -163,7 +163,7 @@ class EnrichmentService:
                 connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
             )
         storage = ServiceHTTPClient(
-            STORAGE_SERVICE,
+            STORAGE_SERVICE_NAME,
             settings.storage_urls,
             session,
             token=settings.storage_token,
@@ -458,7 +458,7 @@ class EnrichmentService:
         except ServiceCallError:
             body = None
         body = body if isinstance(body, dict) else {}
-        if body.get("service") == SERVICE_NAME:
+        if body.get("service") == ENRICHMENT_SERVICE_NAME:
             return DependencyHealth(
                 False,
                 f"{response.endpoint} is an enrichment pipeline, not the data storage "

@@ -19,7 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ha_ingestor_pipeline.envelope import VALIDATION_ERROR, EventResult, ValidationError
+from ha_ingestor_pipeline.envelope import (
+    STORAGE_SERVICE_NAME,
+    VALIDATION_ERROR,
+    EventResult,
+    ValidationError,
+)
 from ha_ingestor_services.web import (
     DependencyHealth,
     RequestError,
@@ -61,7 +66,7 @@ def create_backend(settings: StorageSettings) -> StorageBackend:
 class StorageService:
     """The `EventService` of the data storage (see `ha_ingestor_services.web`)."""
 
-    name = "data-storage"
+    name = STORAGE_SERVICE_NAME
     processing_steps = ["validation", "storage"]  # noqa: RUF012 (the protocol's plain list)
 
     def __init__(
