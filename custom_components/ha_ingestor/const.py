@@ -32,6 +32,8 @@ CONF_MAX_MEGABYTES: Final = "max_megabytes"
 CONF_FALLBACK_TO_STORAGE: Final = "fallback_to_storage"
 CONF_HEALTH_INTERVAL: Final = "health_check_interval"
 CONF_WEATHER_ENTITY: Final = "weather_entity"
+# Seconds the oldest waiting event may age before "Delivery problem" turns on.
+CONF_PROBLEM_AFTER: Final = "problem_after"
 
 ALL_EVENTS: Final = "*"  # in CONF_EVENT_TYPES: every event type
 # The options flow's select offers ALL_EVENTS under this value: select values are
@@ -46,6 +48,7 @@ DEFAULT_MAX_EVENTS: Final = 1_000_000
 DEFAULT_MAX_MEGABYTES: Final = 512
 DEFAULT_FALLBACK_TO_STORAGE: Final = True
 DEFAULT_HEALTH_INTERVAL: Final = 30
+DEFAULT_PROBLEM_AFTER: Final = 60
 
 # The services' own names, as used for routes, devices and translations.
 SERVICE_ENRICHMENT: Final = "enrichment"
