@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 document each service serves at ``/api/v1/openapi.json``.
 
-The shared routes (events, health, stats, metrics, this document) and the wire formats
-of the contract (docs/ARCHITECTURE.md, "Contracts") are described here once; a service
-adds the path items of its own routes.
+The shared routes (events, health, the status page, stats, metrics, this document) and
+the wire formats of the contract (docs/ARCHITECTURE.md, "Contracts") are described here
+once; a service adds the path items of its own routes.
 Tests check that the document and the routes the server really has agree.
 """
 
@@ -164,6 +164,18 @@ def _post_events(summary: str, body_schema: str) -> dict[str, Any]:
 
 def _shared_paths() -> dict[str, Any]:
     return {
+        "/": {
+            "get": {
+                "summary": "A status page for people: the health verdict as HTML (no token needed)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "HTML page, whatever the status it shows",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/api/v1/events": _post_events("Process one event envelope", "Envelope"),
         "/api/v1/events/batch": _post_events("Process a batch of event envelopes", "Batch"),
         "/api/v1/health": {

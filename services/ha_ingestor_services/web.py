@@ -10,7 +10,8 @@ application with
 - ``POST /api/v1/events`` and ``POST /api/v1/events/batch`` answering with one result
   per event, so one bad event never sinks its batch,
 - ``GET /api/v1/health``, ``GET /api/v1/stats``, ``GET /metrics`` (Prometheus text) and
-  ``GET /api/v1/openapi.json``.
+  ``GET /api/v1/openapi.json``,
+- ``GET /``: a small HTML status page for people (status_page.py), open like health.
 
 A service only implements `EventService.process` for the events that passed the
 envelope checks, plus its health, stats and any routes of its own.
@@ -45,7 +46,7 @@ from ha_ingestor_pipeline.envelope import (
 )
 from ha_ingestor_pipeline.metrics import LatencyWindow, RateMeter
 
-from . import __version__
+from . import __version__, status_page
 from .envelopes import check_envelope
 from .openapi import build_document
 
@@ -53,7 +54,7 @@ _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH_EVENTS = 5000
-OPEN_PATHS = frozenset({"/api/v1/health"})
+OPEN_PATHS = frozenset({"/api/v1/health", "/"})
 
 # Error codes of the standard error body.
 BAD_REQUEST = "BAD_REQUEST"
@@ -470,8 +471,8 @@ def _body_correlation_id(body: Any, request: web.Request) -> str:
     return correlation_id
 
 
-async def _health(request: web.Request) -> web.Response:
-    context = request.app[_CONTEXT]
+async def _check_health(context: _Context) -> tuple[str, dict[str, DependencyHealth]]:
+    """The overall status and each dependency's state: health's and the status page's."""
     try:
         dependencies = await context.service.health()
     except Exception as err:  # a health check must answer, whatever broke
@@ -480,6 +481,13 @@ async def _health(request: web.Request) -> web.Response:
     required_down = any(not dep.healthy and dep.required for dep in dependencies.values())
     optional_down = any(not dep.healthy and not dep.required for dep in dependencies.values())
     status = "unhealthy" if required_down else "degraded" if optional_down else "healthy"
+    return status, dependencies
+
+
+async def _health(request: web.Request) -> web.Response:
+    context = request.app[_CONTEXT]
+    status, dependencies = await _check_health(context)
+    required_down = status == "unhealthy"
     body = {
         "status": status,
         "service": context.service.name,
@@ -489,6 +497,25 @@ async def _health(request: web.Request) -> web.Response:
         "dependencies": {name: dep.as_dict() for name, dep in dependencies.items()},
     }
     return json_response(body, status=503 if required_down else 200)
+
+
+async def _status_page(request: web.Request) -> web.Response:
+    """HTML for people (the "Visit" link of the service's device in Home Assistant).
+
+    Always 200: the page itself works; the status it shows is health's verdict, and
+    monitors read the status code of the health endpoint instead.
+    """
+    context = request.app[_CONTEXT]
+    status, dependencies = await _check_health(context)
+    page = status_page.render(
+        context.service.name,
+        status,
+        {name: (dep.healthy, dep.required) for name, dep in dependencies.items()},
+        utc_now_iso(),
+    )
+    return web.Response(
+        text=page, content_type="text/html", charset="utf-8", headers=status_page.HEADERS
+    )
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -525,6 +552,7 @@ def create_app(service: EventService, *, token: str, limits: Limits = Limits()) 
     app[_CONTEXT] = _Context(service=service, token=token, limits=limits, metrics=metrics)
     app.add_routes(
         [
+            web.get("/", _status_page),
             web.post("/api/v1/events", _post_single),
             web.post("/api/v1/events/batch", _post_batch),
             web.get("/api/v1/health", _health),
