@@ -58,11 +58,17 @@ def forwarder_device_info(hass: HomeAssistant, entry_id: str) -> DeviceInfo:
     )
 
 
+def status_page_url(url: str) -> str:
+    """What "Visit" on a service's device opens: the service's status page at ``/``, the
+    one page it serves without the token (services/ha_ingestor_services/status_page.py)."""
+    return url.rstrip("/") + "/"
+
+
 def service_device_info(entry_id: str, service: str, url: str) -> DeviceInfo:
     """One external service (all its URLs); `async_prepare_devices` links it to the forwarder."""
     translation_key, model = SERVICE_DEVICES.get(service, (service, service))
     return DeviceInfo(
-        configuration_url=url,
+        configuration_url=status_page_url(url),
         entry_type=DeviceEntryType.SERVICE,
         identifiers={service_identifier(entry_id, service)},
         manufacturer=MANUFACTURER,
@@ -157,10 +163,10 @@ class IngestorServiceEntity(IngestorEntity):
     def _handle_coordinator_update(self) -> None:
         health = self.health
         if health is not None and health.url != self._url:
-            # Failover: the device links to the URL in use now.
+            # Failover: the device links to the status page of the URL in use now.
             self._url = health.url
             if self.device_entry is not None:
                 dr.async_get(self.hass).async_update_device(
-                    self.device_entry.id, configuration_url=health.url
+                    self.device_entry.id, configuration_url=status_page_url(health.url)
                 )
         super()._handle_coordinator_update()

@@ -136,7 +136,8 @@ async def test_failover_moves_the_device_link(
     storage_server: FaultServer,
     fault_server_factory: Callable[..., Awaitable[FaultServer]],
 ) -> None:
-    """With the first storage URL down, the second is in use and the device links to it."""
+    """With the first storage URL down, the second is in use and the device links to it
+    (to its status page at /)."""
     second = await fault_server_factory(token=TOKEN, name="data-storage-2")
     entry = make_entry(storage_server.url, entry_id=ENTRY_ID)
     entry = MockConfigEntry(
@@ -147,18 +148,18 @@ async def test_failover_moves_the_device_link(
         options=dict(entry.options),
     )
     await setup_entry(hass, entry)
-    assert storage_device(hass, entry.entry_id).configuration_url == storage_server.url
+    assert storage_device(hass, entry.entry_id).configuration_url == storage_server.url + "/"
 
     registry = entry.runtime_data.runtime.registry
     storage_server.health_status = 503
     await registry.check_all_services()
     await registry.check_all_services()
     await tick(hass)
-    assert storage_device(hass, entry.entry_id).configuration_url == second.url
+    assert storage_device(hass, entry.entry_id).configuration_url == second.url + "/"
     assert state_of(hass, STORAGE) == STATE_ON  # the service is still reachable
 
     storage_server.health_status = 200
     await registry.check_all_services()
     await tick(hass)
-    assert storage_device(hass, entry.entry_id).configuration_url == storage_server.url
+    assert storage_device(hass, entry.entry_id).configuration_url == storage_server.url + "/"
     await unload(hass, entry)

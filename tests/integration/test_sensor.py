@@ -173,8 +173,10 @@ async def test_devices(
     forwarder = by_name["HA Ingestor forwarder"]
     assert forwarder.sw_version == str(async_get_loaded_integration(hass, DOMAIN).version)
     assert forwarder.via_device_id is None
-    assert by_name["Data storage"].configuration_url == storage.url
-    assert by_name["Enrichment pipeline"].configuration_url == enrichment.url
+    # "Visit" opens the service's status page at / (the one page open without the token).
+    assert by_name["Data storage"].configuration_url == storage.url + "/"
+    assert by_name["Enrichment pipeline"].configuration_url == enrichment.url + "/"
+    assert forwarder.configuration_url is None  # inside Home Assistant: nothing to visit
     for name in ("Data storage", "Enrichment pipeline"):
         assert by_name[name].via_device_id == forwarder.id
     await unload(hass, entry)
