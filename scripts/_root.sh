@@ -102,7 +102,8 @@ unmount_stale() {
 
 run_in_root() {
   # run_in_root COMMAND...: run COMMAND (relative to the checkout) inside the root; one run
-  # at a time per root.
+  # at a time per root. COMMAND learns where the root and the checkout are on the host
+  # (scripts/demo prints commands and paths for the user's shell, outside the root).
   ensure_root || return 1
   cp /etc/ssl/certs/ca-certificates.crt "$ROOT_DIR/etc/ssl/certs/ca-certificates.crt"
   cp /etc/resolv.conf /etc/hosts "$ROOT_DIR/etc/"
@@ -117,6 +118,7 @@ run_in_root() {
     chroot "$ROOT_DIR" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" \
       PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       HA_INGESTOR_LATEST_VENV=/opt/ha-ingestor/venv-latest \
+      HA_INGESTOR_ROOT_DIR="$ROOT_DIR" HA_INGESTOR_HOST_CHECKOUT="$PWD" \
       PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-180}" \
       /bin/bash -c 'cd "$0" && exec "$@"' "$ROOT_SRC" "$@"
   )
