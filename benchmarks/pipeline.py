@@ -123,7 +123,7 @@ async def bench_forward(folder: Path, url: str) -> dict[str, float]:
         await _until_committed(outbox, FORWARD_EVENTS)
         start = time.perf_counter()
         async with _forwarding(outbox, url, ForwarderConfig(batch_size=500)) as forwarder:
-            assert await forwarder.flush(timeout=300)
+            assert (await forwarder.flush(timeout=300)).done
             elapsed = time.perf_counter() - start
             delivered = forwarder.metrics.get("delivered")
         assert delivered == FORWARD_EVENTS, delivered
@@ -144,7 +144,7 @@ async def bench_latency(folder: Path, url: str) -> dict[str, float]:
                 # A steady rate: each event at its own moment, not in bursts.
                 await asyncio.sleep(max(0.0, start + index / LATENCY_RATE - loop.time()))
                 outbox.append(state_changed(index))
-            assert await forwarder.flush(timeout=60)
+            assert (await forwarder.flush(timeout=60)).done
             p50, p95, p99 = forwarder.metrics.latency.percentiles(50, 95, 99)
             delivered = forwarder.metrics.get("delivered")
         assert delivered == total, delivered
@@ -169,7 +169,7 @@ async def backlog_child(folder: Path, url: str) -> None:
         filled_rss = _peak_rss_mb()
         start_time = time.perf_counter()
         async with _forwarding(outbox, url, ForwarderConfig(batch_size=500)) as forwarder:
-            assert await forwarder.flush(timeout=900)
+            assert (await forwarder.flush(timeout=900)).done
             delivered = forwarder.metrics.get("delivered")
         drain_s = time.perf_counter() - start_time
         assert delivered == BACKLOG_EVENTS, delivered

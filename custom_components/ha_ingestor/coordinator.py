@@ -55,6 +55,12 @@ class IngestorSnapshot:
     forwarder_state: str
     paused: bool
     auth_failed: tuple[str, ...]
+    # Why nothing is delivered (pipeline/forwarder.py DeliveryProblem), None while it is.
+    problem_service: str | None = None
+    problem_since: datetime | None = None
+    problem_error: str | None = None
+    # The oldest waiting event is older than the entry's "problem after" option.
+    delivery_problem: bool = False
     services: dict[str, ServiceHealth] = field(default_factory=dict)
 
 
@@ -89,13 +95,15 @@ def build_snapshot(runtime: IngestorRuntime, now: float) -> IngestorSnapshot:
             url=url,
         )
     forwarder = runtime.forwarder
+    problem = forwarder.problem
     oldest = stats.oldest_enqueued_at
+    oldest_age = None if oldest is None else max(0, int(now - oldest))
     return IngestorSnapshot(
         forwarded=metrics.get("delivered"),
         dead_letters=stats.dead_letters,
         dropped=stats.dropped,
         pending=stats.pending,
-        oldest_pending_age_s=None if oldest is None else max(0, int(now - oldest)),
+        oldest_pending_age_s=oldest_age,
         success_rate=metrics.success_rate(),
         p95_latency_ms=None if p95 is None else round(p95, 1),
         events_per_minute=round(metrics.delivered_rate.per_minute()),
@@ -105,6 +113,10 @@ def build_snapshot(runtime: IngestorRuntime, now: float) -> IngestorSnapshot:
         forwarder_state=forwarder.state.value,
         paused=forwarder.paused,
         auth_failed=tuple(sorted(forwarder.auth_failed)),
+        problem_service=None if problem is None else problem.service,
+        problem_since=None if problem is None else _as_datetime(round(problem.since)),
+        problem_error=None if problem is None else problem.error,
+        delivery_problem=oldest_age is not None and oldest_age >= runtime.settings.problem_after,
         services=services,
     )
 

@@ -35,6 +35,7 @@ from .const import (
     CONF_LINGER_MS,
     CONF_MAX_EVENTS,
     CONF_MAX_MEGABYTES,
+    CONF_PROBLEM_AFTER,
     CONF_STORAGE_FAILOVER_URLS,
     CONF_STORAGE_URL,
     CONF_VERIFY_SSL,
@@ -47,6 +48,7 @@ from .const import (
     DEFAULT_LINGER_MS,
     DEFAULT_MAX_EVENTS,
     DEFAULT_MAX_MEGABYTES,
+    DEFAULT_PROBLEM_AFTER,
     DOMAIN,
     HEALTH_PATH,
     LOGGER,
@@ -56,7 +58,7 @@ from .const import (
 from .listener import EventEncoder, EventListener, weather_from_state
 from .pipeline.envelope import EnvelopeContext, EventValidator
 from .pipeline.forwarder import EventForwarder, ForwarderConfig, Route
-from .pipeline.http_client import ServiceHTTPClient
+from .pipeline.http_client import ServiceHTTPClient, Timeouts
 from .pipeline.message_queue import Durability, Outbox
 from .pipeline.metrics import PipelineMetrics
 from .pipeline.service_discovery import ServiceRegistry
@@ -74,6 +76,12 @@ FILTER_KEYS = (
     CONF_EXCLUDE_ENTITIES,
     CONF_EXCLUDE_ENTITY_GLOBS,
 )
+# How long a batch may take before its service counts as not answering (and shows as
+# disconnected); how long a health check may take; how often a service that is down is
+# probed (jittered), which bounds how long delivery takes to resume once it is back.
+REQUEST_TIMEOUTS = Timeouts(connect=5.0, total=30.0)
+HEALTH_TIMEOUT = 5.0
+PROBE_INTERVAL = 1.0
 # Entity ids of every HA Ingestor entity, across entries: never forwarded.
 DATA_OWN_ENTITIES = f"{DOMAIN}_own_entities"
 
@@ -110,6 +118,7 @@ class IngestorSettings:
     max_megabytes: int
     fallback_to_storage: bool
     health_interval: int
+    problem_after: int
     weather_entity: str | None
 
     @classmethod
@@ -134,6 +143,7 @@ class IngestorSettings:
                 options.get(CONF_FALLBACK_TO_STORAGE, DEFAULT_FALLBACK_TO_STORAGE)
             ),
             health_interval=int(options.get(CONF_HEALTH_INTERVAL, DEFAULT_HEALTH_INTERVAL)),
+            problem_after=int(options.get(CONF_PROBLEM_AFTER, DEFAULT_PROBLEM_AFTER)),
             weather_entity=options.get(CONF_WEATHER_ENTITY) or None,
         )
 
@@ -159,13 +169,22 @@ class IngestorRuntime:
         self.encoder = EventEncoder(EventValidator())
         session = async_get_clientsession(hass, verify_ssl=self.settings.verify_ssl)
         self.registry = ServiceRegistry(
-            session, interval=self.settings.health_interval, token=self.settings.token
+            session,
+            interval=self.settings.health_interval,
+            probe_interval=PROBE_INTERVAL,
+            timeout=HEALTH_TIMEOUT,
         )
+        self.registry.add_listener(self._availability_changed)
         self.clients: dict[str, ServiceHTTPClient] = {}
         for name, urls in self.services().items():
             self.registry.register_service(name, urls, HEALTH_PATH)
             self.clients[name] = ServiceHTTPClient(
-                name, urls, session, token=self.settings.token, registry=self.registry
+                name,
+                urls,
+                session,
+                token=self.settings.token,
+                timeouts=REQUEST_TIMEOUTS,
+                registry=self.registry,
             )
         self.outbox = self._new_outbox()
         self.forwarder = self._new_forwarder()
@@ -312,6 +331,11 @@ class IngestorRuntime:
         self.encoder.set_context(context)
 
     # -- reactions -------------------------------------------------------------------
+
+    @callback
+    def _availability_changed(self, service: str, url: str, available: bool) -> None:
+        # The forwarder in use now (a new outbox brings a new forwarder).
+        self.forwarder.on_availability(service, url, available)
 
     @callback
     def _auth_failed(self, service: str) -> None:

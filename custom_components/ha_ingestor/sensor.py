@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from homeassistant.components.sensor import (
     SensorDeviceClass,
@@ -36,6 +36,7 @@ class IngestorSensorEntityDescription(SensorEntityDescription):
     """A sensor of the forwarder device."""
 
     value_fn: Callable[[IngestorSnapshot], StateType | datetime]
+    attributes_fn: Callable[[IngestorSnapshot], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,17 @@ class IngestorServiceSensorEntityDescription(SensorEntityDescription):
     """A sensor of each service's device."""
 
     value_fn: Callable[[ServiceHealth], StateType]
+
+
+def _status_attributes(data: IngestorSnapshot) -> dict[str, Any]:
+    """Why nothing is delivered (no attributes while it is): one automation can say it."""
+    if data.problem_service is None:
+        return {}
+    return {
+        "service": data.problem_service,
+        "since": data.problem_since,
+        "last_error": data.problem_error,
+    }
 
 
 def _oldest_pending_age(data: IngestorSnapshot) -> int | None:
@@ -97,6 +109,7 @@ SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
         device_class=SensorDeviceClass.ENUM,
         options=[state.value for state in ForwarderState],
         value_fn=lambda data: data.forwarder_state,
+        attributes_fn=_status_attributes,
     ),
     IngestorSensorEntityDescription(
         # Dropped at the outbox caps since the outbox opened; resets count as such.
@@ -180,6 +193,11 @@ class IngestorSensorEntity(IngestorEntity, SensorEntity):
     @property
     def native_value(self) -> StateType | datetime:
         return self.entity_description.value_fn(self.coordinator.data)
+
+    @property
+    def extra_state_attributes(self) -> dict[str, Any] | None:
+        attributes_fn = self.entity_description.attributes_fn
+        return None if attributes_fn is None else attributes_fn(self.coordinator.data)
 
 
 class IngestorServiceSensorEntity(IngestorServiceEntity, SensorEntity):

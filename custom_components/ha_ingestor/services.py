@@ -346,22 +346,38 @@ async def _async_forward_event(call: ServiceCall) -> ServiceResponse:
     return cast("ServiceResponse", result)
 
 
-async def _async_flush(call: ServiceCall) -> None:
+async def _async_flush(call: ServiceCall) -> ServiceResponse:
     runtime = _entry(call).runtime_data.runtime
     timeout: float = call.data[ATTR_TIMEOUT]
     try:
-        done = await runtime.forwarder.flush(timeout)
+        result = await runtime.forwarder.flush(timeout)
     except RuntimeError as err:  # the forwarder is paused: nothing would ever leave
         raise ServiceValidationError(
             translation_domain=DOMAIN, translation_key="flush_paused"
         ) from err
-    if not done:
-        pending = runtime.outbox.stats_nowait().pending
+    if result.done:
+        return {"delivered": result.delivered, "waiting": result.waiting}
+    placeholders = {
+        "timeout": f"{timeout:g}",
+        "delivered": str(result.delivered),
+        "pending": str(result.waiting),
+    }
+    problem = result.problem
+    if problem is None:  # nothing failed: still delivering, just not done in time
         raise HomeAssistantError(
             translation_domain=DOMAIN,
             translation_key="flush_timeout",
-            translation_placeholders={"timeout": f"{timeout:g}", "pending": str(pending)},
+            translation_placeholders=placeholders,
         )
+    raise HomeAssistantError(
+        translation_domain=DOMAIN,
+        translation_key="flush_timeout_service",
+        translation_placeholders={
+            **placeholders,
+            "service": problem.service,
+            "error": problem.error,
+        },
+    )
 
 
 async def _async_replay_dead_letters(call: ServiceCall) -> ServiceResponse:
@@ -395,7 +411,7 @@ def async_setup_services(hass: HomeAssistant) -> None:
     """Register the actions (once, from async_setup)."""
     actions = (
         (SERVICE_FORWARD_EVENT, _async_forward_event, FORWARD_EVENT_SCHEMA, True),
-        (SERVICE_FLUSH, _async_flush, FLUSH_SCHEMA, False),
+        (SERVICE_FLUSH, _async_flush, FLUSH_SCHEMA, True),
         (SERVICE_REPLAY_DEAD_LETTERS, _async_replay_dead_letters, DEAD_LETTERS_SCHEMA, True),
         (SERVICE_PURGE_DEAD_LETTERS, _async_purge_dead_letters, DEAD_LETTERS_SCHEMA, True),
         (SERVICE_PAUSE, _async_pause, ENTRY_ONLY_SCHEMA, False),

@@ -159,7 +159,7 @@ async def refuse(server: FaultServer) -> None:
 
 
 async def flush(entry: MockConfigEntry) -> None:
-    assert await entry.runtime_data.runtime.forwarder.flush(timeout=10)
+    assert (await entry.runtime_data.runtime.forwarder.flush(timeout=10)).done
 
 
 async def tick(hass: HomeAssistant) -> None:

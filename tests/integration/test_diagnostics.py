@@ -113,14 +113,14 @@ async def test_diagnostics(
     storage.reject_if = lambda event: event["data"].get("entity_id") == "test.bad"
     hass.states.async_set("test.good", "1")
     await hass.async_block_till_done()
-    assert await runtime.forwarder.flush(10)
+    assert (await runtime.forwarder.flush(10)).done
     hass.states.async_set(
         "test.bad",
         "2",
         {"note": "x" * 500, "latitude": 52.1, "entity_picture": "/api/camera?token=abc"},
     )
     await hass.async_block_till_done()
-    assert await runtime.forwarder.flush(10)
+    assert (await runtime.forwarder.flush(10)).done
     await entry.runtime_data.coordinator.async_refresh()
 
     diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
@@ -150,7 +150,7 @@ async def test_diagnostics_keep_at_most_five_dead_letters(
     for number in range(8):
         hass.states.async_set(f"test.bad_{number}", "on")
     await hass.async_block_till_done()
-    assert await entry.runtime_data.runtime.forwarder.flush(10)
+    assert (await entry.runtime_data.runtime.forwarder.flush(10)).done
 
     diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
     assert diagnostics["outbox"]["dead_letters"] == 8
@@ -186,7 +186,7 @@ async def test_diagnostics_with_errors_and_after_stop(
     await refuse(storage)
     hass.states.async_set("test.a", "1")
     await hass.async_block_till_done()
-    assert not await runtime.forwarder.flush(0.2)
+    assert not (await runtime.forwarder.flush(0.2)).done
 
     diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
     sources = {error["source"] for error in diagnostics["last_errors"]}

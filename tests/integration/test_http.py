@@ -120,7 +120,7 @@ async def test_health_healthy(client: TestClient, entry: MockConfigEntry) -> Non
     assert health["title"] == entry.title
     assert health["status"] == "healthy"
     assert health["problems"] == []
-    assert health["forwarder"] == {"state": "running", "paused": False}
+    assert health["forwarder"] == {"state": "delivering", "paused": False}
     assert health["outbox"] == {
         "pending": 0,
         "oldest_pending_age_s": None,
@@ -262,7 +262,7 @@ async def test_stats(
     for value in range(3):
         hass.states.async_set("test.a", str(value))
     await hass.async_block_till_done()
-    assert await entry.runtime_data.runtime.forwarder.flush(10)
+    assert (await entry.runtime_data.runtime.forwarder.flush(10)).done
 
     response = await client.get(STATS_URL)
     assert response.status == 200
@@ -280,7 +280,7 @@ async def test_stats(
     assert stats["outbox"]["appended"] == 3
     assert stats["outbox"]["acked"] == 3
     assert stats["outbox"]["durability"] == "always"
-    assert stats["forwarder"] == {"state": "running", "paused": False}
+    assert stats["forwarder"] == {"state": "delivering", "paused": False}
     assert stats["services"]["storage"]["requests"] >= 1
     assert stats["services"]["storage"]["outcomes"]["success"] >= 1
 

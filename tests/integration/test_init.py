@@ -77,7 +77,7 @@ async def setup(hass: HomeAssistant, entry: MockConfigEntry) -> None:
 
 
 async def flush(entry: MockConfigEntry) -> None:
-    assert await entry.runtime_data.runtime.forwarder.flush(timeout=10)
+    assert (await entry.runtime_data.runtime.forwarder.flush(timeout=10)).done
 
 
 def stored_states(server: FaultServer) -> list[tuple[str, str | None]]:

@@ -175,7 +175,7 @@ async def test_outbox_dropping(hass: HomeAssistant, storage_server: FaultServer)
     assert issue(hass, issue_id) is not None
 
     runtime.forwarder.resume()
-    assert await runtime.forwarder.flush(10)
+    assert (await runtime.forwarder.flush(10)).done
     await refresh(entry)
     assert issue(hass, issue_id) is None
     assert [event["data"]["state"] for event in storage_server.received] == [
@@ -202,7 +202,7 @@ async def make_dead_letters(hass: HomeAssistant, entry: MockConfigEntry, count: 
     for _ in range(count):
         hass.states.async_set("test.bad", str(next(_values)), {REJECT_MARKER: True})
     await hass.async_block_till_done()
-    assert await entry.runtime_data.runtime.forwarder.flush(10)
+    assert (await entry.runtime_data.runtime.forwarder.flush(10)).done
     await refresh(entry)
 
 
@@ -237,7 +237,7 @@ async def test_dead_letters_piling_up_and_the_fix_flow(
     result = await manager.async_configure(flow["flow_id"], {"next_step_id": "replay"})
     assert result["type"] is FlowResultType.CREATE_ENTRY
     assert issue(hass, issue_id) is None
-    assert await entry.runtime_data.runtime.forwarder.flush(10)
+    assert (await entry.runtime_data.runtime.forwarder.flush(10)).done
     await refresh(entry)
     assert entry.runtime_data.coordinator.data.dead_letters == DEAD_LETTERS_THRESHOLD + 1
     assert issue(hass, issue_id) is not None

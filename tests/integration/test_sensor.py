@@ -258,7 +258,7 @@ async def test_values_after_forwarding(hass: HomeAssistant, storage: FaultServer
     assert state_of(hass, f"{FORWARDER}_events_dropped") == "0"
     assert state_of(hass, f"{FORWARDER}_delivery_success_rate") == "100.0"
     assert float(state_of(hass, f"{FORWARDER}_delivery_latency_p95")) >= 0
-    assert state_of(hass, f"{FORWARDER}_status") == "running"
+    assert state_of(hass, f"{FORWARDER}_status") == "delivering"
     assert dt_util.parse_datetime(state_of(hass, f"{FORWARDER}_last_successful_delivery"))
     assert state_of(hass, STORAGE_CIRCUIT) == "closed"
 
@@ -338,7 +338,7 @@ async def test_own_entities_are_never_forwarded(hass: HomeAssistant, storage: Fa
     entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     ours = entity_ids(hass, entry)
-    assert len(ours) == 12
+    assert len(ours) == 13
     assert ours <= own_entities(hass)
 
     for value in range(3):

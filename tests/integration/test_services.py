@@ -31,7 +31,7 @@ from custom_components.ha_ingestor.services import (
 )
 from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.integration.conftest import TOKEN
-from tests.pipeline.fault_server import EVENT_PATH, REJECT_MARKER, Fault, FaultServer
+from tests.pipeline.fault_server import BATCH_PATH, EVENT_PATH, REJECT_MARKER, Fault, FaultServer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -410,9 +410,11 @@ async def test_pause_flush_resume(
     await call(hass, SERVICE_RESUME)
     assert not runtime.forwarder.paused
     assert not entry.runtime_data.coordinator.data.paused
-    await call(hass, SERVICE_FLUSH, {"timeout": 10})
+    answer = await call(hass, SERVICE_FLUSH, {"timeout": 10}, response=True)
+    assert answer == {"delivered": 2, "waiting": 0}
     assert len(storage_server.stored_ids) == 2
     assert (await runtime.outbox.stats()).pending == 0
+    await call(hass, SERVICE_FLUSH)  # without asking for the answer, as scripts often do
     await unload(hass, entry)
 
 
@@ -426,13 +428,41 @@ async def test_flush_times_out_while_the_service_is_down(
 
     with pytest.raises(HomeAssistantError) as err:
         await call(hass, SERVICE_FLUSH, {"timeout": 0.2})
-    assert err.value.translation_key == "flush_timeout"
-    assert err.value.translation_placeholders == {"timeout": "0.2", "pending": "1"}
+    # It names the service that does not take the events, and why.
+    assert err.value.translation_key == "flush_timeout_service"
+    placeholders = dict(err.value.translation_placeholders or {})
+    assert "Cannot connect" in placeholders.pop("error")
+    assert placeholders == {
+        "timeout": "0.2",
+        "delivered": "0",
+        "pending": "1",
+        "service": "storage",
+    }
 
     with pytest.raises(vol.Invalid):
         await call(hass, SERVICE_FLUSH, {"timeout": 0})
     # Nothing is lost by a flush that gave up.
     assert (await entry.runtime_data.runtime.outbox.stats()).pending == 1
+    await unload(hass, entry)
+
+
+async def test_flush_times_out_while_a_slow_service_still_works(
+    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+) -> None:
+    storage_server.add_faults(Fault.slow(1.0, path=BATCH_PATH))
+    hass.states.async_set("test.a", "1")
+    await hass.async_block_till_done()
+    with pytest.raises(HomeAssistantError) as err:
+        await call(hass, SERVICE_FLUSH, {"timeout": 0.2})
+    # No batch failed: no service to blame, the events are on their way.
+    assert err.value.translation_key == "flush_timeout"
+    assert err.value.translation_placeholders == {
+        "timeout": "0.2",
+        "delivered": "0",
+        "pending": "1",
+    }
+    answer = await call(hass, SERVICE_FLUSH, {"timeout": 10}, response=True)
+    assert answer == {"delivered": 1, "waiting": 0}
     await unload(hass, entry)
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-# --- fault server and HTTP session (http_client / service_discovery tests and later) ---
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 
+from custom_components.ha_ingestor.pipeline.envelope import EventValidator
+from custom_components.ha_ingestor.pipeline.message_queue import Outbox
 from tests.pipeline.fault_server import FaultServer
+from tests.pipeline.forwarding import Harness
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
 
 @pytest.fixture
@@ -28,3 +31,21 @@ async def http_session(socket_enabled: None) -> AsyncIterator[aiohttp.ClientSess
     """A client session for talking to fault servers; closed after the test."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox[dict[str, Any]]]:
+    box: Outbox[dict[str, Any]] = Outbox(tmp_path / "outbox.db", EventValidator().encode)
+    await box.open()
+    yield box
+    await box.close()
+
+
+@pytest.fixture
+async def harness(
+    http_session: aiohttp.ClientSession, outbox: Outbox[dict[str, Any]]
+) -> AsyncIterator[Harness]:
+    harness = Harness(http_session, outbox)
+    yield harness
+    for forwarder in harness.forwarders:
+        await forwarder.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -13,108 +12,27 @@ import pytest
 from aiohttp import web
 
 from custom_components.ha_ingestor.pipeline.circuit_breaker import BreakerConfig, BreakerState
-from custom_components.ha_ingestor.pipeline.envelope import EventValidator
 from custom_components.ha_ingestor.pipeline.forwarder import (
     EventForwarder,
     ForwarderConfig,
     ForwarderState,
-    Route,
 )
-from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient, Timeouts
-from custom_components.ha_ingestor.pipeline.message_queue import Outbox
+from custom_components.ha_ingestor.pipeline.http_client import Timeouts
 from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
 from tests.pipeline.fault_server import REJECT_MARKER, Fault, FaultServer
+from tests.pipeline.forwarding import FAST_BREAKER, Harness, event, numbers
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import aiohttp
-
-FAST_BACKOFF = BackoffPolicy(base=0.005, cap=0.03)
-FAST_BREAKER = BreakerConfig(failure_threshold=2, open_interval=0.05, max_open_interval=0.2)
-BASE_TIME = datetime(2026, 11, 26, 19, 0, tzinfo=UTC)
-
-
-def event(n: int, **attributes: Any) -> dict[str, Any]:
-    """A raw state_changed event numbered ``n`` (the number travels in the attributes)."""
-    return {
-        "event_type": "state_changed",
-        "time_fired": BASE_TIME + timedelta(milliseconds=n),
-        "data": {
-            "entity_id": f"sensor.s{n % 7}",
-            "old_state": None,
-            "new_state": {"state": str(n), "attributes": {"n": n, **attributes}},
-        },
-    }
-
-
-def numbers(server: FaultServer) -> list[int]:
-    """The event numbers the server stored, in first-storage order."""
-    by_id = {item["event_id"]: item["data"]["attributes"]["n"] for item in server.received}
-    return [by_id[event_id] for event_id in server.stored_ids]
-
-
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox[dict[str, Any]]]:
-    box: Outbox[dict[str, Any]] = Outbox(tmp_path / "outbox.db", EventValidator().encode)
-    await box.open()
-    yield box
-    await box.close()
-
-
-class Harness:
-    """Builds routes and a forwarder; stops the forwarder at the end of the test."""
-
-    def __init__(self, session: aiohttp.ClientSession, outbox: Outbox[dict[str, Any]]) -> None:
-        self.session = session
-        self.outbox = outbox
-        self.forwarders: list[EventForwarder] = []
-        self.auth_failures: list[str] = []
-
-    def route(
-        self, name: str, *servers: FaultServer, token: str | None = None, **client: Any
-    ) -> Route:
-        client.setdefault("breaker_config", FAST_BREAKER)
-        return Route(
-            name,
-            ServiceHTTPClient(
-                name, [server.url for server in servers], self.session, token=token, **client
-            ),
-        )
-
-    def forwarder(
-        self, primary: Route, fallback: Route | None = None, **config: Any
-    ) -> EventForwarder:
-        config.setdefault("backoff", FAST_BACKOFF)
-        config.setdefault("linger", 0.0)
-        forwarder = EventForwarder(
-            self.outbox,
-            primary,
-            fallback,
-            ForwarderConfig(**config),
-            on_auth_failure=self.auth_failures.append,
-        )
-        self.forwarders.append(forwarder)
-        forwarder.start()
-        return forwarder
-
-
-@pytest.fixture
-async def harness(
-    http_session: aiohttp.ClientSession, outbox: Outbox[dict[str, Any]]
-) -> AsyncIterator[Harness]:
-    harness = Harness(http_session, outbox)
-    yield harness
-    for forwarder in harness.forwarders:
-        await forwarder.stop()
 
 
 async def test_delivers_envelopes_in_order(harness: Harness, fault_server: FaultServer) -> None:
     forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=7)
     harness.outbox.append_many(event(n) for n in range(50))
 
-    assert await forwarder.flush(timeout=10)
+    assert (await forwarder.flush(timeout=10)).done
 
     assert numbers(fault_server) == list(range(50))
     first = fault_server.received[0]
@@ -137,7 +55,7 @@ async def test_linger_lets_a_batch_fill(harness: Harness, fault_server: FaultSer
         harness.outbox.append(event(n))
     await fault_server.wait_for_stored(20)
     assert len(fault_server.requests) == 1
-    assert await forwarder.flush(timeout=5)
+    assert (await forwarder.flush(timeout=5)).done
 
 
 async def test_rejected_events_become_dead_letters(
@@ -148,7 +66,7 @@ async def test_rejected_events_become_dead_letters(
         event(n, **({REJECT_MARKER: True} if n in (3, 8) else {})) for n in range(10)
     )
 
-    assert await forwarder.flush(timeout=10)
+    assert (await forwarder.flush(timeout=10)).done
 
     assert numbers(fault_server) == [0, 1, 2, 4, 5, 6, 7, 9]
     dead = await harness.outbox.list_dead_letters()
@@ -176,7 +94,7 @@ async def test_retryable_answers_are_retried_in_order(
     forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=4)
     harness.outbox.append_many(event(n) for n in range(12))
 
-    assert await forwarder.flush(timeout=10)
+    assert (await forwarder.flush(timeout=10)).done
 
     assert numbers(fault_server) == list(range(12))
     # The failed batch was resent first, with the same idempotency key.
@@ -192,7 +110,7 @@ async def test_timeout_is_retried(harness: Harness, fault_server: FaultServer) -
     forwarder = harness.forwarder(route)
     harness.outbox.append_many(event(n) for n in range(5))
 
-    assert await forwarder.flush(timeout=10)
+    assert (await forwarder.flush(timeout=10)).done
     assert numbers(fault_server) == list(range(5))
     assert "storage" in (forwarder.metrics.last_error or "")
 
@@ -208,7 +126,7 @@ async def test_retry_after_is_honoured(harness: Harness, fault_server: FaultServ
     harness.outbox.append(event(0))
     await fault_server.wait_for_stored(1)
     assert loop.time() - start >= 0.25
-    assert await forwarder.flush(timeout=5)
+    assert (await forwarder.flush(timeout=5)).done
 
 
 async def test_auth_failure_keeps_events_until_reauth(
@@ -229,7 +147,7 @@ async def test_auth_failure_keeps_events_until_reauth(
 
     route.client.set_token("right")
     forwarder.clear_auth_failure("storage")
-    assert await forwarder.flush(timeout=5)
+    assert (await forwarder.flush(timeout=5)).done
     assert numbers(server) == list(range(5))
 
 
@@ -238,7 +156,7 @@ async def test_too_large_batches_are_split(harness: Harness, fault_server_factor
     forwarder = harness.forwarder(harness.route("storage", server), batch_size=64)
     harness.outbox.append_many(event(n) for n in range(100))
 
-    assert await forwarder.flush(timeout=10)
+    assert (await forwarder.flush(timeout=10)).done
 
     assert numbers(server) == list(range(100))
     assert forwarder.metrics.get("batches_split") >= 3
@@ -252,7 +170,7 @@ async def test_single_event_too_large_is_dead_lettered(
     forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=1)
     harness.outbox.append_many(event(n) for n in range(3))
 
-    assert await forwarder.flush(timeout=10)
+    assert (await forwarder.flush(timeout=10)).done
 
     assert numbers(fault_server) == [1, 2]
     [dead] = await harness.outbox.list_dead_letters()
@@ -281,7 +199,7 @@ async def test_permanent_error_bisects_to_the_bad_event(
             event(n, **({"poison": True} if n == 21 else {})) for n in range(40)
         )
 
-        assert await forwarder.flush(timeout=10)
+        assert (await forwarder.flush(timeout=10)).done
 
         assert numbers(server) == [n for n in range(40) if n != 21]
         [dead] = await harness.outbox.list_dead_letters()
@@ -307,7 +225,7 @@ async def test_fallback_while_primary_breaker_is_open(
 
     await enrichment.refuse()
     harness.outbox.append_many(event(n) for n in range(20))
-    assert await forwarder.flush(timeout=10)
+    assert (await forwarder.flush(timeout=10)).done
 
     assert numbers(storage) == list(range(20))
     assert forwarder.metrics.get("delivered_storage") == 20
@@ -318,7 +236,7 @@ async def test_fallback_while_primary_breaker_is_open(
     await enrichment.restore()
     await asyncio.sleep(FAST_BREAKER.open_interval * 2)
     harness.outbox.append_many(event(n) for n in range(20, 30))
-    assert await forwarder.flush(timeout=10)
+    assert (await forwarder.flush(timeout=10)).done
     assert numbers(enrichment) == list(range(20, 30))
 
 
@@ -333,12 +251,12 @@ async def test_no_fallback_when_not_allowed(harness: Harness, fault_server_facto
     await enrichment.refuse()
     harness.outbox.append_many(event(n) for n in range(5))
 
-    assert not await forwarder.flush(timeout=0.5)
+    assert not (await forwarder.flush(timeout=0.5)).done
     assert storage.requests == []
     assert (await harness.outbox.stats()).pending == 5
 
     await enrichment.restore()
-    assert await forwarder.flush(timeout=5)
+    assert (await forwarder.flush(timeout=5)).done
     assert numbers(enrichment) == list(range(5))
 
 
@@ -354,9 +272,9 @@ async def test_pause_resume_and_flush(harness: Harness, fault_server: FaultServe
         await forwarder.flush()
 
     forwarder.resume()
-    assert await forwarder.flush(timeout=5)
+    assert (await forwarder.flush(timeout=5)).done
     assert numbers(fault_server) == list(range(5))
-    assert forwarder.snapshot()["state"] == "running"
+    assert forwarder.snapshot()["state"] == "delivering"
 
 
 async def test_flush_skips_a_long_backoff(harness: Harness, fault_server: FaultServer) -> None:
@@ -369,7 +287,7 @@ async def test_flush_skips_a_long_backoff(harness: Harness, fault_server: FaultS
     await asyncio.sleep(0.05)
     assert forwarder.state is ForwarderState.BACKING_OFF
     assert forwarder.snapshot()["retry_at"] is not None
-    assert await forwarder.flush(timeout=5)
+    assert (await forwarder.flush(timeout=5)).done
     assert numbers(fault_server) == [0]
 
 
@@ -406,7 +324,7 @@ async def test_unconfirmed_events_are_resent(
     forwarder = harness.forwarder(harness.route("storage", fault_server))
     harness.outbox.append_many(event(n) for n in range(3))
 
-    assert await forwarder.flush(timeout=5)
+    assert (await forwarder.flush(timeout=5)).done
     assert numbers(fault_server) == [0, 1, 2]
 
 
@@ -435,7 +353,7 @@ async def test_ten_thousand_events_through_mixed_faults(
     total = 10_000
     harness.outbox.append_many(event(n) for n in range(total))
 
-    assert await forwarder.flush(timeout=120)
+    assert (await forwarder.flush(timeout=120)).done
 
     assert numbers(fault_server) == list(range(total))
     assert len(fault_server.stored_ids) == len(set(fault_server.stored_ids)) == total
@@ -486,7 +404,7 @@ async def test_per_event_results_in_any_shape(harness: Harness, rewrite: Any, se
         harness.outbox.append_many(event(n) for n in range(5))
         await harness.outbox.sync()
 
-        assert await forwarder.flush(timeout=10)
+        assert (await forwarder.flush(timeout=10)).done
 
         assert sorted(set(numbers(server))) == [0, 1, 2, 3, 4]
         assert len(server.requests) == sends

@@ -130,15 +130,14 @@ async def test_auth_answer_counts_as_reachable(
     assert endpoint.last_error == "auth"
 
 
-async def test_token_is_sent_and_can_change(
+async def test_health_checks_carry_no_token(
     fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry]
 ) -> None:
-    registry = make_registry(token="one")
+    fault_server.token = "secret"  # the API needs it; health is open
+    registry = make_registry()
     registry.register_service("storage", [fault_server.url])
-    await registry.check_service("storage")
-    assert fault_server.requests[-1].headers["Authorization"] == "Bearer one"
-    registry.set_token(None)
-    await registry.check_service("storage")
+    [endpoint] = await registry.check_service("storage")
+    assert endpoint.available is True
     assert "Authorization" not in fault_server.requests[-1].headers
 
 
@@ -239,12 +238,11 @@ async def test_passive_results(make_registry: Callable[..., ServiceRegistry]) ->
     registry.record_result("storage", "http://127.0.0.1:1", True, 12.5)
     [first, _] = registry.status("storage")
     assert (first.available, first.last_latency_ms, first.last_check) == (True, 12.5, None)
-    for _ in range(2):
-        registry.record_result("storage", "http://127.0.0.1:1", False)
-    assert first.available is True
-    registry.record_result("storage", "http://127.0.0.1:1/", False)  # same URL
+    # A real call that got no answer is conclusive: down at once, whatever
+    # failures_to_down says for health checks.
+    registry.record_result("storage", "http://127.0.0.1:1/", False, error="timed out")
     assert first.available is False
-    assert first.last_error == "request failed"
+    assert first.last_error == "timed out"
     assert registry.get_service_url("storage") == "http://127.0.0.1:2"
     registry.record_result("storage", "http://127.0.0.1:1", True, 3.0)
     assert first.available is True
@@ -322,9 +320,11 @@ async def test_start_checks_at_once_then_every_interval(
     assert len(fault_server.requests) == 1  # the first check runs at once
     assert sleep.delays == [7.0]
     assert registry.snapshot()["running"] is True
+    await sleep.next_round()  # the fake clock stood still: nothing due, nothing checked
+    assert len(fault_server.requests) == 1
+    registry._clock.advance(7.0)  # type: ignore[attr-defined]
     await sleep.next_round()
-    await sleep.next_round()
-    assert len(fault_server.requests) == 3
+    assert len(fault_server.requests) == 2
     assert sleep.delays == [7.0] * 3
     await registry.stop()
     await registry.stop()  # idempotent
@@ -333,10 +333,59 @@ async def test_start_checks_at_once_then_every_interval(
     assert not [t for t in asyncio.all_tasks() if "health checks" in t.get_name()]
 
 
-async def test_periodic_checks_with_real_sleep(
-    fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry]
+async def test_a_url_that_failed_is_probed_every_few_seconds_jittered(
+    fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry], wall: FakeClock
 ) -> None:
-    registry = make_registry(interval=0.01)
+    sleep = GatedSleep()
+    jitter = iter([0.0, 1.0, 0.5])
+    registry = make_registry(
+        interval=30.0, probe_interval=2.0, sleep=sleep, rng=lambda: next(jitter)
+    )
+    registry.register_service("storage", [fault_server.url])
+    fault_server.health_status = 503
+    registry.start()
+    await asyncio.wait_for(sleep.waiting.wait(), 5)
+    [endpoint] = registry.status("storage")
+    assert endpoint.available is False
+    # probe_interval x (0.5 + rng): 1 s, then 3 s, then 2 s; never the 30 s interval.
+    for wait in (1.0, 3.0, 2.0):
+        assert sleep.delays[-1] == pytest.approx(wait)
+        wall.advance(wait)
+        await sleep.next_round()
+    assert len(fault_server.requests_to(HEALTH_PATH)) == 4
+    fault_server.health_status = 200
+    wall.advance(sleep.delays[-1])
+    await sleep.next_round()
+    assert endpoint.available is True
+    assert sleep.delays[-1] == pytest.approx(30.0)  # up again: back to the interval
+    await registry.stop()
+
+
+async def test_a_failed_real_call_cuts_the_wait_short_for_a_probe(
+    fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry], wall: FakeClock
+) -> None:
+    sleep = GatedSleep()
+    registry = make_registry(interval=30.0, probe_interval=2.0, sleep=sleep, rng=lambda: 0.5)
+    registry.register_service("storage", [fault_server.url])
+    registry.start()
+    await asyncio.wait_for(sleep.waiting.wait(), 5)
+    assert sleep.delays == [30.0]
+    sleep.waiting.clear()
+    registry.record_result("storage", fault_server.url, False, error="connection refused")
+    # The 30 s sleep is cut short; the loop sleeps again, now until the probe is due.
+    await asyncio.wait_for(sleep.waiting.wait(), 5)
+    assert sleep.delays[-1] == pytest.approx(2.0)
+    wall.advance(2.0)
+    await sleep.next_round()
+    [endpoint] = registry.status("storage")
+    assert endpoint.available is True  # the probe found it answering
+    await registry.stop()
+
+
+async def test_periodic_checks_with_real_sleep(
+    fault_server: FaultServer, http_session: aiohttp.ClientSession
+) -> None:
+    registry = ServiceRegistry(http_session, interval=0.01, timeout=2.0)
     registry.register_service("storage", [fault_server.url])
     registry.start()
     await fault_server.wait_for_requests(3)
@@ -350,6 +399,7 @@ async def test_a_round_that_raises_does_not_stop_the_loop(
     fault_server: FaultServer,
     make_registry: Callable[..., ServiceRegistry],
     caplog: pytest.LogCaptureFixture,
+    wall: FakeClock,
 ) -> None:
     sleep = GatedSleep()
     registry = make_registry(sleep=sleep)
@@ -361,13 +411,13 @@ async def test_a_round_that_raises_does_not_stop_the_loop(
         calls += 1
 
     registry.add_listener(flaky)
-    original = registry.check_all_services
+    original = registry.check_due
 
-    async def failing_once() -> dict[str, list[EndpointStatus]]:
-        registry.check_all_services = original  # type: ignore[method-assign]
+    async def failing_once() -> None:
+        registry.check_due = original  # type: ignore[method-assign]
         raise RuntimeError("boom")
 
-    registry.check_all_services = failing_once  # type: ignore[method-assign]
+    registry.check_due = failing_once  # type: ignore[method-assign]
     registry.start()
     await asyncio.wait_for(sleep.waiting.wait(), 5)
     await sleep.next_round()

@@ -1,7 +1,7 @@
 """A circuit breaker per endpoint: closed, open, half-open.
 
 closed --(N consecutive failures, or failure rate over the window)--> open
-open --(open interval elapsed; next request)--> half_open (exactly one probe passes)
+open --(open interval elapsed, or `probe_now`; next request)--> half_open (one probe passes)
 half_open --probe succeeds--> closed (interval back to its start)
 half_open --probe fails--> open (interval grows by the multiplier, up to the cap)
 """
@@ -113,6 +113,13 @@ class CircuitBreaker:
         elif self._state is BreakerState.CLOSED and self._should_trip():
             self._interval = self.config.open_interval
             self._open()
+
+    def probe_now(self) -> None:
+        """Evidence from outside (a health check answered) that the endpoint is back:
+        an open breaker lets its probe through now. The interval is kept, so a probe
+        that fails waits as long as it would have."""
+        if self._state is BreakerState.OPEN:
+            self._opened_at = self._clock() - self._interval
 
     def release_probe(self) -> None:
         """The probe ended without a verdict (e.g. 429 or a cancelled call): allow another."""

@@ -14,6 +14,12 @@ is the contract's answer table (retry.Outcome; docs/ARCHITECTURE.md, "Contracts"
 
 While the primary route's breaker is open (or its auth failed) and a fallback route is
 configured and allowed, batches go to the fallback.
+
+The state says the truth about delivery: `delivering` until a batch fails, then
+`waiting` (no answer: refused, timed out, breakers open, credentials refused) or
+`backing_off` (the service answered with an error) until a batch is accepted again,
+with the `DeliveryProblem` (which service, since when, the last error) alongside.
+`wake` cuts a wait short when a service is seen back (docs/ARCHITECTURE.md, "Recovery").
 """
 
 from __future__ import annotations
@@ -61,10 +67,36 @@ class ForwarderConfig:
 
 class ForwarderState(StrEnum):
     STOPPED = "stopped"
-    RUNNING = "running"
+    DELIVERING = "delivering"  # no batch has failed since the last one was accepted
     PAUSED = "paused"
-    BACKING_OFF = "backing_off"
-    WAITING = "waiting"  # no route can take events (breakers open or auth failed)
+    BACKING_OFF = "backing_off"  # a service answered with an error; retrying after a backoff
+    WAITING = "waiting"  # no service takes events: no answer, breakers open, or auth refused
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryProblem:
+    """Why nothing is delivered: from the first failed batch until one is accepted."""
+
+    state: ForwarderState  # WAITING or BACKING_OFF
+    service: str  # the route whose batch failed last
+    since: float  # wall time of the first failed batch
+    error: str  # the last failure
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "service": self.service,
+            "since": self.since,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    done: bool  # the outbox was empty before the timeout
+    delivered: int  # events delivered while the flush waited
+    waiting: int  # events still in the outbox
+    problem: DeliveryProblem | None  # why they wait, when a batch failed
 
 
 class EventForwarder:
@@ -97,7 +129,7 @@ class EventForwarder:
         self._running = asyncio.Event()  # set while not paused
         self._running.set()
         self._wake = asyncio.Event()
-        self._state = ForwarderState.STOPPED
+        self._problem: DeliveryProblem | None = None
         self._batch_limit = self.config.batch_size
         self._failures = 0  # consecutive failed deliveries, for the backoff
         self._retry_at: float | None = None
@@ -112,7 +144,6 @@ class EventForwarder:
         if self._task is not None:
             return
         self._stopping = False
-        self._state = ForwarderState.RUNNING if self._running.is_set() else ForwarderState.PAUSED
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name="ha_ingestor_forwarder")
 
@@ -133,7 +164,6 @@ class EventForwarder:
             await self._acked()
         except Exception as err:  # the records stay in flight; ready again at reopen
             self._log.error("Acknowledging the last batch failed: %s", err)
-        self._state = ForwarderState.STOPPED
 
     def update_config(self, config: ForwarderConfig) -> None:
         """New batch, linger, fallback or backoff settings, from the next batch on."""
@@ -144,13 +174,30 @@ class EventForwarder:
     def pause(self) -> None:
         """Stop taking new batches; the one in flight finishes."""
         self._running.clear()
-        self._state = ForwarderState.PAUSED
 
     def resume(self) -> None:
         self._running.set()
         self._wake.set()
-        if self._task is not None:
-            self._state = ForwarderState.RUNNING
+
+    def wake(self) -> None:
+        """A service is back (its health answers): try now instead of after the wait.
+
+        The backoff's growth is kept: a service that answers with errors again is
+        retried no sooner than before.
+        """
+        self._retry_at = None
+        self._wake.set()
+
+    def on_availability(self, service: str, url: str, available: bool) -> None:
+        """A registry listener: when a URL of one of its routes answers its health
+        again, that route's breaker lets a probe through now and the loop wakes."""
+        if not available:
+            return
+        routes = [route for route in (self.primary, self.fallback) if route is not None]
+        for route in routes:
+            if route.client.service == service:
+                route.client.probe_now(url)
+                self.wake()
 
     @property
     def paused(self) -> bool:
@@ -158,7 +205,17 @@ class EventForwarder:
 
     @property
     def state(self) -> ForwarderState:
-        return self._state
+        if self._task is None:
+            return ForwarderState.STOPPED
+        if self.paused:
+            return ForwarderState.PAUSED
+        if self._problem is None:
+            return ForwarderState.DELIVERING
+        return self._problem.state
+
+    @property
+    def problem(self) -> DeliveryProblem | None:
+        return self._problem
 
     def clear_auth_failure(self, route_name: str | None = None) -> None:
         """After a reauth: use the route(s) again."""
@@ -172,29 +229,35 @@ class EventForwarder:
     def auth_failed(self) -> frozenset[str]:
         return frozenset(self._auth_failed)
 
-    async def flush(self, timeout: float | None = None) -> bool:
+    async def flush(self, timeout: float | None = None) -> FlushResult:
         """Send now (skipping linger and backoff) and wait until the outbox is empty.
 
-        True when everything was delivered (or dead-lettered) in time.
+        Done when everything was delivered (or dead-lettered) in time; otherwise the
+        result says how many wait and why.
         """
         if self.paused:
             raise RuntimeError("the forwarder is paused")
-        self._retry_at = None
-        self._wake.set()
+        delivered_before = self.metrics.get("delivered")
+        self.wake()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             stats = await self._outbox.stats()
-            if stats.pending == 0:
-                return True
-            if deadline is not None and loop.time() >= deadline:
-                return False
+            done = stats.pending == 0
+            if done or (deadline is not None and loop.time() >= deadline):
+                return FlushResult(
+                    done=done,
+                    delivered=self.metrics.get("delivered") - delivered_before,
+                    waiting=stats.pending,
+                    problem=self._problem,
+                )
             # No new wake-up here: a failing service is retried on the backoff schedule.
             await asyncio.sleep(0.02)
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "state": self._state.value,
+            "state": self.state.value,
+            "problem": None if self._problem is None else self._problem.as_dict(),
             "batch_limit": self._batch_limit,
             "consecutive_failures": self._failures,
             "retry_at": self._retry_at,
@@ -221,24 +284,18 @@ class EventForwarder:
             route = self._choose_route()
             if route is None:
                 self._set_backlog(True)
-                self._state = ForwarderState.WAITING
+                self._report_unusable(self.primary.name, "no service takes events")
                 await self._sleep(self._route_wait())
                 continue
             records = await self._outbox.take(self._batch_limit, self.config.batch_bytes)
             await self._acked()  # done by now: the worker ran it before this take
             if not records:
                 continue
-            self._state = ForwarderState.RUNNING
             delay = await self._deliver(route, records)
             if delay:
-                # With no route usable (breakers open) it is waiting, not merely backing off.
-                usable = self._choose_route() is not None
-                self._state = ForwarderState.BACKING_OFF if usable else ForwarderState.WAITING
                 self._retry_at = self._clock() + delay
                 await self._sleep(delay)
                 self._retry_at = None
-                if not self.paused:
-                    self._state = ForwarderState.RUNNING
 
     async def _wait_for_events(self) -> None:
         """Wait for work, then linger briefly so a batch can fill."""
@@ -308,10 +365,13 @@ class EventForwarder:
         except CircuitOpenError as err:
             await self._outbox.release(seqs)  # never sent: no attempt to count
             self._set_backlog(True)
-            return 0.0 if self._choose_route() is not None else max(err.retry_in, 0.05)
+            if self._choose_route() is not None:
+                return 0.0
+            self._report_unusable(route.name, str(err))
+            return max(err.retry_in, 0.05)
         except ServiceCallError as err:
             await self._outbox.nack(seqs)
-            return self._failed(route, f"{route.name}: {err}", None)
+            return self._failed(route, ForwarderState.WAITING, f"{route.name}: {err}", None)
         except asyncio.CancelledError:
             await asyncio.shield(self._outbox.release(seqs))
             raise
@@ -332,19 +392,29 @@ class EventForwarder:
                 route, records, _results_in(body), default_ok=True
             )
             if unconfirmed:
-                return self._failed(route, f"{route.name}: {unconfirmed} events unconfirmed", None)
+                return self._failed(
+                    route,
+                    ForwarderState.BACKING_OFF,
+                    f"{route.name}: {unconfirmed} events unconfirmed",
+                    None,
+                )
             self._succeeded()
             return 0.0
         if outcome is Outcome.RETRYABLE or outcome is Outcome.RATE_LIMITED:
             await self._outbox.nack(seqs)
             return self._failed(
-                route, f"{route.name}: HTTP {response.status}", response.retry_after
+                route,
+                ForwarderState.BACKING_OFF,
+                f"{route.name}: HTTP {response.status}",
+                response.retry_after,
             )
         if outcome is Outcome.AUTH:
             await self._outbox.nack(seqs)
             self._auth_failed.add(route.name)
             self.metrics.inc("auth_failures")
-            self.metrics.record_error(f"{route.name}: HTTP {response.status} (authentication)")
+            message = f"{route.name}: HTTP {response.status} (authentication)"
+            self.metrics.record_error(message)
+            self._report(ForwarderState.WAITING, route.name, message)
             self._log.error(
                 "%s refused the credentials (HTTP %s); events are kept until reauthentication",
                 route.name,
@@ -358,7 +428,9 @@ class EventForwarder:
         if outcome is Outcome.PERMANENT and results:
             unconfirmed = await self._apply_results(route, records, results, default_ok=False)
             if unconfirmed:
-                return self._failed(route, f"{route.name}: HTTP {response.status}", None)
+                return self._failed(
+                    route, ForwarderState.BACKING_OFF, f"{route.name}: HTTP {response.status}", None
+                )
             return 0.0
         if len(records) > 1:
             # Bisect: retry the first half; the bad event ends up alone in a batch.
@@ -372,6 +444,7 @@ class EventForwarder:
         await self._outbox.dead_letter(seqs, code, message, route.name)
         self.metrics.inc("dead_lettered")
         self.metrics.record_error(f"{route.name}: {code}: {message}")
+        self._problem = None  # the service answered for the event: it is taking batches
         return 0.0
 
     async def _apply_results(
@@ -421,6 +494,7 @@ class EventForwarder:
         batch costs one round trip to the outbox's thread instead of two."""
         now = self._clock() if now is None else now
         await self._acked()
+        self._problem = None
         self._acking = self._outbox.ack_soon([record.seq for record in records])
         self.metrics.record_delivery(
             len(records), [(now - record.enqueued_at) * 1000.0 for record in records]
@@ -435,13 +509,28 @@ class EventForwarder:
 
     def _succeeded(self) -> None:
         self.metrics.inc("batches_ok")
+        self._problem = None
         self._failures = 0
         self._batch_limit = min(self._batch_limit * 2, self.config.batch_size)
         self._set_backlog(False)
 
-    def _failed(self, route: Route, message: str, retry_after: float | None) -> float:
+    def _report(self, state: ForwarderState, service: str, error: str) -> None:
+        """A batch failed (or could not go): say so, keeping when the trouble began."""
+        since = self._clock() if self._problem is None else self._problem.since
+        self._problem = DeliveryProblem(state, service, since, error)
+
+    def _report_unusable(self, service: str, error: str) -> None:
+        """No route takes events: the failures that opened the breakers (or refused the
+        credentials) already said why; without one, it is waiting."""
+        if self._problem is None:
+            self._report(ForwarderState.WAITING, service, error)
+
+    def _failed(
+        self, route: Route, state: ForwarderState, message: str, retry_after: float | None
+    ) -> float:
         self.metrics.inc("batches_failed")
         self.metrics.record_error(message)
+        self._report(state, route.name, message)
         self._set_backlog(True)
         delay = self.config.backoff.delay(self._failures, self._rng)
         self._failures += 1

@@ -264,6 +264,13 @@ class ServiceHTTPClient:
         )
         return await self._call(request, retry=retry)
 
+    def probe_now(self, url: str) -> None:
+        """The endpoint answers its health again: let the next call through as the
+        breaker's probe now, instead of after its (possibly long) open interval."""
+        breaker = self._breakers.get(_normalize(url))
+        if breaker is not None:
+            breaker.probe_now()
+
     def snapshot(self) -> dict[str, Any]:
         """Diagnostics: endpoints, breakers, counters and the last error (never the token)."""
         return {
@@ -373,7 +380,7 @@ class ServiceHTTPClient:
             message = _describe(err, request.timeout)
             outcome = classify_exception(err)
             breaker.record_failure()
-            self._feedback(url, ok=False, latency_ms=None)
+            self._feedback(url, ok=False, latency_ms=None, error=message)
             self._count(outcome, failed=True)
             self._remember_error(url, f"{request.method} {request.path}: {message}")
             self._log_attempt(request, url, None, duration_ms, attempt, breaker, message)
@@ -394,7 +401,10 @@ class ServiceHTTPClient:
         else:
             # 2xx and the other 4xx: the endpoint is alive and answering.
             breaker.record_success()
-        self._feedback(url, ok=outcome is not Outcome.RETRYABLE, latency_ms=duration_ms)
+        if outcome is not Outcome.RETRYABLE:
+            # An answer the service stands behind. A 5xx says nothing about reachability
+            # (its health says whether it can work); the breaker and backoff handle it.
+            self._feedback(url, ok=True, latency_ms=duration_ms)
         self._count(outcome, failed=outcome is Outcome.RETRYABLE)
         self._log_attempt(request, url, status, duration_ms, attempt, breaker, None)
         return ServiceResponse(
@@ -434,9 +444,11 @@ class ServiceHTTPClient:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
-    def _feedback(self, url: str, *, ok: bool, latency_ms: float | None) -> None:
+    def _feedback(
+        self, url: str, *, ok: bool, latency_ms: float | None, error: str | None = None
+    ) -> None:
         if self._registry is not None:
-            self._registry.record_result(self.service, url, ok, latency_ms)
+            self._registry.record_result(self.service, url, ok, latency_ms, error)
 
     def _count(self, outcome: Outcome, *, failed: bool) -> None:
         self._outcomes[outcome.value] += 1

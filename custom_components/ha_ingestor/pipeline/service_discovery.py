@@ -1,12 +1,18 @@
 """ServiceRegistry: which URL of each service to call, from health checks and real calls.
 
 Each service has one or more base URLs in a configured order (the first is preferred).
-A URL is up, down, or not checked yet (usable until proven otherwise). Periodic health
-checks and the passive results of real calls move it between up and down:
+A URL is up, down, or not checked yet (usable until proven otherwise). Health checks
+and the results of real calls move it between up and down:
 
 unknown --success--> up          unknown --failure--> down (no evidence it ever worked)
-up --`failures_to_down` consecutive failures--> down (one blip is not an outage)
+up --`failures_to_down` consecutive failed health checks--> down (one blip is not an outage)
+up --a real call that got no answer (refused, reset, timed out)--> down at once
 down --first success--> up
+
+Health checks are cheap and open (no token). An up URL is checked every `interval`; a
+URL that is down, or whose last check failed, is probed every `probe_interval` or so
+(jittered), so its return is seen within seconds however long it was away, and the
+listeners (the runtime wakes the forwarder) hear of it at once.
 
 Callers take the first usable URL in configured order, so traffic fails over when the
 first is down and returns to it as soon as it is back.
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,6 +53,7 @@ class EndpointStatus:
     checks: int = 0  # results in the window (health checks and real calls) ...
     successes: int = 0  # ... and how many of them succeeded
     consecutive_failures: int = 0
+    next_check: float = 0.0  # clock time the periodic checks look at it next
     _window: deque[bool] = field(
         default_factory=lambda: deque(maxlen=RESULT_WINDOW), init=False, repr=False, compare=False
     )
@@ -89,26 +97,31 @@ class ServiceRegistry:
         session: aiohttp.ClientSession,
         *,
         interval: float = 30.0,
+        probe_interval: float = 2.0,
         timeout: float = 5.0,
-        token: str | None = None,
         failures_to_down: int = 2,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
         logger: logging.Logger | None = None,
     ) -> None:
-        if interval <= 0 or timeout <= 0 or failures_to_down < 1:
-            raise ValueError("interval and timeout must be > 0 and failures_to_down >= 1")
+        if interval <= 0 or probe_interval <= 0 or timeout <= 0 or failures_to_down < 1:
+            raise ValueError(
+                "interval, probe_interval and timeout must be > 0 and failures_to_down >= 1"
+            )
         self._session = session
         self._interval = interval
+        self._probe_interval = probe_interval
         self._timeout = timeout
-        self._token = token
         self._failures_to_down = failures_to_down
         self._clock = clock
         self._sleep = sleep
+        self._rng = rng
         self._logger = logger or _LOGGER
         self._services: dict[str, _Service] = {}
         self._listeners: list[AvailabilityListener] = []
         self._task: asyncio.Task[None] | None = None
+        self._probe_soon = asyncio.Event()  # a real call failed: do not wait out the sleep
 
     # -- configuration ---------------------------------------------------------------
 
@@ -128,9 +141,6 @@ class ServiceRegistry:
 
     def unregister_service(self, name: str) -> None:
         self._services.pop(name, None)
-
-    def set_token(self, token: str | None) -> None:
-        self._token = token
 
     def add_listener(self, listener: AvailabilityListener) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -162,6 +172,7 @@ class ServiceRegistry:
     def snapshot(self) -> dict[str, Any]:
         return {
             "interval": self._interval,
+            "probe_interval": self._probe_interval,
             "running": self._task is not None and not self._task.done(),
             "services": {
                 service.name: {
@@ -176,8 +187,17 @@ class ServiceRegistry:
 
     # -- results ---------------------------------------------------------------------
 
-    def record_result(self, name: str, url: str, ok: bool, latency_ms: float | None = None) -> None:
-        """A passive result from a real call; unknown services and URLs are ignored."""
+    def record_result(
+        self,
+        name: str,
+        url: str,
+        ok: bool,
+        latency_ms: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The result of a real call: ``ok`` when it got an answer the service stands
+        behind, not ``ok`` when it got no answer at all (the URL is down at once and
+        probed soon). Unknown services and URLs are ignored."""
         service = self._services.get(name)
         if service is None:
             return
@@ -186,7 +206,10 @@ class ServiceRegistry:
             return
         if latency_ms is not None:
             status.last_latency_ms = latency_ms
-        self._apply(name, status, ok, None if ok else "request failed")
+        self._apply(name, status, ok, None if ok else error or "request failed", at_once=True)
+        if not ok:
+            status.next_check = min(status.next_check, self._probe_at())
+            self._probe_soon.set()
 
     async def check_service(self, name: str) -> list[EndpointStatus]:
         """GET health on every URL at once and record the results.
@@ -207,15 +230,19 @@ class ServiceRegistry:
     # -- periodic checks -------------------------------------------------------------
 
     def set_interval(self, interval: float) -> None:
-        """Seconds between check rounds; takes effect after the current wait."""
+        """Seconds between checks of an up URL; takes effect from each URL's next check."""
         if interval <= 0:
             raise ValueError("interval must be > 0")
         self._interval = interval
 
     def start(self) -> None:
-        """Check every service now and then every `interval` seconds, until `stop`."""
+        """Check every URL now, then each when it is due, until `stop`."""
         if self._task is not None and not self._task.done():
             return
+        now = self._clock()
+        for service in self._services.values():
+            for status in service.endpoints:
+                status.next_check = now
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name="ha_ingestor service health checks"
         )
@@ -228,13 +255,52 @@ class ServiceRegistry:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def check_due(self) -> None:
+        """Check, all at once, every URL whose next check is due."""
+        now = self._clock()
+        due = [
+            (service.name, service.health_path, status)
+            for service in self._services.values()
+            for status in service.endpoints
+            if status.next_check <= now
+        ]
+        await asyncio.gather(*(self._check(*item) for item in due))
+
     async def _run(self) -> None:
         while True:
             try:
-                await self.check_all_services()
-            except Exception:  # keep checking whatever one round did
+                await self.check_due()
+            except Exception:  # keep checking whatever one round did, without spinning
                 self._logger.exception("Service health check round failed")
-            await self._sleep(self._interval)
+                await self._wait(self._probe_interval)
+                continue
+            await self._wait(self._until_next_check())
+
+    def _until_next_check(self) -> float:
+        checks = [s.next_check for v in self._services.values() for s in v.endpoints]
+        return max(0.0, min(checks) - self._clock()) if checks else self._interval
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep `delay`, or less when a real call failed meanwhile (a probe is due)."""
+        self._probe_soon.clear()
+        sleeping = asyncio.ensure_future(self._sleep(delay))
+        woken = asyncio.ensure_future(self._probe_soon.wait())
+        try:
+            await asyncio.wait({sleeping, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            woken.cancel()
+
+    def _schedule(self, status: EndpointStatus) -> None:
+        """After a check: an up URL is checked again after `interval`, any other soon."""
+        if status.available is True and status.consecutive_failures == 0:
+            status.next_check = self._clock() + self._interval
+        else:
+            status.next_check = self._probe_at()
+
+    def _probe_at(self) -> float:
+        # Jittered, so that several entries do not probe a returning service in step.
+        return self._clock() + self._probe_interval * (0.5 + self._rng())
 
     # -- internals -------------------------------------------------------------------
 
@@ -245,13 +311,12 @@ class ServiceRegistry:
             raise KeyError(f"unknown service {name!r}") from None
 
     async def _check(self, name: str, health_path: str, status: EndpointStatus) -> None:
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        # Health is open: the token never travels with a check.
         started = time.perf_counter()
         error: str | None
         try:
             async with self._session.get(
                 status.url + health_path,
-                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 allow_redirects=False,
             ) as resp:
@@ -262,23 +327,27 @@ class ServiceRegistry:
         except (aiohttp.ClientError, OSError) as err:
             ok, error = False, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         else:
-            # The service answers, so it is reachable; a token problem is reported apart.
+            # Health is open, so 401/403 comes from something in between (a proxy that
+            # wants a login): the service is reachable, and the real calls will tell.
             ok = 200 <= code < 300 or code in (401, 403)
             error = None if 200 <= code < 300 else ("auth" if ok else f"HTTP {code}")
         status.last_check = self._clock()
         status.last_latency_ms = (time.perf_counter() - started) * 1000
         # A URL dropped by a re-register meanwhile is not reported on.
         if name in self._services and _find(self._services[name], status.url) is status:
-            self._apply(name, status, ok, error)
+            self._apply(name, status, ok, error, at_once=False)
+        self._schedule(status)
 
-    def _apply(self, name: str, status: EndpointStatus, ok: bool, error: str | None) -> None:
+    def _apply(
+        self, name: str, status: EndpointStatus, ok: bool, error: str | None, *, at_once: bool
+    ) -> None:
         status._record(ok)
         status.last_error = error
         if ok:
             if status.available is not True:
                 self._set_available(name, status, True)
         elif status.available is None or (
-            status.available and status.consecutive_failures >= self._failures_to_down
+            status.available and (at_once or status.consecutive_failures >= self._failures_to_down)
         ):
             self._set_available(name, status, False)
 
