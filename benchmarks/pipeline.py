@@ -9,6 +9,9 @@
 - p99_enqueue_to_ack_ms: a steady 200 events/s through the forwarder to the sink.
 - backlog_1m_rss_mb: peak RSS of a fresh process while 1,000,000 events sit in the
   outbox and then drain to the sink.
+- resume_after_<N>s_outage_s: seconds from the sink's return after an outage of N s to
+  the first event delivered, with health probes as the integration runs them, and
+  without them (the backoff alone) for comparison (benchmarks/recovery.py).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from custom_components.ha_ingestor.pipeline.message_queue import Durability, Out
 
 from .events import state_changed, stream
 from .influxd import free_port
+from .recovery import DEFAULT_OUTAGES_S, bench_recovery
 from .sink import running_sink
 
 APPEND_EVENTS = 100_000
@@ -213,6 +217,8 @@ TARGETS = {
     "forward_events_per_s": (">=", 30_000),
     "p99_enqueue_to_ack_ms": ("<=", 20),
     "backlog_1m_rss_mb": ("<=", 150),
+    **{f"resume_after_{outage:g}s_outage_s": ("<=", 5) for outage in DEFAULT_OUTAGES_S},
+    "recovery_lost": ("<=", 0),
 }
 
 
@@ -229,7 +235,7 @@ def _print_table(figures: dict[str, float]) -> None:
         print(f"{name:<28}{value:>14,.1f}  {verdict}")
 
 
-async def run(skip_backlog: bool) -> dict[str, float]:
+async def run(skip_backlog: bool, outages: tuple[float, ...]) -> dict[str, float]:
     figures: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
@@ -242,6 +248,8 @@ async def run(skip_backlog: bool) -> dict[str, float]:
         figures |= await bench_latency(folder, url)
         if not skip_backlog:
             figures |= bench_backlog(folder, url)
+        if outages:
+            figures |= await bench_recovery(folder, outages)
     return figures
 
 
@@ -249,13 +257,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-backlog", action="store_true", help="leave out the 1M backlog")
     parser.add_argument(
+        "--outages",
+        default=",".join(f"{outage:g}" for outage in DEFAULT_OUTAGES_S),
+        help="receiver outages to resume from, in seconds, comma-separated ('' for none)",
+    )
+    parser.add_argument(
         "--backlog-child", nargs=2, metavar=("FOLDER", "URL"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.backlog_child:
         asyncio.run(backlog_child(Path(args.backlog_child[0]), args.backlog_child[1]))
         return
-    figures = asyncio.run(run(args.skip_backlog))
+    outages = tuple(float(value) for value in args.outages.split(",") if value)
+    figures = asyncio.run(run(args.skip_backlog, outages))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     print(f"machine: {machine}, Python {platform.python_version()}")
     _print_table(figures)

@@ -97,7 +97,7 @@ class ServiceRegistry:
         session: aiohttp.ClientSession,
         *,
         interval: float = 30.0,
-        probe_interval: float = 2.0,
+        probe_interval: float = 1.0,
         timeout: float = 5.0,
         failures_to_down: int = 2,
         clock: Callable[[], float] = time.time,
