@@ -7,6 +7,7 @@ shape the config flow creates.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import secrets
 import urllib.parse
@@ -43,10 +44,7 @@ CORE_CONFIG: dict[str, Any] = {
 CONFIGURATION_YAML = """\
 # Written by scripts/demo: a minimal Home Assistant (no default_config) whose demo
 # helpers change every second or few seconds, so state_changed events flow.
-http:
-  server_host: {host}
-  server_port: {port}
-
+{http}
 logger:
   default: warning
   logs:
@@ -190,12 +188,13 @@ automation:
 
 def write_config_folder(ha_dir: Path, *, host: str, port: int, integration_log_level: str) -> None:
     """configuration.yaml and the files it names, the integration (a link to this
-    checkout), and the core configuration unless Home Assistant already has one (a kept
-    work folder keeps what was changed in the UI)."""
+    checkout), the HTTP settings, and the core configuration unless Home Assistant
+    already has one (a kept work folder keeps what was changed in the UI)."""
     ha_dir.mkdir(parents=True, exist_ok=True)
     (ha_dir / "configuration.yaml").write_text(
         CONFIGURATION_YAML.format(
-            host=host, port=port, integration_log_level=integration_log_level
+            http=http_settings(ha_dir / ".storage", host, port),
+            integration_log_level=integration_log_level,
         ),
         encoding="utf-8",
     )
@@ -209,9 +208,48 @@ def write_config_folder(ha_dir: Path, *, host: str, port: int, integration_log_l
     link.symlink_to(REPO / "custom_components" / "ha_ingestor", target_is_directory=True)
     core_config = ha_dir / ".storage" / "core.config"
     if not core_config.exists():
-        core_config.parent.mkdir(parents=True, exist_ok=True)
-        stored = {"version": 1, "minor_version": 4, "key": "core.config", "data": CORE_CONFIG}
-        core_config.write_text(json.dumps(stored, indent=2), encoding="utf-8")
+        _write_store(core_config, 1, 4, CORE_CONFIG)
+
+
+def http_settings(storage_dir: Path, host: str, port: int) -> str:
+    """Where Home Assistant listens: the ``http:`` YAML block, or "" when written to
+    .storage/http.
+
+    Newer releases (homeassistant/components/http/config.py, 2026.x) keep these settings
+    in .storage/http: they take ``http:`` from configuration.yaml once, as a trial that
+    is undone, with a restart on Home Assistant's default port on all addresses, unless
+    confirmed in the UI within 5 minutes, and ignore it afterwards (a kept work folder
+    would keep its first port). So there the settings are written to .storage/http as
+    confirmed ("stable"), on every run, with the release's own schema and defaults.
+    """
+    module = "homeassistant.components.http.config"  # not in the floor leg's 2025.4
+    if importlib.util.find_spec(module) is None:
+        return f"http:\n  server_host: {host}\n  server_port: {port}\n"
+    from homeassistant.util import dt as dt_util
+
+    http_config = importlib.import_module(module)
+
+    stable = http_config.HTTP_STORAGE_SCHEMA({"server_host": [host], "server_port": port})
+    stable.update(created_at=dt_util.utcnow().isoformat(), error=None, error_message=None)
+    data = {
+        http_config.KEY_STABLE: stable,
+        http_config.KEY_PENDING: None,
+        http_config.KEY_YAML_MIGRATION_DONE: True,
+    }
+    _write_store(
+        storage_dir / http_config.STORAGE_KEY,
+        http_config.STORAGE_VERSION,
+        http_config.STORAGE_MINOR_VERSION,
+        data,
+    )
+    return ""
+
+
+def _write_store(path: Path, version: int, minor_version: int, data: Any) -> None:
+    """A file of Home Assistant's .storage, as its Store class writes one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = {"version": version, "minor_version": minor_version, "key": path.name, "data": data}
+    path.write_text(json.dumps(stored, indent=2), encoding="utf-8")
 
 
 def entry_data_and_options(
