@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -57,11 +57,19 @@ async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
     await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.read), timeout=3600)
     await runner.cleanup()
+    counts = app[COUNTS]
+    print(orjson.dumps({"received": counts.received, "unique": len(counts.ids)}).decode())
 
 
 @contextlib.contextmanager
-def running_sink(port: int) -> Iterator[str]:
-    """Start this sink in its own process on ``port``; yields its base URL."""
+def running_sink(
+    port: int, on_exit: Callable[[dict[str, int]], None] | None = None
+) -> Iterator[str]:
+    """Start this sink in its own process on ``port``; yields its base URL.
+
+    ``on_exit`` gets the sink's final counts (received, unique) once it has stopped:
+    everything it took, also what arrived after the last health read.
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.sink", str(port)],
         stdin=subprocess.PIPE,
@@ -77,9 +85,13 @@ def running_sink(port: int) -> Iterator[str]:
         assert process.stdin is not None
         process.stdin.close()  # the sink stops when its stdin closes
         try:
+            last = process.stdout.read().strip().splitlines() if process.stdout else []
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+            last = []
+        if on_exit is not None and last:
+            on_exit(orjson.loads(last[-1]))
 
 
 if __name__ == "__main__":

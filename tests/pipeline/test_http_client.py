@@ -565,6 +565,31 @@ async def test_transport_failures_trip_the_breaker(
         await client.post(BATCH_PATH, batch(1))
 
 
+async def test_health_check_goes_past_an_open_breaker_and_lets_a_probe_through(
+    fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient]
+) -> None:
+    client = make_client(fault_server, breaker_config=BREAKER)
+    await fault_server.refuse()
+    for _ in range(3):
+        with pytest.raises(ServiceCallError):
+            await client.post(BATCH_PATH, batch(1))
+    with pytest.raises(ServiceCallError, match="no endpoint answered its health"):
+        await client.check_health(HEALTH_PATH, timeout=Timeouts(1.0, 1.0))
+    assert not client.available()
+    await fault_server.restore()
+    fault_server.health_status = 503  # answering, not well: no probe let through
+    answer = await client.check_health(HEALTH_PATH, timeout=Timeouts(1.0, 1.0))
+    assert (answer.status, client.available()) == (503, False)
+    fault_server.health_status = 200
+    answer = await client.check_health(HEALTH_PATH, timeout=Timeouts(1.0, 1.0))
+    assert answer.outcome is Outcome.SUCCESS
+    assert "Authorization" not in fault_server.requests[-1].headers  # health is open
+    assert client.available()  # the probe may go now, not after the open interval
+    response = await client.post(BATCH_PATH, batch(1))
+    assert response.outcome is Outcome.SUCCESS
+    assert {b.state for b in client.breakers.values()} == {BreakerState.CLOSED}
+
+
 async def test_interactive_call_fast_fails_when_the_circuit_is_open(
     fault_server: FaultServer, make_client: Callable[..., ServiceHTTPClient], sleeper: Sleeper
 ) -> None:

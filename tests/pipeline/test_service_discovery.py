@@ -382,6 +382,29 @@ async def test_a_failed_real_call_cuts_the_wait_short_for_a_probe(
     await registry.stop()
 
 
+async def test_an_error_answer_brings_the_health_check_forward(
+    fault_server: FaultServer, make_registry: Callable[..., ServiceRegistry], wall: FakeClock
+) -> None:
+    sleep = GatedSleep()
+    registry = make_registry(interval=30.0, probe_interval=2.0, sleep=sleep, rng=lambda: 0.5)
+    registry.register_service("storage", [fault_server.url])
+    registry.start()
+    await asyncio.wait_for(sleep.waiting.wait(), 5)
+    sleep.waiting.clear()
+    registry.check_soon("storage", fault_server.url + "/")
+    registry.check_soon("nope", fault_server.url)  # unknown: ignored
+    await asyncio.wait_for(sleep.waiting.wait(), 5)
+    assert sleep.delays[-1] == pytest.approx(2.0)
+    [endpoint] = registry.status("storage")
+    assert endpoint.available is True  # no verdict: only the check decides
+    fault_server.health_status = 503
+    for _ in range(2):  # two failed checks, a probe interval apart: down
+        wall.advance(sleep.delays[-1])
+        await sleep.next_round()
+    assert endpoint.available is False
+    await registry.stop()
+
+
 async def test_periodic_checks_with_real_sleep(
     fault_server: FaultServer, http_session: aiohttp.ClientSession
 ) -> None:

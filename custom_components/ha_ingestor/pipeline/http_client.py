@@ -264,6 +264,48 @@ class ServiceHTTPClient:
         )
         return await self._call(request, retry=retry)
 
+    async def check_health(self, path: str, *, timeout: Timeouts) -> ServiceResponse:
+        """GET an open health path on each endpoint in order, past the breakers, until
+        one answers; raises `ServiceCallError` when none does.
+
+        Health is cheap and says whether the service can work, so it is asked even while
+        a breaker waits out its open interval; a 2xx lets that endpoint's probe through
+        now (`probe_now`), so recovery does not wait for the interval.
+        """
+        errors: list[str] = []
+        for url in self._candidates():
+            started = time.perf_counter()
+            try:
+                async with self._session.get(
+                    url + path,
+                    headers=self._headers(auth=False),
+                    timeout=timeout.client_timeout(),
+                    allow_redirects=False,
+                ) as resp:
+                    body = await resp.read()
+                    status, headers = resp.status, resp.headers
+            except (aiohttp.ClientError, TimeoutError, OSError) as err:
+                errors.append(f"{url}: {_describe(err, timeout.client_timeout())}")
+                continue
+            outcome = classify_status(status)
+            if outcome is Outcome.SUCCESS:
+                self.probe_now(url)
+            return ServiceResponse(
+                status=status,
+                body=body,
+                headers=headers,
+                endpoint=url,
+                duration_ms=(time.perf_counter() - started) * 1000,
+                attempt=1,
+                outcome=outcome,
+                retry_after=parse_retry_after(headers.get("Retry-After"), cap=self._backoff.cap),
+                service=self.service,
+            )
+        raise ServiceCallError(
+            f"{self.service}: no endpoint answered its health: {'; '.join(errors)}",
+            service=self.service,
+        )
+
     def probe_now(self, url: str) -> None:
         """The endpoint answers its health again: let the next call through as the
         breaker's probe now, instead of after its (possibly long) open interval."""
@@ -402,9 +444,13 @@ class ServiceHTTPClient:
             # 2xx and the other 4xx: the endpoint is alive and answering.
             breaker.record_success()
         if outcome is not Outcome.RETRYABLE:
-            # An answer the service stands behind. A 5xx says nothing about reachability
-            # (its health says whether it can work); the breaker and backoff handle it.
+            # An answer the service stands behind.
             self._feedback(url, ok=True, latency_ms=duration_ms)
+        elif self._registry is not None:
+            # A 5xx is no verdict on reachability, but a reason to ask its health soon:
+            # a service that cannot work (a dependency down) says so there, is marked
+            # down and probed until it can (docs/ARCHITECTURE.md, "Recovery").
+            self._registry.check_soon(self.service, url)
         self._count(outcome, failed=outcome is Outcome.RETRYABLE)
         self._log_attempt(request, url, status, duration_ms, attempt, breaker, None)
         return ServiceResponse(

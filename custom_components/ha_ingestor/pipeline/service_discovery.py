@@ -211,6 +211,14 @@ class ServiceRegistry:
             status.next_check = min(status.next_check, self._probe_at())
             self._probe_soon.set()
 
+    def check_soon(self, name: str, url: str) -> None:
+        """A real call got an error answer: check that URL's health soon (no verdict)."""
+        service = self._services.get(name)
+        status = None if service is None else _find(service, _normalize(url))
+        if status is not None and status.next_check > self._probe_at():
+            status.next_check = self._probe_at()
+            self._probe_soon.set()
+
     async def check_service(self, name: str) -> list[EndpointStatus]:
         """GET health on every URL at once and record the results.
 

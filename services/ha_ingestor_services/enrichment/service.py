@@ -442,15 +442,9 @@ class EnrichmentService:
                 return DependencyHealth(False, self._storage_problem)
             self._storage_problem = None
         try:
-            response = await storage.get(
-                HEALTH_PATH, timeout=HEALTH_TIMEOUTS, retry=False, auth=False
-            )
-        except CircuitOpenError as err:
-            return DependencyHealth(
-                False,
-                f"failing, calls paused for {err.retry_in:.0f} s; last error: "
-                f"{self._last_storage_error or err}",
-            )
+            # Past the breaker: storage's own health says at once when it is back, and
+            # lets the next batch through (docs/ARCHITECTURE.md, "Recovery").
+            response = await storage.check_health(HEALTH_PATH, timeout=HEALTH_TIMEOUTS)
         except ServiceCallError as err:
             return DependencyHealth(False, f"unreachable: {err}")
         try:

@@ -378,6 +378,28 @@ async def test_storage_down_answers_503(
     assert storage.stored_ids == [event["event_id"]]
 
 
+async def test_storage_back_is_healthy_and_taken_at_once_whatever_the_breaker(
+    enrichment: Enrichment, storage: FaultServer, client: aiohttp.ClientSession
+) -> None:
+    """Storage's own health decides, not the breaker's open interval: the integration
+    probes this health to know when to resume (docs/ARCHITECTURE.md, "Recovery")."""
+    await storage.refuse()
+    for _ in range(6):  # the circuit opens
+        status, _, _ = await post(client, enrichment.url, batch(envelope()))
+        assert status == 503
+    async with client.get(enrichment.url + "/api/v1/health") as response:
+        assert response.status == 503
+        assert (await response.json())["dependencies"]["storage"]["status"] == "unhealthy"
+    await storage.restore()
+    # No clock advance: the breaker still has its whole open interval to wait.
+    async with client.get(enrichment.url + "/api/v1/health") as response:
+        assert response.status == 200
+    event = envelope()
+    status, _, _ = await post(client, enrichment.url, batch(event))
+    assert status == 200
+    assert storage.stored_ids == [event["event_id"]]
+
+
 async def test_storage_timeout_answers_503(
     start_enrichment: StartEnrichment, storage: FaultServer, client: aiohttp.ClientSession
 ) -> None:
