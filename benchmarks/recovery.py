@@ -7,12 +7,21 @@ With probes, the registry probes a service that is down every second or so and w
 the forwarder when it answers (as the integration runs it); without, the forwarder
 waits out its backoff and the breaker's open interval, which grow while the sink is
 away. Each run also checks that no event was lost.
+
+Through the services: the same with the real enrichment and storage (SQLite) in their
+own processes, wired as the integration wires them (enrichment first, storage as the
+fallback); storage is killed (SIGKILL) and started again on the same file and port.
+Time to resume is from storage answering its health again to the first event
+delivered after it; lost is what the storage's file lacks at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +38,7 @@ from .events import state_changed
 from .influxd import free_port
 from .sink import running_sink
 
+TOKEN = "bench-recovery-token"
 RATE = 100  # events per second
 WARM_UP_S = 2.0
 DEFAULT_OUTAGES_S = (10.0, 60.0)
@@ -95,6 +105,121 @@ async def resume_after(folder: Path, outage_s: float, *, probes: bool) -> dict[s
     return {"resume_s": resumed_s, "lost": max(0, sent - sum(stored))}
 
 
+class _Service:
+    """One companion service in its own process, started again on demand."""
+
+    def __init__(self, argv: list[str], url: str, log: Path) -> None:
+        self.argv = argv
+        self.url = url
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(self.url + "/api/v1/health") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{self.argv[3]} did not start; see {self.log}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+async def resume_through_services(folder: Path, outage_s: float) -> dict[str, float]:
+    storage_port, enrichment_port = free_port(), free_port()
+    storage_url = f"http://127.0.0.1:{storage_port}"
+    enrichment_url = f"http://127.0.0.1:{enrichment_port}"
+    database = folder / f"recovery-services-{outage_s:g}.sqlite"
+    python = [sys.executable, "-m", "ha_ingestor_services"]
+    common = ["--token", TOKEN, "--log-level", "WARNING"]
+    storage = _Service(
+        [*python, "storage", "--port", str(storage_port), "--sqlite-path", str(database), *common],
+        storage_url,
+        folder / "storage.log",
+    )
+    enrichment = _Service(
+        [
+            *python,
+            "enrichment",
+            "--port",
+            str(enrichment_port),
+            "--storage-url",
+            storage_url,
+            "--storage-token",
+            TOKEN,
+            *common,
+        ],
+        enrichment_url,
+        folder / "enrichment.log",
+    )
+    outbox: Outbox[dict[str, Any]] = Outbox(
+        folder / f"recovery-services-{outage_s:g}.db",
+        EventValidator().encode,
+        durability=Durability.ALWAYS,
+    )
+    await outbox.open()
+    sent = 0
+    loop = asyncio.get_running_loop()
+
+    async def feed() -> None:
+        nonlocal sent
+        start = loop.time()
+        while True:
+            await asyncio.sleep(max(0.0, start + sent / RATE - loop.time()))
+            outbox.append(state_changed(sent))
+            sent += 1
+
+    try:
+        await storage.start()
+        await enrichment.start()
+        async with aiohttp.ClientSession() as session:
+            registry = ServiceRegistry(session)
+            clients = {}
+            for name, url in (("enrichment", enrichment_url), ("storage", storage_url)):
+                registry.register_service(name, [url])
+                clients[name] = ServiceHTTPClient(
+                    name, [url], session, token=TOKEN, registry=registry
+                )
+            forwarder = EventForwarder(
+                outbox,
+                Route("enrichment", clients["enrichment"]),
+                Route("storage", clients["storage"]),
+            )
+            registry.add_listener(forwarder.on_availability)
+            forwarder.start()
+            registry.start()
+            feeding = loop.create_task(feed())
+            await asyncio.sleep(WARM_UP_S)
+            storage.kill()
+            await asyncio.sleep(outage_s)
+            await storage.start()
+            back = time.monotonic()
+            delivered = forwarder.metrics.get("delivered")
+            while forwarder.metrics.get("delivered") == delivered:
+                await asyncio.sleep(0.01)
+            resumed_s = time.monotonic() - back
+            feeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeding
+            assert (await forwarder.flush(timeout=600)).done
+            await registry.stop()
+            await forwarder.stop()
+    finally:
+        enrichment.kill()
+        storage.kill()
+        await outbox.close()
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        (stored,) = db.execute("SELECT COUNT(DISTINCT event_id) FROM events").fetchone()
+    return {"resume_s": resumed_s, "lost": max(0, sent - stored)}
+
+
 async def bench_recovery(folder: Path, outages: tuple[float, ...]) -> dict[str, float]:
     figures: dict[str, float] = {}
     lost = 0.0
@@ -104,5 +229,8 @@ async def bench_recovery(folder: Path, outages: tuple[float, ...]) -> dict[str, 
             key = "resume_after" if probes else "resume_without_probes_after"
             figures[f"{key}_{outage:g}s_outage_s"] = result["resume_s"]
             lost += result["lost"]
+        result = await resume_through_services(folder, outage)
+        figures[f"resume_through_services_after_{outage:g}s_outage_s"] = result["resume_s"]
+        lost += result["lost"]
     figures["recovery_lost"] = lost
     return figures
