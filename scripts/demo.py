@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if demo.hass is not None:
             print("stopping Home Assistant", flush=True)
             demo.stop_hass()
-        if any(service.pid is not None for service in demo.services):
+        if any(service.started for service in demo.services):
             print("stopping the services", flush=True)
             demo.stop_services()
     print_summary(demo)

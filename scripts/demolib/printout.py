@@ -111,11 +111,13 @@ STATUS_NAMES = _status_names()
 
 
 def progress_line(demo: Demo, started: float, previous: int | None) -> tuple[str, int | None]:
-    """The line, and the stored count to compare the next line with."""
-    stats = demo.storage_stats()
-    stored = None
-    if stats is not None:
-        stored = int(stats.get("events", {}).get("stored", 0))
+    """The line, and the stored count to compare the next line with.
+
+    The count is the SQLite file's (every event ever stored, whichever storage process
+    stored it), so across an outage it stands still and then catches up.
+    """
+    stored = demo.count_stored()
+    reachable = demo.storage_stats() is not None
     # The newest of two entities, leaving out the automations' own state changes.
     latest: dict[str, dict[str, Any]] = {}
     for event in demo.stored_events(limit=20):
@@ -124,12 +126,10 @@ def progress_line(demo: Demo, started: float, previous: int | None) -> tuple[str
             latest.setdefault(entity, event)
     newest = ", ".join(_describe(event) for event in latest.values())
     queued = demo.queued_in_ha()
-    parts: list[str] = []
-    if stored is None:
+    delta = f" (+{stored - previous})" if stored is not None and previous is not None else ""
+    parts = [f"stored {stored or 0}{delta}"]
+    if not reachable:
         parts.append("storage unreachable")
-    else:
-        delta = f" (+{stored - previous})" if previous is not None else ""
-        parts.append(f"stored {stored}{delta}")
     parts.append(f"queued in HA {queued[0] if queued else 0}")
     states = demo.ha_states([STATUS_ENTITY, PROBLEM_ENTITY])
     if STATUS_ENTITY in states:
@@ -137,9 +137,9 @@ def progress_line(demo: Demo, started: float, previous: int | None) -> tuple[str
         problem = {"on": ", delivery problem"}.get(states.get(PROBLEM_ENTITY, ""), "")
         parts.append(f"status {STATUS_NAMES.get(status, status)}{problem}")
     parts.append(f"enrichment {demo.enrichment_health()}")
-    parts.append(f"newest: {newest or '-'}")
+    if reachable:
+        parts.append(f"newest: {newest or '-'}")
     line = f"[{time.monotonic() - started:5.0f} s] " + " | ".join(parts)
-    # Across an outage the count goes on from the last one seen.
     return line, stored if stored is not None else previous
 
 

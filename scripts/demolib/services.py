@@ -57,6 +57,12 @@ class ServiceProcess:
             return self.child.pid
         return self.outside_pid
 
+    @property
+    def started(self) -> bool:
+        """A process to stop at the end: the demo's (running or not yet reaped) or one
+        started by hand."""
+        return self.child is not None or self.outside_pid is not None
+
     def start(self, env: dict[str, str], cwd: Path, note_pid: Callable[[int], None]) -> None:
         self.child = start_child(self.name, self.argv, self.log, env, cwd)
         note_pid(self.child.pid)

@@ -254,8 +254,14 @@ class Demo:
         except OSError as err:
             raise DemoError(f"Home Assistant's onboarding: {err}", self.ha_log) from None
         self.login, self.session = result.login, result.session
-        if result.fresh and self.session is not None:
-            check_metric(self.session)
+        if self.session is not None:
+            try:
+                check_metric(self.session)
+            except DemoError as err:
+                if result.fresh:
+                    raise
+                # A kept Home Assistant: its units may have been changed on purpose.
+                result.notes.append(f"{err}; a run without --keep starts with metric units")
         return result.notes
 
     def stop_hass(self) -> int | None:

@@ -239,3 +239,29 @@ def test_no_event_lost_or_duplicated_across_a_storage_outage(
         if by_hand.poll() is None:
             by_hand.kill()
             by_hand.wait()
+
+
+def test_the_start_command_enters_the_debian_root_from_the_host(
+    socket_enabled: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the latest leg the demo runs inside scripts/_root.sh's root; the command it
+    prints is typed outside it."""
+    demo = new_demo(tmp_path / "demo")
+    monkeypatch.delenv("HA_INGESTOR_ROOT_DIR", raising=False)
+    inside = demo.storage.start_command("t0ken")
+    assert inside == f"HA_INGESTOR_TOKEN=t0ken {shlex.join(demo.storage.argv)}"
+    monkeypatch.setenv("HA_INGESTOR_ROOT_DIR", "/var/cache/ha-ingestor/forky")
+    outside = shlex.split(demo.storage.start_command("t0ken"))
+    assert outside == [
+        "chroot",
+        "/var/cache/ha-ingestor/forky",
+        "/usr/bin/env",
+        "-i",
+        "HA_INGESTOR_TOKEN=t0ken",
+        *demo.storage.argv,
+    ]
+    assert demo.storage.argv[1:] == [
+        "storage",
+        *("--host", "127.0.0.1", "--port", str(demo.ports.storage)),
+        *("--backend", "sqlite", "--sqlite-path", str(demo.sqlite_path)),
+    ]
