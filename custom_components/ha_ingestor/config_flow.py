@@ -1,9 +1,7 @@
 """Config flow for HA Ingestor: set up, reauthenticate, reconfigure and tune the options.
 
-Before an entry is created (or its connection changed) every configured URL is asked
-for ``GET /api/v1/health`` without a token and ``GET /api/v1/stats`` with it, through the
-same resilient client the forwarder uses, with short timeouts and a few quick retries:
-a person is waiting.
+Before an entry is created (or its connection changed) every configured URL is checked
+(`service_checks`): its health must name the right service and its stats take the token.
 
 Entry data (all keys always present):
 
@@ -20,12 +18,9 @@ Options: see `default_options` for every key, its type and its default.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import voluptuous as vol
 from homeassistant.config_entries import (
     ConfigEntry,
@@ -35,7 +30,7 @@ from homeassistant.config_entries import (
 )
 from homeassistant.const import MAX_LENGTH_EVENT_EVENT_TYPE
 from homeassistant.core import HomeAssistant, callback, split_entity_id, valid_domain
-from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from homeassistant.data_entry_flow import section
 from homeassistant.helpers.selector import (
     BooleanSelector,
     EntitySelector,
@@ -72,6 +67,7 @@ from .const import (
     CONF_LINGER_MS,
     CONF_MAX_EVENTS,
     CONF_MAX_MEGABYTES,
+    CONF_PROBLEM_AFTER,
     CONF_STORAGE_FAILOVER_URLS,
     CONF_STORAGE_URL,
     CONF_VERIFY_SSL,
@@ -84,25 +80,14 @@ from .const import (
     DEFAULT_LINGER_MS,
     DEFAULT_MAX_EVENTS,
     DEFAULT_MAX_MEGABYTES,
+    DEFAULT_PROBLEM_AFTER,
     DOMAIN,
     DURABILITY_ALWAYS,
     DURABILITY_ON_BACKLOG,
-    HEALTH_PATH,
     LOGGER,
-    SERVICE_ENRICHMENT,
-    SERVICE_STORAGE,
-    STATS_PATH,
     SUGGESTED_EVENT_TYPES,
 )
-from .pipeline.envelope import ENRICHMENT_SERVICE_NAME, STORAGE_SERVICE_NAME
-from .pipeline.http_client import ServiceCallError, ServiceHTTPClient, ServiceResponse, Timeouts
-from .pipeline.retry import BackoffPolicy, Outcome
-
-# A person waits on these checks: short timeouts and a few quick retries. Read at call
-# time, so tests may shorten them.
-CHECK_TIMEOUTS = Timeouts(connect=3.0, total=5.0)
-CHECK_ATTEMPTS = 3
-CHECK_BACKOFF = BackoffPolicy(base=0.25, cap=1.0)
+from .service_checks import async_check_services
 
 # Bounds of the numeric options: (min, max).
 BATCH_SIZE_RANGE = (1, 5000)
@@ -110,6 +95,7 @@ LINGER_MS_RANGE = (0, 1000)
 MAX_EVENTS_RANGE = (1_000, 10_000_000)
 MAX_MEGABYTES_RANGE = (1, 10_000)
 HEALTH_INTERVAL_RANGE = (5, 3600)
+PROBLEM_AFTER_RANGE = (10, 86_400)
 
 _FILTER_LIST_KEYS = (
     CONF_INCLUDE_DOMAINS,
@@ -119,6 +105,28 @@ _FILTER_LIST_KEYS = (
     CONF_EXCLUDE_ENTITIES,
     CONF_EXCLUDE_ENTITY_GLOBS,
 )
+# Numeric options: whole numbers, stored as int.
+_WHOLE_NUMBER_KEYS = (
+    CONF_BATCH_SIZE,
+    CONF_LINGER_MS,
+    CONF_MAX_EVENTS,
+    CONF_MAX_MEGABYTES,
+    CONF_HEALTH_INTERVAL,
+    CONF_PROBLEM_AFTER,
+)
+# The options form's collapsed section with the delivery tuning. Only the form nests
+# them: the options are stored flat, as they always were.
+ADVANCED_DELIVERY = "advanced_delivery"
+ADVANCED_DELIVERY_KEYS = (
+    CONF_BATCH_SIZE,
+    CONF_LINGER_MS,
+    CONF_DURABILITY,
+    CONF_MAX_EVENTS,
+    CONF_MAX_MEGABYTES,
+    CONF_FALLBACK_TO_STORAGE,
+    CONF_HEALTH_INTERVAL,
+    CONF_PROBLEM_AFTER,
+)
 
 
 def default_options() -> dict[str, Any]:
@@ -127,9 +135,10 @@ def default_options() -> dict[str, Any]:
     Types: ``event_types`` list[str] (``"*"`` alone means every event type); the six
     entity-filter keys list[str] (the shape of Home Assistant's
     ``entityfilter.BASE_FILTER_SCHEMA``, so ``convert_filter`` takes them as they are);
-    ``batch_size``, ``linger_ms``, ``max_events``, ``max_megabytes`` and
-    ``health_check_interval`` (seconds) int; ``durability`` ``"always"`` or
-    ``"on_backlog"``; ``fallback_to_storage`` bool; ``weather_entity`` str or None.
+    ``batch_size``, ``linger_ms``, ``max_events``, ``max_megabytes``,
+    ``health_check_interval`` and ``problem_after`` (both seconds) int; ``durability``
+    ``"always"`` or ``"on_backlog"``; ``fallback_to_storage`` bool; ``weather_entity``
+    str or None.
     """
     return {
         CONF_EVENT_TYPES: list(DEFAULT_EVENT_TYPES),
@@ -141,11 +150,12 @@ def default_options() -> dict[str, Any]:
         CONF_MAX_MEGABYTES: DEFAULT_MAX_MEGABYTES,
         CONF_FALLBACK_TO_STORAGE: DEFAULT_FALLBACK_TO_STORAGE,
         CONF_HEALTH_INTERVAL: DEFAULT_HEALTH_INTERVAL,
+        CONF_PROBLEM_AFTER: DEFAULT_PROBLEM_AFTER,
         CONF_WEATHER_ENTITY: None,
     }
 
 
-# -- connection: URLs and checks ---------------------------------------------------------
+# -- connection: URLs -------------------------------------------------------------------
 
 _URL_SELECTOR = TextSelector(TextSelectorConfig(type=TextSelectorType.URL, autocomplete="url"))
 _URLS_SELECTOR = TextSelector(
@@ -254,101 +264,6 @@ def _parse_connection(user_input: Mapping[str, Any]) -> tuple[dict[str, Any], di
     return data, errors
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """One URL to check, and the form field its failure is shown on."""
-
-    service: str
-    field: str
-    url: str
-
-
-def _targets(data: Mapping[str, Any]) -> list[_Target]:
-    targets = [_Target(SERVICE_STORAGE, CONF_STORAGE_URL, data[CONF_STORAGE_URL])]
-    targets += [
-        _Target(SERVICE_STORAGE, CONF_STORAGE_FAILOVER_URLS, url)
-        for url in data.get(CONF_STORAGE_FAILOVER_URLS) or []
-    ]
-    if data.get(CONF_ENRICHMENT_URL):
-        targets.append(_Target(SERVICE_ENRICHMENT, CONF_ENRICHMENT_URL, data[CONF_ENRICHMENT_URL]))
-        targets += [
-            _Target(SERVICE_ENRICHMENT, CONF_ENRICHMENT_FAILOVER_URLS, url)
-            for url in data.get(CONF_ENRICHMENT_FAILOVER_URLS) or []
-        ]
-    return targets
-
-
-# What each companion service calls itself in its health answer ("service").
-HEALTH_NAMES = {SERVICE_STORAGE: STORAGE_SERVICE_NAME, SERVICE_ENRICHMENT: ENRICHMENT_SERVICE_NAME}
-
-
-def _is_the_other_service(target: _Target, health: ServiceResponse) -> bool:
-    """True when the URL answers as the other companion service (a swapped URL)."""
-    try:
-        body = health.json()
-    except ServiceCallError:
-        return False
-    name = body.get("service") if isinstance(body, dict) else None
-    return name in HEALTH_NAMES.values() and name != HEALTH_NAMES[target.service]
-
-
-async def _async_check_target(
-    session: aiohttp.ClientSession, target: _Target, token: str
-) -> str | None:
-    """None when the URL is healthy and takes the token, else the error key."""
-    client = ServiceHTTPClient(
-        target.service,
-        [target.url],
-        session,
-        token=token,
-        timeouts=CHECK_TIMEOUTS,
-        backoff=CHECK_BACKOFF,
-        interactive_attempts=CHECK_ATTEMPTS,
-        logger=LOGGER,
-    )
-    try:
-        health = await client.get(HEALTH_PATH, auth=False, retry=True)
-        if health.outcome is not Outcome.SUCCESS:
-            LOGGER.debug(
-                "%s at %s is not healthy: HTTP %s", target.service, target.url, health.status
-            )
-            return "cannot_connect"
-        if _is_the_other_service(target, health):
-            LOGGER.debug("%s at %s is the other service", target.service, target.url)
-            return "wrong_service"
-        stats = await client.get(STATS_PATH, retry=True)
-    except ServiceCallError as err:
-        LOGGER.debug("Cannot reach %s at %s: %s", target.service, target.url, err)
-        return "cannot_connect"
-    if stats.outcome is Outcome.AUTH:
-        LOGGER.debug(
-            "%s at %s refused the token: HTTP %s", target.service, target.url, stats.status
-        )
-        return "invalid_auth"
-    if stats.outcome is not Outcome.SUCCESS:
-        LOGGER.debug("%s at %s answered HTTP %s", target.service, target.url, stats.status)
-        return "cannot_connect"
-    return None
-
-
-async def async_check_services(hass: HomeAssistant, data: Mapping[str, Any]) -> dict[str, str]:
-    """Check every configured URL at once; the errors by form field (empty: all good).
-
-    ``invalid_auth`` is reported on the token field, ``cannot_connect`` on the field of
-    the URL that failed. Unexpected exceptions propagate (as an ExceptionGroup).
-    """
-    session = async_get_clientsession(hass, verify_ssl=bool(data.get(CONF_VERIFY_SSL, True)))
-    token = str(data[CONF_API_TOKEN])
-    targets = _targets(data)
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(_async_check_target(session, t, token)) for t in targets]
-    errors: dict[str, str] = {}
-    for target, task in zip(targets, tasks, strict=True):
-        if (error := task.result()) is not None:
-            errors.setdefault(CONF_API_TOKEN if error == "invalid_auth" else target.field, error)
-    return errors
-
-
 # -- the config flow ----------------------------------------------------------------------
 
 
@@ -364,6 +279,11 @@ class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
         """The options flow (it reads the entry from ``self.config_entry``)."""
         return HaIngestorOptionsFlow()
 
+    def _used_by_another_entry(self, storage_url: str, own: ConfigEntry | None = None) -> bool:
+        """True when another HA Ingestor entry has this storage URL (its unique id)."""
+        entry = self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, storage_url)
+        return entry is not None and (own is None or entry.entry_id != own.entry_id)
+
     async def _async_validate(self, data: Mapping[str, Any]) -> dict[str, str]:
         try:
             return await async_check_services(self.hass, data)
@@ -378,9 +298,14 @@ class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
             data, errors = _parse_connection(user_input)
             if not errors:
                 await self.async_set_unique_id(data[CONF_STORAGE_URL], raise_on_progress=False)
-                self._abort_if_unique_id_configured()
+                # A form error, not an abort: the dialog stays open with what was typed.
+                if self._used_by_another_entry(data[CONF_STORAGE_URL]):
+                    errors[CONF_STORAGE_URL] = "storage_url_in_use"
+            if not errors:
                 errors = await self._async_validate(data)
             if not errors:
+                # Another flow may have added this URL while the services were checked.
+                self._abort_if_unique_id_configured()
                 return self.async_create_entry(
                     title=_title(data[CONF_STORAGE_URL]), data=data, options=default_options()
                 )
@@ -430,14 +355,14 @@ class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
         errors: dict[str, str] = {}
         if user_input is not None:
             data, errors = _parse_connection(user_input)
+            if not errors and self._used_by_another_entry(data[CONF_STORAGE_URL], entry):
+                errors[CONF_STORAGE_URL] = "storage_url_in_use"
             if not errors:
-                unique_id = data[CONF_STORAGE_URL]
-                if unique_id != entry.unique_id and (
-                    self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, unique_id)
-                ):
-                    return self.async_abort(reason="already_configured")
                 errors = await self._async_validate(data)
             if not errors:
+                # Another flow may have taken this URL while the services were checked.
+                if self._used_by_another_entry(data[CONF_STORAGE_URL], entry):
+                    return self.async_abort(reason="already_configured")
                 title = entry.title
                 if title == _title(str(entry.data.get(CONF_STORAGE_URL))):
                     title = _title(data[CONF_STORAGE_URL])  # the title was ours: follow the URL
@@ -519,24 +444,48 @@ def _options_schema(hass: HomeAssistant, current: Mapping[str, Any]) -> vol.Sche
             vol.Optional(CONF_EXCLUDE_DOMAINS): domain_selector,
             vol.Optional(CONF_EXCLUDE_ENTITIES): entities_selector,
             vol.Optional(CONF_EXCLUDE_ENTITY_GLOBS): globs_selector,
-            vol.Required(CONF_BATCH_SIZE): _number(BATCH_SIZE_RANGE, "events"),
-            vol.Required(CONF_LINGER_MS): _number(LINGER_MS_RANGE, "ms"),
-            vol.Required(CONF_DURABILITY): SelectSelector(
-                SelectSelectorConfig(
-                    options=[DURABILITY_ALWAYS, DURABILITY_ON_BACKLOG],
-                    mode=SelectSelectorMode.LIST,
-                    translation_key=CONF_DURABILITY,
-                )
-            ),
-            vol.Required(CONF_MAX_EVENTS): _number(MAX_EVENTS_RANGE, "events"),
-            vol.Required(CONF_MAX_MEGABYTES): _number(MAX_MEGABYTES_RANGE, "MB"),
-            vol.Required(CONF_FALLBACK_TO_STORAGE): BooleanSelector(),
-            vol.Required(CONF_HEALTH_INTERVAL): _number(HEALTH_INTERVAL_RANGE, "s"),
             vol.Optional(CONF_WEATHER_ENTITY): EntitySelector(
                 EntitySelectorConfig(domain="weather")
             ),
+            vol.Required(ADVANCED_DELIVERY): section(
+                vol.Schema(  # type: ignore[arg-type, unused-ignore]
+                    {
+                        vol.Required(CONF_BATCH_SIZE): _number(BATCH_SIZE_RANGE, "events"),
+                        vol.Required(CONF_LINGER_MS): _number(LINGER_MS_RANGE, "ms"),
+                        vol.Required(CONF_DURABILITY): SelectSelector(
+                            SelectSelectorConfig(
+                                options=[DURABILITY_ALWAYS, DURABILITY_ON_BACKLOG],
+                                mode=SelectSelectorMode.LIST,
+                                translation_key=CONF_DURABILITY,
+                            )
+                        ),
+                        vol.Required(CONF_MAX_EVENTS): _number(MAX_EVENTS_RANGE, "events"),
+                        vol.Required(CONF_MAX_MEGABYTES): _number(MAX_MEGABYTES_RANGE, "MB"),
+                        vol.Required(CONF_FALLBACK_TO_STORAGE): BooleanSelector(),
+                        vol.Required(CONF_HEALTH_INTERVAL): _number(HEALTH_INTERVAL_RANGE, "s"),
+                        vol.Required(CONF_PROBLEM_AFTER): _number(PROBLEM_AFTER_RANGE, "s"),
+                    }
+                ),
+                {"collapsed": True},
+            ),
         }
     )
+
+
+def _nested(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat options in the form's shape: the delivery tuning inside its section."""
+    form = {key: value for key, value in options.items() if key not in ADVANCED_DELIVERY_KEYS}
+    form[ADVANCED_DELIVERY] = {
+        key: options[key] for key in ADVANCED_DELIVERY_KEYS if key in options
+    }
+    return form
+
+
+def _flat(user_input: Mapping[str, Any]) -> dict[str, Any]:
+    """The form's input with the section's fields back at the top, as options are stored."""
+    flat = {key: value for key, value in user_input.items() if key != ADVANCED_DELIVERY}
+    flat.update(user_input.get(ADVANCED_DELIVERY) or {})
+    return flat
 
 
 def _unique(values: Any) -> list[str]:
@@ -583,14 +532,12 @@ def _parse_options(user_input: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
         options[key] = _unique(user_input.get(key))
         if not all(_valid_glob(glob) for glob in options[key]):
             errors[key] = "invalid_glob"
-    for key in (
-        CONF_BATCH_SIZE,
-        CONF_LINGER_MS,
-        CONF_MAX_EVENTS,
-        CONF_MAX_MEGABYTES,
-        CONF_HEALTH_INTERVAL,
-    ):
-        options[key] = int(user_input[key])  # the selector gives a float within bounds
+    for key in _WHOLE_NUMBER_KEYS:
+        # The selector gives a float within bounds, but does not enforce the step of 1.
+        number = float(user_input[key])
+        if not number.is_integer():
+            errors[key] = "not_whole_number"
+        options[key] = int(number)
     options[CONF_DURABILITY] = str(user_input[CONF_DURABILITY])
     options[CONF_FALLBACK_TO_STORAGE] = bool(user_input[CONF_FALLBACK_TO_STORAGE])
     options[CONF_WEATHER_ENTITY] = user_input.get(CONF_WEATHER_ENTITY) or None
@@ -601,23 +548,27 @@ class HaIngestorOptionsFlow(OptionsFlow):
     """What to forward and how: event types, entity filter, batching, outbox, health."""
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
-        """One form with every option; the current values are filled in."""
+        """Filters on top, delivery tuning in a collapsed section; current values filled in."""
         errors: dict[str, str] = {}
         if user_input is not None:
-            options, errors = _parse_options(user_input)
+            current = _flat(user_input)
+            options, errors = _parse_options(current)
             if not errors:
                 return self.async_create_entry(data=options)
-        current: dict[str, Any] = (
-            dict(user_input)
-            if user_input is not None
-            else {**default_options(), **self.config_entry.options}
-        )
+        else:
+            current = {**default_options(), **self.config_entry.options}
         current[CONF_EVENT_TYPES] = _shown_event_types(current.get(CONF_EVENT_TYPES))
+        # The frontend shows a section's errors above the section, not at its fields.
+        form_errors: dict[str, str] = {}
+        for key, error in errors.items():
+            form_errors.setdefault(
+                ADVANCED_DELIVERY if key in ADVANCED_DELIVERY_KEYS else key, error
+            )
         return self.async_show_form(
             step_id="init",
             data_schema=self.add_suggested_values_to_schema(
                 _options_schema(self.hass, current),  # type: ignore[arg-type, unused-ignore]
-                current,
+                _nested(current),
             ),
-            errors=errors,
+            errors=form_errors,
         )

@@ -12,11 +12,15 @@ from unittest.mock import AsyncMock, PropertyMock, patch
 import pytest
 from pytest_homeassistant_custom_component.syrupy import HomeAssistantSnapshotExtension
 
+from custom_components.ha_ingestor import service_checks
+from custom_components.ha_ingestor.pipeline.http_client import Timeouts
+from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
 from tests.pipeline.fault_server import FaultServer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator
     from pathlib import Path
+    from unittest.mock import MagicMock
 
     from homeassistant.core import HomeAssistant
     from syrupy.assertion import SnapshotAssertion
@@ -88,3 +92,27 @@ async def enrichment_server(
 ) -> FaultServer:
     """An enrichment pipeline stand-in that expects `TOKEN`."""
     return await fault_server_factory(token=TOKEN, name="enrichment-pipeline")
+
+
+@pytest.fixture
+def resolve_host_names(
+    disable_mock_zeroconf_resolver: None, mock_async_zeroconf: MagicMock
+) -> None:
+    """Home Assistant's own resolver (aiodns, with mDNS for .local names) looks up host
+    names, not the harness's stand-in: services can be reached as localhost, the way
+    people enter them, so a resolver that does not work fails the test.
+
+    localhost is also ::1, which the harness refuses with a warning (filter it with
+    ``pytest.mark.filterwarnings``); the connection goes on to 127.0.0.1.
+    """
+
+
+@pytest.fixture
+def fast_service_checks() -> Generator[None]:
+    """The config flow's service checks with short timeouts and near-instant retries: a
+    failing check takes milliseconds."""
+    with (
+        patch.object(service_checks, "CHECK_TIMEOUTS", Timeouts(connect=0.5, total=0.5)),
+        patch.object(service_checks, "CHECK_BACKOFF", BackoffPolicy(base=0.001, cap=0.001)),
+    ):
+        yield

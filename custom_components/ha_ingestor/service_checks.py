@@ -1,0 +1,145 @@
+"""The config flow's checks of the service URLs, before an entry is created or changed.
+
+Every configured URL is asked for ``GET /api/v1/health`` without a token and
+``GET /api/v1/stats`` with it, through the same resilient client the forwarder uses,
+with short timeouts and a few quick retries: a person is waiting. The health answer
+must name the service the field is for (its ``"service"``), so a swapped URL, a wrong
+port or some other web server is caught before it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from homeassistant.core import HomeAssistant
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
+
+from .const import (
+    CONF_API_TOKEN,
+    CONF_ENRICHMENT_FAILOVER_URLS,
+    CONF_ENRICHMENT_URL,
+    CONF_STORAGE_FAILOVER_URLS,
+    CONF_STORAGE_URL,
+    CONF_VERIFY_SSL,
+    HEALTH_PATH,
+    LOGGER,
+    SERVICE_ENRICHMENT,
+    SERVICE_STORAGE,
+    STATS_PATH,
+)
+from .pipeline.envelope import ENRICHMENT_SERVICE_NAME, STORAGE_SERVICE_NAME
+from .pipeline.http_client import ServiceCallError, ServiceHTTPClient, ServiceResponse, Timeouts
+from .pipeline.retry import BackoffPolicy, Outcome
+
+# A person waits on these checks: short timeouts and a few quick retries. Read at call
+# time, so tests may shorten them.
+CHECK_TIMEOUTS = Timeouts(connect=3.0, total=5.0)
+CHECK_ATTEMPTS = 3
+CHECK_BACKOFF = BackoffPolicy(base=0.25, cap=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One URL to check, and the form field its failure is shown on."""
+
+    service: str
+    field: str
+    url: str
+
+
+def _targets(data: Mapping[str, Any]) -> list[_Target]:
+    targets = [_Target(SERVICE_STORAGE, CONF_STORAGE_URL, data[CONF_STORAGE_URL])]
+    targets += [
+        _Target(SERVICE_STORAGE, CONF_STORAGE_FAILOVER_URLS, url)
+        for url in data.get(CONF_STORAGE_FAILOVER_URLS) or []
+    ]
+    if data.get(CONF_ENRICHMENT_URL):
+        targets.append(_Target(SERVICE_ENRICHMENT, CONF_ENRICHMENT_URL, data[CONF_ENRICHMENT_URL]))
+        targets += [
+            _Target(SERVICE_ENRICHMENT, CONF_ENRICHMENT_FAILOVER_URLS, url)
+            for url in data.get(CONF_ENRICHMENT_FAILOVER_URLS) or []
+        ]
+    return targets
+
+
+# What each companion service calls itself in its health answer ("service").
+HEALTH_NAMES = {SERVICE_STORAGE: STORAGE_SERVICE_NAME, SERVICE_ENRICHMENT: ENRICHMENT_SERVICE_NAME}
+# The error for a URL that answers as the other companion service (a swapped URL or a
+# wrong port): its text names the service that answered and the usual ports.
+ANSWERED_AS = {
+    STORAGE_SERVICE_NAME: "answers_as_storage",
+    ENRICHMENT_SERVICE_NAME: "answers_as_enrichment",
+}
+
+
+def _health_name(health: ServiceResponse) -> str:
+    """The "service" a health answer names itself with ("": not JSON, or no name)."""
+    try:
+        body = health.json()
+    except ServiceCallError:
+        return ""
+    name = body.get("service") if isinstance(body, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+async def _async_check_target(
+    session: aiohttp.ClientSession, target: _Target, token: str
+) -> str | None:
+    """None when the URL is healthy and takes the token, else the error key."""
+    client = ServiceHTTPClient(
+        target.service,
+        [target.url],
+        session,
+        token=token,
+        timeouts=CHECK_TIMEOUTS,
+        backoff=CHECK_BACKOFF,
+        interactive_attempts=CHECK_ATTEMPTS,
+        logger=LOGGER,
+    )
+    try:
+        health = await client.get(HEALTH_PATH, auth=False, retry=True)
+        if health.outcome is not Outcome.SUCCESS:
+            LOGGER.debug(
+                "%s at %s is not healthy: HTTP %s", target.service, target.url, health.status
+            )
+            return "cannot_connect"
+        name = _health_name(health)
+        if name != HEALTH_NAMES[target.service]:
+            LOGGER.debug("%s at %s answers as %r", target.service, target.url, name)
+            # Neither of ours: some other web server answers the health path.
+            return ANSWERED_AS.get(name, "not_an_ingestor_service")
+        stats = await client.get(STATS_PATH, retry=True)
+    except ServiceCallError as err:
+        LOGGER.debug("Cannot reach %s at %s: %s", target.service, target.url, err)
+        return "cannot_connect"
+    if stats.outcome is Outcome.AUTH:
+        LOGGER.debug(
+            "%s at %s refused the token: HTTP %s", target.service, target.url, stats.status
+        )
+        return "invalid_auth"
+    if stats.outcome is not Outcome.SUCCESS:
+        LOGGER.debug("%s at %s answered HTTP %s", target.service, target.url, stats.status)
+        return "cannot_connect"
+    return None
+
+
+async def async_check_services(hass: HomeAssistant, data: Mapping[str, Any]) -> dict[str, str]:
+    """Check every configured URL at once; the errors by form field (empty: all good).
+
+    ``invalid_auth`` is reported on the token field, every other error on the field of
+    the URL that failed. Unexpected exceptions propagate (as an ExceptionGroup).
+    """
+    session = async_get_clientsession(hass, verify_ssl=bool(data.get(CONF_VERIFY_SSL, True)))
+    token = str(data[CONF_API_TOKEN])
+    targets = _targets(data)
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(_async_check_target(session, t, token)) for t in targets]
+    errors: dict[str, str] = {}
+    for target, task in zip(targets, tasks, strict=True):
+        if (error := task.result()) is not None:
+            errors.setdefault(CONF_API_TOKEN if error == "invalid_auth" else target.field, error)
+    return errors
