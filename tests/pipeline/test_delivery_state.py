@@ -95,6 +95,32 @@ async def test_error_answers_are_backing_off(harness: Harness, fault_server: Fau
     assert forwarder.state is ForwarderState.DELIVERING
 
 
+async def test_waiting_stays_waiting_until_a_batch_is_accepted(
+    harness: Harness, fault_server_factory: Any
+) -> None:
+    """Enrichment answering 503 while the storage fallback refuses: not a flip between
+    backing off and waiting with every route tried."""
+    enrichment: FaultServer = await fault_server_factory()
+    storage: FaultServer = await fault_server_factory()
+    forwarder = harness.forwarder(
+        harness.route("enrichment", enrichment), harness.route("storage", storage)
+    )
+    await storage.refuse()
+    enrichment.fail_next(1, 503)
+    harness.outbox.append(event(0))
+    await wait_for_state(forwarder, ForwarderState.BACKING_OFF)
+    enrichment.fail_next(100, 503)
+    await wait_for_state(forwarder, ForwarderState.WAITING)  # the fallback was refused
+    seen: set[ForwarderState] = set()
+    for _ in range(30):
+        seen.add(forwarder.state)
+        await asyncio.sleep(0.01)
+    assert seen == {ForwarderState.WAITING}
+    enrichment.clear_faults()
+    assert (await forwarder.flush(timeout=5)).done
+    assert forwarder.state is ForwarderState.DELIVERING
+
+
 async def test_a_hung_service_is_waiting_within_its_request_timeout(
     harness: Harness, fault_server: FaultServer
 ) -> None:

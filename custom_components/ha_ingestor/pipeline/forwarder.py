@@ -515,8 +515,16 @@ class EventForwarder:
         self._set_backlog(False)
 
     def _report(self, state: ForwarderState, service: str, error: str) -> None:
-        """A batch failed (or could not go): say so, keeping when the trouble began."""
-        since = self._clock() if self._problem is None else self._problem.since
+        """A batch failed (or could not go): say so, keeping when the trouble began.
+
+        Within one episode `waiting` does not turn back into `backing_off`: with the
+        enrichment answering 503 and the storage fallback refusing, the state would
+        otherwise flip with each route tried; the service and error are the latest.
+        """
+        problem = self._problem
+        if problem is not None and problem.state is ForwarderState.WAITING:
+            state = ForwarderState.WAITING
+        since = self._clock() if problem is None else problem.since
         self._problem = DeliveryProblem(state, service, since, error)
 
     def _report_unusable(self, service: str, error: str) -> None:
