@@ -58,7 +58,7 @@ Everything is up ({elapsed:.0f} s).
   logs             {shown(demo.ha_log)}
                    {shown(demo.logs_dir)}/
 Outage drill (README, "Outage drill"): stop storage, watch the forwarder's Status,
-Delivery problem and Queued events in Home Assistant, start storage again.
+Delivery problem and Outbox depth in Home Assistant, start storage again.
   stop storage     kill {storage.pid}
   start it again   {storage.start_command(demo.token)}
 Query the stored events:
