@@ -156,7 +156,7 @@ def run(demo: Demo, args: argparse.Namespace) -> int:
         demo.start_services()
         print(f"starting Home Assistant (log: {demo.ha_log})", flush=True)
         demo.start_hass()
-        print("finishing Home Assistant's onboarding", flush=True)
+        print("signing in to Home Assistant (onboarding it when new)", flush=True)
         notes = demo.onboard()
     except DemoError as err:
         print(f"\nerror: {err}", file=sys.stderr)
