@@ -1,7 +1,7 @@
-// Screenshot a device page of a running Home Assistant in a real browser (Debian's
-// chromium through npm's playwright-core): log in, open the device of an entity, wait
-// until the page shows a text, save a PNG. Run through scripts/screenshot, which
-// installs what it needs.
+// Screenshot a page of a running Home Assistant in a real browser (Debian's chromium
+// through npm's playwright-core): log in, open the device of an entity (--entity) or an
+// integration's options dialog (--options-of DOMAIN), wait until the page shows a text,
+// click some texts (--click "Status,Attributes"), save a PNG. Run through scripts/screenshot, which installs what it needs.
 //
 //   scripts/screenshot --url http://127.0.0.1:8123 --user demo --password ... \
 //     --entity sensor.ha_ingestor_forwarder_status --wait-for "Waiting for a service" \
@@ -10,8 +10,16 @@
 const { chromium } = await import(process.env.PLAYWRIGHT_CORE ?? "playwright-core");
 
 function options(argv) {
-  const wanted = ["url", "user", "password", "entity", "out"];
-  const parsed = { "wait-for": null, width: "1280", height: "900", timeout: "120" };
+  const wanted = ["url", "user", "password", "out"];
+  const parsed = {
+    entity: null,
+    "options-of": null,
+    "wait-for": null,
+    click: null,
+    width: "1280",
+    height: "900",
+    timeout: "120",
+  };
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, "");
     if (!(wanted.includes(key) || key in parsed) || argv[i + 1] === undefined) {
@@ -21,6 +29,9 @@ function options(argv) {
   }
   for (const key of wanted) {
     if (!parsed[key]) throw new Error(`--${key} is required`);
+  }
+  if (!parsed.entity === !parsed["options-of"]) {
+    throw new Error("give one of --entity and --options-of");
   }
   return parsed;
 }
@@ -56,10 +67,20 @@ async function main() {
     });
     page.setDefaultTimeout(timeout);
     await logIn(page, opts.url, opts.user, opts.password);
-    const device = await deviceOf(page, opts.entity);
-    await page.goto(`${opts.url}/config/devices/device/${device}`);
+    if (opts.entity) {
+      const device = await deviceOf(page, opts.entity);
+      await page.goto(`${opts.url}/config/devices/device/${device}`);
+    } else {
+      await page.goto(`${opts.url}/config/integrations/integration/${opts["options-of"]}`);
+      await page.getByRole("button", { name: "Configure" }).first().click();
+    }
     if (opts["wait-for"]) {
       await page.getByText(opts["wait-for"], { exact: false }).first().waitFor();
+    }
+    // Then click these texts in turn (comma-separated), e.g. an entity, then "Attributes".
+    for (const text of (opts.click ?? "").split(",").filter(Boolean)) {
+      await page.getByText(text, { exact: true }).first().click();
+      await page.waitForTimeout(800);
     }
     await page.waitForTimeout(1500); // let the cards finish drawing
     await page.screenshot({ path: opts.out });

@@ -86,11 +86,24 @@ async def test_refused_then_back(harness: Harness, fault_server: FaultServer) ->
 
 async def test_error_answers_are_backing_off(harness: Harness, fault_server: FaultServer) -> None:
     forwarder = harness.forwarder(harness.route("storage", fault_server))
-    fault_server.fail_next(3, 503)
+    fault_server.fail_next(3, 500)
     harness.outbox.append(event(0))
     await wait_for_state(forwarder, ForwarderState.BACKING_OFF)
     assert forwarder.problem is not None
-    assert forwarder.problem.error == "storage: HTTP 503"
+    assert forwarder.problem.error.startswith("storage: HTTP 500: ")  # and its own words
+    assert (await forwarder.flush(timeout=5)).done
+    assert forwarder.state is ForwarderState.DELIVERING
+
+
+async def test_unavailable_is_waiting(harness: Harness, fault_server: FaultServer) -> None:
+    """503: the service says it cannot take events now (the enrichment, while storage
+    is away): waiting for a service, as when nothing answers."""
+    forwarder = harness.forwarder(harness.route("storage", fault_server))
+    fault_server.fail_next(3, 503)
+    harness.outbox.append(event(0))
+    await wait_for_state(forwarder, ForwarderState.WAITING)
+    assert forwarder.problem is not None
+    assert forwarder.problem.error.startswith("storage: HTTP 503")
     assert (await forwarder.flush(timeout=5)).done
     assert forwarder.state is ForwarderState.DELIVERING
 
@@ -98,7 +111,7 @@ async def test_error_answers_are_backing_off(harness: Harness, fault_server: Fau
 async def test_waiting_stays_waiting_until_a_batch_is_accepted(
     harness: Harness, fault_server_factory: Any
 ) -> None:
-    """Enrichment answering 503 while the storage fallback refuses: not a flip between
+    """Enrichment answering 500 while the storage fallback refuses: not a flip between
     backing off and waiting with every route tried."""
     enrichment: FaultServer = await fault_server_factory()
     storage: FaultServer = await fault_server_factory()
@@ -106,10 +119,10 @@ async def test_waiting_stays_waiting_until_a_batch_is_accepted(
         harness.route("enrichment", enrichment), harness.route("storage", storage)
     )
     await storage.refuse()
-    enrichment.fail_next(1, 503)
+    enrichment.fail_next(1, 500)
     harness.outbox.append(event(0))
     await wait_for_state(forwarder, ForwarderState.BACKING_OFF)
-    enrichment.fail_next(100, 503)
+    enrichment.fail_next(100, 500)
     await wait_for_state(forwarder, ForwarderState.WAITING)  # the fallback was refused
     seen: set[ForwarderState] = set()
     for _ in range(30):
@@ -263,7 +276,7 @@ async def test_a_service_that_answers_errors_keeps_its_backoff(
 
 async def test_wake_cuts_a_backoff_short(harness: Harness, fault_server: FaultServer) -> None:
     forwarder = harness.forwarder(harness.route("storage", fault_server), backoff=LONG_BACKOFF)
-    fault_server.fail_next(1, 503)
+    fault_server.fail_next(1, 500)
     harness.outbox.append(event(0))
     await wait_for_state(forwarder, ForwarderState.BACKING_OFF)
     await asyncio.sleep(0.1)

@@ -278,7 +278,7 @@ async def test_pause_resume_and_flush(harness: Harness, fault_server: FaultServe
 
 
 async def test_flush_skips_a_long_backoff(harness: Harness, fault_server: FaultServer) -> None:
-    fault_server.fail_next(1, 503)
+    fault_server.fail_next(1, 500)
     forwarder = harness.forwarder(
         harness.route("storage", fault_server), backoff=BackoffPolicy(base=30.0, cap=60.0)
     )

@@ -16,8 +16,8 @@ While the primary route's breaker is open (or its auth failed) and a fallback ro
 configured and allowed, batches go to the fallback.
 
 The state says the truth about delivery: `delivering` until a batch fails, then
-`waiting` (no answer: refused, timed out, breakers open, credentials refused) or
-`backing_off` (the service answered with an error) until a batch is accepted again,
+`waiting` (no answer: refused, timed out, 503 unavailable, breakers open, credentials
+refused) or `backing_off` (another error answer) until a batch is accepted again,
 with the `DeliveryProblem` (which service, since when, the last error) alongside.
 `wake` cuts a wait short when a service is seen back (docs/ARCHITECTURE.md, "Recovery").
 """
@@ -70,7 +70,7 @@ class ForwarderState(StrEnum):
     DELIVERING = "delivering"  # no batch has failed since the last one was accepted
     PAUSED = "paused"
     BACKING_OFF = "backing_off"  # a service answered with an error; retrying after a backoff
-    WAITING = "waiting"  # no service takes events: no answer, breakers open, or auth refused
+    WAITING = "waiting"  # no service takes events: no answer, 503, breakers open, auth refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,12 +402,10 @@ class EventForwarder:
             return 0.0
         if outcome is Outcome.RETRYABLE or outcome is Outcome.RATE_LIMITED:
             await self._outbox.nack(seqs)
-            return self._failed(
-                route,
-                ForwarderState.BACKING_OFF,
-                f"{route.name}: HTTP {response.status}",
-                response.retry_after,
-            )
+            # 503 says "unavailable" (the enrichment says so while storage is away):
+            # waiting for a service, like no answer at all; other errors back off.
+            state = ForwarderState.WAITING if response.status == 503 else ForwarderState.BACKING_OFF
+            return self._failed(route, state, _describe(route, response), response.retry_after)
         if outcome is Outcome.AUTH:
             await self._outbox.nack(seqs)
             self._auth_failed.add(route.name)
@@ -546,6 +544,13 @@ class EventForwarder:
             delay = max(delay, min(retry_after, self.config.backoff.cap))
         self._log.debug("%s; retrying in %.2fs", message, delay)
         return delay
+
+
+def _describe(route: Route, response: ServiceResponse) -> str:
+    """An error answer for the Status sensor: the status, and the service's own words."""
+    _, message = response.error()
+    message = " ".join(message.split())[:200]
+    return f"{route.name}: HTTP {response.status}" + (f": {message}" if message else "")
 
 
 def _batch_key(records: Sequence[OutboxRecord]) -> str:
