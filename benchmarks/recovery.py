@@ -44,6 +44,36 @@ WARM_UP_S = 2.0
 DEFAULT_OUTAGES_S = (10.0, 60.0)
 
 
+class _Feed:
+    """Appends numbered state changes to the outbox at `RATE` until stopped."""
+
+    def __init__(self, outbox: Outbox[dict[str, Any]]) -> None:
+        self.outbox = outbox
+        self.sent = 0
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            await asyncio.sleep(max(0.0, start + self.sent / RATE - loop.time()))
+            self.outbox.append(state_changed(self.sent))
+            self.sent += 1
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def _seconds_to_first_delivery(forwarder: EventForwarder) -> float:
+    back = time.monotonic()
+    delivered = forwarder.metrics.get("delivered")
+    while forwarder.metrics.get("delivered") == delivered:
+        await asyncio.sleep(0.01)
+    return time.monotonic() - back
+
+
 async def resume_after(folder: Path, outage_s: float, *, probes: bool) -> dict[str, float]:
     """One outage; returns the seconds to resume and the events lost."""
     port = free_port()
@@ -53,20 +83,10 @@ async def resume_after(folder: Path, outage_s: float, *, probes: bool) -> dict[s
         folder / name, EventValidator().encode, durability=Durability.ALWAYS
     )
     await outbox.open()
-    sent = 0
     stored: list[int] = []  # what each sink process took, counted as it stopped
-    loop = asyncio.get_running_loop()
 
     def sink() -> contextlib.AbstractContextManager[str]:
         return running_sink(port, on_exit=lambda counts: stored.append(counts["unique"]))
-
-    async def feed() -> None:
-        nonlocal sent
-        start = loop.time()
-        while True:
-            await asyncio.sleep(max(0.0, start + sent / RATE - loop.time()))
-            outbox.append(state_changed(sent))
-            sent += 1
 
     async with aiohttp.ClientSession() as session:
         registry = ServiceRegistry(session) if probes else None
@@ -82,19 +102,13 @@ async def resume_after(folder: Path, outage_s: float, *, probes: bool) -> dict[s
             forwarder.start()
             if registry is not None:
                 registry.start()
-            feeding = loop.create_task(feed())
+            feed = _Feed(outbox)
             await asyncio.sleep(WARM_UP_S)
             await asyncio.to_thread(sinks.close)  # the outage begins
             await asyncio.sleep(outage_s)
             await asyncio.to_thread(sinks.enter_context, sink())
-            back = time.monotonic()
-            delivered = forwarder.metrics.get("delivered")
-            while forwarder.metrics.get("delivered") == delivered:
-                await asyncio.sleep(0.01)
-            resumed_s = time.monotonic() - back
-            feeding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeding
+            resumed_s = await _seconds_to_first_delivery(forwarder)
+            await feed.stop()
             assert (await forwarder.flush(timeout=600)).done
             if registry is not None:
                 await registry.stop()
@@ -102,7 +116,7 @@ async def resume_after(folder: Path, outage_s: float, *, probes: bool) -> dict[s
     await outbox.close()
     # Ids are unique per sink process; one resent across the outage counts twice, so
     # "lost" can only be understated by resends, which the receivers dedupe anyway.
-    return {"resume_s": resumed_s, "lost": max(0, sent - sum(stored))}
+    return {"resume_s": resumed_s, "lost": max(0, feed.sent - sum(stored))}
 
 
 class _Service:
@@ -165,17 +179,6 @@ async def resume_through_services(folder: Path, outage_s: float) -> dict[str, fl
         durability=Durability.ALWAYS,
     )
     await outbox.open()
-    sent = 0
-    loop = asyncio.get_running_loop()
-
-    async def feed() -> None:
-        nonlocal sent
-        start = loop.time()
-        while True:
-            await asyncio.sleep(max(0.0, start + sent / RATE - loop.time()))
-            outbox.append(state_changed(sent))
-            sent += 1
-
     try:
         await storage.start()
         await enrichment.start()
@@ -195,19 +198,13 @@ async def resume_through_services(folder: Path, outage_s: float) -> dict[str, fl
             registry.add_listener(forwarder.on_availability)
             forwarder.start()
             registry.start()
-            feeding = loop.create_task(feed())
+            feed = _Feed(outbox)
             await asyncio.sleep(WARM_UP_S)
             storage.kill()
             await asyncio.sleep(outage_s)
             await storage.start()
-            back = time.monotonic()
-            delivered = forwarder.metrics.get("delivered")
-            while forwarder.metrics.get("delivered") == delivered:
-                await asyncio.sleep(0.01)
-            resumed_s = time.monotonic() - back
-            feeding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeding
+            resumed_s = await _seconds_to_first_delivery(forwarder)
+            await feed.stop()
             assert (await forwarder.flush(timeout=600)).done
             await registry.stop()
             await forwarder.stop()
@@ -217,7 +214,7 @@ async def resume_through_services(folder: Path, outage_s: float) -> dict[str, fl
         await outbox.close()
     with contextlib.closing(sqlite3.connect(database)) as db:
         (stored,) = db.execute("SELECT COUNT(DISTINCT event_id) FROM events").fetchone()
-    return {"resume_s": resumed_s, "lost": max(0, sent - stored)}
+    return {"resume_s": resumed_s, "lost": max(0, feed.sent - stored)}
 
 
 async def bench_recovery(folder: Path, outages: tuple[float, ...]) -> dict[str, float]:
