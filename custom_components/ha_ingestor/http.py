@@ -187,6 +187,8 @@ def entry_health(runtime: IngestorRuntime, snapshot: IngestorSnapshot) -> dict[s
         problems.append("the forwarder is paused")
     elif state == ForwarderState.BACKING_OFF:
         problems.append("the forwarder is backing off after failed deliveries")
+    elif state == ForwarderState.WAITING:
+        problems.append(f"the forwarder is waiting for a service ({snapshot.problem_error})")
     if snapshot.dropped:
         problems.append(f"{snapshot.dropped} events were dropped at the outbox cap")
     if state in (ForwarderState.STOPPED, ForwarderState.WAITING) or not deliverable:

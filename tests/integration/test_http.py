@@ -149,6 +149,21 @@ async def test_health_unhealthy_when_nothing_can_be_delivered(
     assert storage["endpoints"][0]["last_error"]
 
 
+async def test_health_says_what_the_forwarder_waits_for(entry: MockConfigEntry) -> None:
+    runtime = entry.runtime_data.runtime
+    snapshot = replace(
+        build_snapshot(runtime, time.time()),
+        forwarder_state="waiting",
+        problem_service="storage",
+        problem_error="storage: HTTP 503: the database is away",
+    )
+    health = entry_health(runtime, snapshot)
+    assert health["status"] == "unhealthy"
+    assert health["problems"] == [
+        "the forwarder is waiting for a service (storage: HTTP 503: the database is away)"
+    ]
+
+
 async def test_health_degraded_while_storage_takes_over(
     hass: HomeAssistant,
     client: TestClient,
