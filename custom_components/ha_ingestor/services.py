@@ -1,7 +1,9 @@
 """Actions of HA Ingestor: forward one event now, flush, dead letters, pause and resume.
 
 Every action takes an optional ``config_entry_id``; without it the action acts on the
-only loaded entry. `async_forward_event` is shared with the HTTP view
+only loaded entry. Every action changes or reveals data, so a user who is not an
+administrator is refused (`AdminRequired`); calls without a user (automations, scripts)
+are not. `async_forward_event` is shared with the HTTP view
 (``POST /api/ha_ingestor/events/forward``): it raises `ForwardError`, which the action
 turns into a translated `ServiceValidationError` or `HomeAssistantError` and the view
 into the contract's error body with the matching status code.
@@ -24,7 +26,7 @@ from homeassistant.core import (
     SupportsResponse,
     callback,
 )
-from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
+from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
 from homeassistant.helpers import config_validation as cv
 from homeassistant.util import dt as dt_util
 
@@ -40,6 +42,8 @@ from .pipeline.http_client import CircuitOpenError, ServiceCallError, Timeouts
 from .pipeline.retry import Outcome
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine
+
     from .coordinator import HaIngestorConfigEntry
     from .pipeline.forwarder import Route
     from .runtime import IngestorRuntime
@@ -327,6 +331,42 @@ async def async_forward_event(
 # -- the actions -------------------------------------------------------------------------
 
 
+class AdminRequired(Unauthorized):
+    """A user who is not an administrator called an action.
+
+    An `Unauthorized`, so Home Assistant's APIs answer it as one (the REST API with 401),
+    with a translated message, which `Unauthorized` itself does not carry.
+    """
+
+    def __init__(self, context: Context, action: str) -> None:
+        super().__init__(context=context)
+        HomeAssistantError.__init__(
+            self,
+            translation_domain=DOMAIN,
+            translation_key="admin_required",
+            translation_placeholders={"action": f"{DOMAIN}.{action}"},
+        )
+
+
+def _admin_only(
+    action: str, handler: Callable[[ServiceCall], Awaitable[ServiceResponse]]
+) -> Callable[[ServiceCall], Coroutine[Any, Any, ServiceResponse]]:
+    """The handler, refusing a user who is not an administrator.
+
+    As Home Assistant's `async_register_admin_service` does, which cannot be used here:
+    in 2025.4 it neither registers a response nor returns one.
+    """
+
+    async def checked(call: ServiceCall) -> ServiceResponse:
+        if call.context.user_id is not None:
+            user = await call.hass.auth.async_get_user(call.context.user_id)
+            if user is None or not user.is_admin:
+                raise AdminRequired(call.context, action)
+        return await handler(call)
+
+    return checked
+
+
 def _entry(call: ServiceCall) -> HaIngestorConfigEntry:
     return async_get_loaded_entry(call.hass, call.data.get(ATTR_CONFIG_ENTRY_ID))
 
@@ -423,7 +463,7 @@ def async_setup_services(hass: HomeAssistant) -> None:
         hass.services.async_register(
             DOMAIN,
             name,
-            handler,
+            _admin_only(name, handler),
             schema=schema,  # type: ignore[arg-type, unused-ignore]
             supports_response=SupportsResponse.OPTIONAL if responds else SupportsResponse.NONE,
         )

@@ -36,6 +36,8 @@ from tests.pipeline.fault_server import BATCH_PATH, EVENT_PATH, REJECT_MARKER, F
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from homeassistant.auth.models import User
+
 
 ACTIONS = {
     SERVICE_FORWARD_EVENT,
@@ -74,9 +76,12 @@ async def dead_letter_ids(entry: MockConfigEntry) -> list[int]:
 
 
 async def test_forward_event_returns_the_receivers_result(
-    hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
+    hass: HomeAssistant,
+    entry: MockConfigEntry,
+    storage_server: FaultServer,
+    hass_admin_user: User,
 ) -> None:
-    context = Context(user_id="user-1")
+    context = Context(user_id=hass_admin_user.id)
     result = await call(
         hass,
         SERVICE_FORWARD_EVENT,
@@ -97,7 +102,7 @@ async def test_forward_event_returns_the_receivers_result(
     assert envelope["data"]["event_type"] == "custom_event"
     assert envelope["data"]["entity_id"] == "sensor.x"
     assert envelope["data"]["data"] == {"answer": 42, "entity_id": "sensor.x"}
-    assert envelope["data"]["context"]["user_id"] == "user-1"
+    assert envelope["data"]["context"]["user_id"] == hass_admin_user.id
     assert envelope["context"]["instance_id"]
     # Sent at once on its own, not through the outbox and its batches.
     assert request.event_ids == [event_id]
@@ -541,6 +546,7 @@ EXCEPTION_KEYS = {
     "rejected_by_service",
     "flush_paused",
     "flush_timeout",
+    "admin_required",
 }
 
 
