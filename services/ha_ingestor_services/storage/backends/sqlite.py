@@ -25,6 +25,7 @@ run on a second connection on their own thread (WAL lets readers work during a w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import os
@@ -137,6 +138,7 @@ class SQLiteBackend:
         return self._read_conn
 
     def _connect(self) -> sqlite3.Connection:
+        _create_private(self.path)
         # Autocommit mode: transactions are spelled out with BEGIN/COMMIT.
         conn = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None)
         try:
@@ -347,6 +349,18 @@ class SQLiteBackend:
             "expired_events": self._expired,
             "last_error": self._last_error,
         }
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only (0600), if it is missing.
+
+    The events may hold anything Home Assistant knows; SQLite would create the file
+    0644 under the usual umask. Its -wal and -shm files take the database file's mode
+    (SQLite's unix VFS), so they are 0600 too. An existing file keeps its mode.
+    """
+    # Any other failure (a read-only folder) is SQLite's to report, in its own words.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _size(path: str) -> int | None:
