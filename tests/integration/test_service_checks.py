@@ -265,3 +265,24 @@ async def test_user_unexpected_error_then_recovers(
 
     result = await submit(hass, result, user_input(local_url(storage_server)))
     assert result["type"] is FlowResultType.CREATE_ENTRY
+
+
+async def test_health_checks_carry_no_token(
+    hass: HomeAssistant, storage_server: FaultServer, enrichment_server: FaultServer
+) -> None:
+    """Health is open: the token travels only where it is checked (stats), so a health
+    check never hands it to whatever answers at a mistyped URL (issue 10)."""
+    result = await start_user_flow(hass)
+    result = await submit(
+        hass,
+        result,
+        user_input(local_url(storage_server), enrichment_url=local_url(enrichment_server)),
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    for server in (storage_server, enrichment_server):
+        health = server.requests_to(HEALTH_PATH)
+        assert health
+        for request in health:
+            assert "authorization" not in {name.lower() for name in request.headers}
+        stats = server.requests_to(STATS_PATH)
+        assert [request.headers.get("Authorization") for request in stats] == [f"Bearer {TOKEN}"]
