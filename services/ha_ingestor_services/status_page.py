@@ -1,7 +1,7 @@
 """The small HTML page each service serves at ``/``, without the token.
 
-It is what Home Assistant's "Visit" link on the service's device opens. It shows only
-what the open health endpoint decides (the overall status) and each dependency's name
+It is what Home Assistant's "Visit" link on the service's device opens. It shows
+health's overall status (all the open health endpoint tells) and each dependency's name
 with up or down: never a dependency's detail text, which can hold file paths, URLs or
 upstream errors, nor the version or anything about the token. Every value is escaped,
 and the response headers forbid scripts, external resources and caching.
@@ -15,7 +15,7 @@ from html import escape
 from ha_ingestor_pipeline.envelope import ENRICHMENT_SERVICE_NAME, STORAGE_SERVICE_NAME
 
 # The page reloads itself this often. Each view runs the same checks as one call of
-# the health endpoint (on SQLite that is one small write), so not faster than this.
+# the open health endpoint (storage's probe is cached for a few seconds).
 REFRESH_S = 10
 
 HEALTH_PATH = "/api/v1/health"
@@ -108,7 +108,8 @@ def render(
 <ul>
 <li>Health as JSON, no token needed:
 <a href="{HEALTH_PATH[1:]}"><code>GET {HEALTH_PATH}</code></a>
-(HTTP 503 while a required dependency is down).</li>
+(HTTP 503 while a required dependency is down; each dependency's detail with the
+token).</li>
 <li>Every other endpoint needs the API token:
 <code>Authorization: Bearer &lt;token&gt;</code>.</li>
 <li>API description (OpenAPI 3.1, with the token too): <code>GET {OPENAPI_PATH}</code>.</li>

@@ -9,7 +9,8 @@ application with
   input,
 - ``POST /api/v1/events`` and ``POST /api/v1/events/batch`` answering with one result
   per event, so one bad event never sinks its batch,
-- ``GET /api/v1/health``, ``GET /api/v1/stats``, ``GET /metrics`` (Prometheus text) and
+- ``GET /api/v1/health`` (open: status and service name; with the token: details),
+  ``GET /api/v1/stats``, ``GET /metrics`` (Prometheus text) and
   ``GET /api/v1/openapi.json``,
 - ``GET /``: a small HTML status page for people (status_page.py), open like health.
 
@@ -312,18 +313,37 @@ def _from_http_exception(err: web.HTTPException, correlation_id: str) -> web.Res
     return response
 
 
+def _given_token(request: web.Request) -> str | None:
+    """The bearer token of the request; None when there is none or it is malformed.
+
+    Header values arrive decoded with surrogate escapes: bytes that are not UTF-8 (or
+    any control character) make the header malformed, never an encoding error later.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given or not (given.isascii() and given.isprintable()):
+        return None
+    return given
+
+
+def _token_is_valid(request: web.Request) -> bool:
+    given = _given_token(request)
+    expected = request.app[_CONTEXT].token
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
 @web.middleware
 async def _auth(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     if request.path in OPEN_PATHS:
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise RequestError(401, UNAUTHORIZED, "a bearer token is required (Authorization header)")
-    expected = request.app[_CONTEXT].token
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    if _given_token(request) is None:
+        raise RequestError(
+            401, UNAUTHORIZED, "a bearer token is required (Authorization: Bearer <token>)"
+        )
+    if not _token_is_valid(request):
         raise RequestError(403, FORBIDDEN, "the bearer token is not valid for this service")
     return await handler(request)
 
@@ -485,17 +505,20 @@ async def _check_health(context: _Context) -> tuple[str, dict[str, DependencyHea
 
 
 async def _health(request: web.Request) -> web.Response:
+    """Open: the status and the service's name only (the config flow tells the services
+    apart by it). With the token: also the version, uptime and each dependency's detail,
+    which can hold file paths, URLs and upstream errors."""
     context = request.app[_CONTEXT]
     status, dependencies = await _check_health(context)
     required_down = status == "unhealthy"
-    body = {
-        "status": status,
-        "service": context.service.name,
-        "version": __version__,
-        "uptime_s": round(time.monotonic() - context.metrics.started, 3),
-        "timestamp": utc_now_iso(),
-        "dependencies": {name: dep.as_dict() for name, dep in dependencies.items()},
-    }
+    body: dict[str, Any] = {"status": status, "service": context.service.name}
+    if _token_is_valid(request):
+        body |= {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - context.metrics.started, 3),
+            "timestamp": utc_now_iso(),
+            "dependencies": {name: dep.as_dict() for name, dep in dependencies.items()},
+        }
     return json_response(body, status=503 if required_down else 200)
 
 

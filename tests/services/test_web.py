@@ -309,12 +309,30 @@ async def test_health(
     overall: str,
 ) -> None:
     service.health_state = dependencies
-    async with client.get(url + "/api/v1/health") as answer:
+    async with client.get(url + "/api/v1/health", headers=AUTH) as answer:
         assert answer.status == status
         body = await answer.json()
     assert body["status"] == overall
     assert body["service"] == "test-service"
     assert set(body["dependencies"]) == set(dependencies)
+    assert body["version"] == "0.1.0"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}],
+    ids=["no-token", "wrong-token", "other-scheme"],
+)
+async def test_open_health_says_only_the_status(
+    client: aiohttp.ClientSession,
+    url: str,
+    service: RecordingService,
+    headers: dict[str, str],
+) -> None:
+    service.health_state = {"backend": DependencyHealth(False, "/srv/secret/events.db: locked")}
+    async with client.get(url + "/api/v1/health", headers=headers) as answer:
+        assert answer.status == 503
+        assert await answer.json() == {"status": "unhealthy", "service": "test-service"}
 
 
 async def test_stats_and_metrics_count_results(client: aiohttp.ClientSession, url: str) -> None:

@@ -42,6 +42,9 @@ _LOGGER = logging.getLogger(__name__)
 
 OUTSIDE_RETENTION = "OUTSIDE_RETENTION"
 RETENTION_INTERVAL_S = 3600.0
+# Health is open: each probe is a write (SQLite) or a request (InfluxDB), so one
+# answer serves every health call for this long, and concurrent calls share one probe.
+HEALTH_CACHE_S = 2.0
 
 
 def create_backend(settings: StorageSettings) -> StorageBackend:
@@ -88,6 +91,10 @@ class StorageService:
         self._rejections: Counter[str] = Counter()
         self._expired = 0
         self._last_retention_run: float | None = None
+        self.health_cache_s = HEALTH_CACHE_S
+        self._health_lock = asyncio.Lock()
+        self._health: dict[str, DependencyHealth] | None = None
+        self._health_at = 0.0
 
     # -- life -----------------------------------------------------------------------------
 
@@ -204,7 +211,11 @@ class StorageService:
     # -- health, stats, routes -------------------------------------------------------------
 
     async def health(self) -> dict[str, DependencyHealth]:
-        return {self.backend.name: await self.backend.probe()}
+        async with self._health_lock:
+            if self._health is None or time.monotonic() - self._health_at >= self.health_cache_s:
+                self._health = {self.backend.name: await self.backend.probe()}
+                self._health_at = time.monotonic()
+            return self._health
 
     def stats(self) -> dict[str, Any]:
         return {

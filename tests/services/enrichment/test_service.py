@@ -387,7 +387,7 @@ async def test_storage_back_is_healthy_and_taken_at_once_whatever_the_breaker(
     for _ in range(6):  # the circuit opens
         status, _, _ = await post(client, enrichment.url, batch(envelope()))
         assert status == 503
-    async with client.get(enrichment.url + "/api/v1/health") as response:
+    async with client.get(enrichment.url + "/api/v1/health", headers=AUTH) as response:
         assert response.status == 503
         assert (await response.json())["dependencies"]["storage"]["status"] == "unhealthy"
     await storage.restore()
@@ -448,7 +448,7 @@ async def test_wrong_storage_token_is_a_503_that_says_so(
     assert status == 503
     assert "refused this service's token (HTTP 401)" in answer["error"]["message"]
     assert headers["Retry-After"] == "30"
-    async with client.get(enrichment.url + "/api/v1/health") as response:
+    async with client.get(enrichment.url + "/api/v1/health", headers=AUTH) as response:
         health = await response.json()
     assert response.status == 503
     assert health["status"] == "unhealthy"
@@ -471,7 +471,7 @@ async def test_storage_urls_pointing_at_an_enrichment(
     assert status == 503
     assert "enriched already" in answer["error"]["message"]
     assert storage.received == []
-    async with client.get(first.url + "/api/v1/health") as response:
+    async with client.get(first.url + "/api/v1/health", headers=AUTH) as response:
         health = await response.json()
     assert health["status"] == "unhealthy"
     assert "is an enrichment pipeline" in health["dependencies"]["storage"]["detail"]
@@ -519,7 +519,7 @@ async def test_health(
     client: aiohttp.ClientSession,
 ) -> None:
     async def health() -> tuple[int, dict[str, Any]]:
-        async with client.get(enrichment.url + "/api/v1/health") as response:  # no token
+        async with client.get(enrichment.url + "/api/v1/health", headers=AUTH) as response:
             return response.status, await response.json()
 
     status, body = await health()

@@ -21,7 +21,7 @@ from .helpers import batch, envelope
 
 
 async def health_details(client: aiohttp.ClientSession, url: str) -> list[str]:
-    async with client.get(f"{url}/api/v1/health") as response:
+    async with client.get(f"{url}/api/v1/health", headers=AUTH) as response:
         body = await response.json()
     return [dependency["detail"] for dependency in body["dependencies"].values()]
 

@@ -76,12 +76,16 @@ StartStorage = Callable[..., Awaitable[tuple[str, StorageService]]]
 def start_storage(serve: Serve, tmp_path: Any) -> StartStorage:
     """``url, service = await start_storage(**settings)``: a storage app on loopback.
 
-    SQLite on ``tmp_path/events.db`` unless the settings say otherwise.
+    SQLite on ``tmp_path/events.db`` unless the settings say otherwise. Health is not
+    cached unless ``health_cache_s`` says so: tests break a backend and look at once.
     """
 
-    async def start(limits: Limits | None = None, **settings: Any) -> tuple[str, StorageService]:
+    async def start(
+        limits: Limits | None = None, health_cache_s: float = 0.0, **settings: Any
+    ) -> tuple[str, StorageService]:
         settings.setdefault("sqlite_path", str(tmp_path / "events.db"))
         service = StorageService(StorageSettings(**settings))
+        service.health_cache_s = health_cache_s
         app = create_app(service, token=TOKEN, limits=limits or Limits())
         return await serve(app), service
 

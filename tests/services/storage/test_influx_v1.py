@@ -203,7 +203,7 @@ async def test_influxd_down_answers_503_with_retry_after(
         assert "unreachable" in (await response.json())["error"]["message"]
     status, body = await get_events(client, url)
     assert status == 503
-    async with client.get(f"{url}/api/v1/health") as response:
+    async with client.get(f"{url}/api/v1/health", headers=AUTH) as response:
         assert response.status == 503
         health = await response.json()
     assert health["dependencies"]["influxdb-v1"]["status"] == "unhealthy"

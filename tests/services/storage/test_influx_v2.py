@@ -118,7 +118,7 @@ async def test_refused_points_are_rejected_alone_and_outages_are_503(
     async with client.get(f"{url}/api/v1/health") as response:
         assert response.status == 503
     server.down = False
-    async with client.get(f"{url}/api/v1/health") as response:
+    async with client.get(f"{url}/api/v1/health", headers=AUTH) as response:
         assert response.status == 200
         health = await response.json()
     assert health["dependencies"]["influxdb-v2"]["status"] == "healthy"

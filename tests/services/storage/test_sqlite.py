@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.influxd import free_port
+from ha_ingestor_services.web import DependencyHealth
 from tests.services.conftest import AUTH
 
 from .conftest import StartStorage, ago, envelope, get_events, post_batch, statuses
@@ -342,7 +343,7 @@ async def test_locked_database_answers_503_then_recovers(
             f"{url}/api/v1/events/batch", json={"events": [envelope()]}, headers=AUTH
         ) as response:
             assert response.headers["Retry-After"] == "7"
-        async with client.get(f"{url}/api/v1/health") as response:
+        async with client.get(f"{url}/api/v1/health", headers=AUTH) as response:
             assert response.status == 503
             health = await response.json()
         assert health["dependencies"]["sqlite"]["status"] == "unhealthy"
@@ -373,7 +374,7 @@ async def test_health_stats_and_metrics(
     start_storage: StartStorage, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     url, _ = await start_storage()
-    async with client.get(f"{url}/api/v1/health") as response:
+    async with client.get(f"{url}/api/v1/health", headers=AUTH) as response:
         assert response.status == 200
         health = await response.json()
     assert health["status"] == "healthy"
@@ -411,3 +412,27 @@ async def test_single_event_endpoint(
     bad["timestamp"] = "3000-01-01T00:00:00Z"
     async with client.post(f"{url}/api/v1/events", json=bad, headers=AUTH) as response:
         assert response.status == 422
+
+
+async def test_health_calls_share_a_cached_probe(
+    start_storage: StartStorage, client: aiohttp.ClientSession
+) -> None:
+    """200 open health calls (50 at a time) write the probe row a handful of times."""
+    url, service = await start_storage(health_cache_s=2.0)
+    probes = 0
+    probe = service.backend.probe
+
+    async def counting_probe() -> DependencyHealth:
+        nonlocal probes
+        probes += 1
+        return await probe()
+
+    service.backend.probe = counting_probe  # type: ignore[method-assign]
+
+    async def check() -> int:
+        async with client.get(f"{url}/api/v1/health") as response:
+            return response.status
+
+    for _ in range(4):
+        assert await asyncio.gather(*(check() for _ in range(50))) == [200] * 50
+    assert 1 <= probes <= 3, probes  # uncached: 200 probes, each a write transaction

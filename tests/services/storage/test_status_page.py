@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.services.conftest import TOKEN, Serve
+from tests.services.conftest import AUTH, TOKEN, Serve
 from tests.services.status_page_checks import (
     assert_hides,
     assert_page_headers,
@@ -30,7 +30,7 @@ async def standin(serve: Serve) -> tuple[str, InfluxV2StandIn]:
 
 
 async def health_detail(client: aiohttp.ClientSession, url: str, dependency: str) -> str:
-    async with client.get(f"{url}/api/v1/health") as response:
+    async with client.get(f"{url}/api/v1/health", headers=AUTH) as response:
         detail: str = (await response.json())["dependencies"][dependency]["detail"]
     return detail
 
