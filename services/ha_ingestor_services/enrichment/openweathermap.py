@@ -15,8 +15,11 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict, cast
+from urllib.parse import quote, quote_plus
 
 import aiohttp
+import orjson
+import yarl
 
 from ha_ingestor_pipeline.circuit_breaker import BreakerConfig
 from ha_ingestor_pipeline.http_client import ServiceCallError, ServiceHTTPClient, Timeouts
@@ -25,26 +28,50 @@ from ha_ingestor_pipeline.retry import BackoffPolicy, Outcome
 WEATHER_PATH = "/data/2.5/weather"
 
 
-class _HideKeys(logging.Filter):
-    """Replaces API keys in log records: the key travels in the URL (appid=), and some
-    aiohttp errors quote the URL, which the shared client logs."""
+# Every form of each API key in use, longest first: the key travels in the URL
+# (appid=), URL-encoded, and an upstream or an aiohttp error may quote that URL.
+_KEY_FORMS: list[str] = []
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.keys: set[str] = set()
+
+def _forms(key: str) -> set[str]:
+    """The key as it is and as it appears in a URL (yarl's query encoding, %20, +)."""
+    in_url = str(yarl.URL("http://h/").with_query({"k": key})).removeprefix("http://h/?k=")
+    forms = {key, in_url, quote(key, safe=""), quote_plus(key)}
+    return {form for form in forms if form}
+
+
+def remember_key(key: str) -> None:
+    _KEY_FORMS[:] = sorted(set(_KEY_FORMS) | _forms(key), key=len, reverse=True)
+
+
+def hide_keys(text: str) -> str:
+    """``text`` with every form of every API key replaced by ``***``: call it before a
+    message is cut, or the start of a key survives the cut."""
+    for form in _KEY_FORMS:
+        if form in text:
+            text = text.replace(form, "***")
+    return text
+
+
+class _HideKeys(logging.Filter):
+    """Hides API keys in log records (the shared client logs errors that quote URLs)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if any(key in message for key in self.keys):
-            for key in self.keys:
-                message = message.replace(key, "***")
-            record.msg, record.args = message, None
+        hidden = hide_keys(message)
+        if record.exc_info:  # a traceback's text may quote the URL too
+            trace = logging.Formatter().formatException(record.exc_info)
+            if hide_keys(trace) != trace:
+                hidden += "\n" + hide_keys(trace)
+                record.exc_info, record.exc_text = None, None
+        if hidden != message:
+            record.msg, record.args = hidden, None
         return True
 
 
-_HIDE_KEYS = _HideKeys()
+HIDE_KEYS = _HideKeys()
 _CLIENT_LOGGER = logging.getLogger(f"{__name__}.client")
-_CLIENT_LOGGER.addFilter(_HIDE_KEYS)
+_CLIENT_LOGGER.addFilter(HIDE_KEYS)
 
 
 class WeatherInfo(TypedDict):
@@ -156,7 +183,7 @@ class OpenWeatherMap:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api_key = api_key
-        _HIDE_KEYS.keys.add(api_key)
+        remember_key(api_key)
         self.client = ServiceHTTPClient(
             self.name,
             [base_url],
@@ -185,16 +212,22 @@ class OpenWeatherMap:
         try:
             response = await self.client.get(WEATHER_PATH, params=params, retry=False, auth=False)
             if response.outcome is not Outcome.SUCCESS:
-                code, message = response.error()
+                message = _error_message(response.body)
                 if response.outcome is Outcome.AUTH:
                     message = "the API key was refused"
                 raise ProviderError(
-                    self._scrub(
-                        f"OpenWeatherMap answered HTTP {response.status} ({code}): " + message[:120]
-                    ),
+                    f"OpenWeatherMap answered HTTP {response.status}: {message}",
                     retry_after=response.retry_after,
                 )
-            return parse_current(response.json())
+            try:
+                body = orjson.loads(response.body)
+            except orjson.JSONDecodeError:
+                # Not response.json(): its error quotes the body's start, key and all.
+                raise ProviderError(
+                    f"OpenWeatherMap answered HTTP {response.status} with a body that is "
+                    f"not JSON: {_error_message(response.body)}"
+                ) from None
+            return parse_current(body)
         except ServiceCallError as err:  # no answer: refused, timed out, circuit open
             raise ProviderError(
                 self._scrub(f"OpenWeatherMap: {err}"), retry_after=err.retry_after
@@ -202,5 +235,18 @@ class OpenWeatherMap:
 
     def _scrub(self, message: str) -> str:
         """The key travels in the URL (appid=), and some aiohttp errors quote the URL;
-        messages end up in logs and the open health endpoint (on one line)."""
-        return " ".join(message.replace(self._api_key, "***").split())
+        messages end up in logs, stats and health (on one line)."""
+        return " ".join(hide_keys(message).split())
+
+
+def _error_message(body: bytes) -> str:
+    """An error answer's ``message`` (OpenWeatherMap's shape) or its text, keys hidden
+    on the whole text first, then cut: an upstream may echo the request's URL."""
+    text = hide_keys(body.decode("utf-8", "replace"))
+    try:
+        answer = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("message"), str):
+        text = answer["message"]
+    return " ".join(text.split())[:120] or "(no message)"

@@ -29,9 +29,10 @@ from typing import Any, Literal, Protocol
 
 from ha_ingestor_pipeline.envelope import ValidationError, to_rfc3339
 
-from .openweathermap import ProviderError, WeatherInfo, number
+from .openweathermap import HIDE_KEYS, ProviderError, WeatherInfo, hide_keys, number
 
 _LOGGER = logging.getLogger(__name__)
+_LOGGER.addFilter(HIDE_KEYS)  # an unexpected error's text may quote the provider's URL
 
 WeatherStatus = Literal[
     "home_assistant", "provider", "cache", "not_configured", "no_location", "unavailable"
@@ -273,7 +274,7 @@ class WeatherStep:
         except Exception as err:  # a bug must not hold events back either
             _LOGGER.exception("weather lookup for %s failed", key)
             stats.upstream_failures += 1
-            stats.last_error = f"{type(err).__name__}: {err}"
+            stats.last_error = hide_keys(f"{type(err).__name__}: {err}")
             stats.last_error_at = self._clock()
             self._store(key, _Entry(None, self._clock() + self._failure_ttl))
             return _UNAVAILABLE
