@@ -2,6 +2,8 @@
 
 Before an entry is created (or its connection changed) every configured URL is checked
 (`service_checks`): its health must name the right service and its stats take the token.
+When the token would then travel over plain ``http://`` to another machine, a
+confirmation step (``plain_http``) says so before anything is saved; the user may go on.
 
 Entry data (all keys always present):
 
@@ -23,6 +25,7 @@ from typing import Any
 
 import voluptuous as vol
 from homeassistant.config_entries import (
+    SOURCE_RECONFIGURE,
     ConfigEntry,
     ConfigFlow,
     ConfigFlowResult,
@@ -87,7 +90,12 @@ from .const import (
     LOGGER,
     SUGGESTED_EVENT_TYPES,
 )
-from .service_checks import async_check_services
+from .service_checks import async_check_services, plain_http_urls
+
+# The confirmation step shown when the token would cross the network in clear text, and
+# where the README says how to run the services safely.
+STEP_PLAIN_HTTP = "plain_http"
+SAFE_SERVICES_DOCS = "https://github.com/ha-ingestor/ha-ingestor#running-the-services-safely"
 
 # Bounds of the numeric options: (min, max).
 BATCH_SIZE_RANGE = (1, 5000)
@@ -273,6 +281,9 @@ class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
     VERSION = 1
     MINOR_VERSION = 1
 
+    # Checked connection data waiting for the plain-http confirmation.
+    _checked: dict[str, Any] | None = None
+
     @staticmethod
     @callback
     def async_get_options_flow(config_entry: ConfigEntry) -> HaIngestorOptionsFlow:
@@ -304,11 +315,7 @@ class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
             if not errors:
                 errors = await self._async_validate(data)
             if not errors:
-                # Another flow may have added this URL while the services were checked.
-                self._abort_if_unique_id_configured()
-                return self.async_create_entry(
-                    title=_title(data[CONF_STORAGE_URL]), data=data, options=default_options()
-                )
+                return await self._async_save_or_warn(data)
         # The `unused-ignore` marks: types that differ between the supported Home Assistant
         # releases (docs/ARCHITECTURE.md, "Supported Home Assistant releases").
         return self.async_show_form(
@@ -360,15 +367,7 @@ class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
             if not errors:
                 errors = await self._async_validate(data)
             if not errors:
-                # Another flow may have taken this URL while the services were checked.
-                if self._used_by_another_entry(data[CONF_STORAGE_URL], entry):
-                    return self.async_abort(reason="already_configured")
-                title = entry.title
-                if title == _title(str(entry.data.get(CONF_STORAGE_URL))):
-                    title = _title(data[CONF_STORAGE_URL])  # the title was ours: follow the URL
-                return self.async_update_reload_and_abort(
-                    entry, unique_id=data[CONF_STORAGE_URL], title=title, data_updates=data
-                )
+                return await self._async_save_or_warn(data)
         return self.async_show_form(
             step_id="reconfigure",
             data_schema=self.add_suggested_values_to_schema(
@@ -376,6 +375,48 @@ class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
                 user_input if user_input is not None else entry.data,
             ),
             errors=errors,
+        )
+
+    async def _async_save_or_warn(self, data: dict[str, Any]) -> ConfigFlowResult:
+        """Save checked connection data, after the plain-http warning when it applies."""
+        if plain_http_urls(data):
+            self._checked = data
+            return await self.async_step_plain_http()
+        return self._save(data)
+
+    async def async_step_plain_http(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Warn that the token would cross the network in clear text; the user may go on."""
+        assert self._checked is not None
+        if user_input is not None:
+            return self._save(self._checked)
+        return self.async_show_form(
+            step_id=STEP_PLAIN_HTTP,
+            data_schema=vol.Schema({}),  # type: ignore[arg-type, unused-ignore]
+            description_placeholders={
+                "urls": ", ".join(plain_http_urls(self._checked)),
+                "docs_url": SAFE_SERVICES_DOCS,
+            },
+        )
+
+    def _save(self, data: dict[str, Any]) -> ConfigFlowResult:
+        """Create the entry, or update the reconfigured one and reload it."""
+        if self.source != SOURCE_RECONFIGURE:
+            # Another flow may have added this URL while the services were checked.
+            self._abort_if_unique_id_configured()
+            return self.async_create_entry(
+                title=_title(data[CONF_STORAGE_URL]), data=data, options=default_options()
+            )
+        entry = self._get_reconfigure_entry()
+        # Another flow may have taken this URL while the services were checked.
+        if self._used_by_another_entry(data[CONF_STORAGE_URL], entry):
+            return self.async_abort(reason="already_configured")
+        title = entry.title
+        if title == _title(str(entry.data.get(CONF_STORAGE_URL))):
+            title = _title(data[CONF_STORAGE_URL])  # the title was ours: follow the URL
+        return self.async_update_reload_and_abort(
+            entry, unique_id=data[CONF_STORAGE_URL], title=title, data_updates=data
         )
 
 

@@ -5,11 +5,15 @@ Every configured URL is asked for ``GET /api/v1/health`` without a token and
 with short timeouts and a few quick retries: a person is waiting. The health answer
 must name the service the field is for (its ``"service"``), so a swapped URL, a wrong
 port or some other web server is caught before it is stored.
+
+`plain_http_urls` finds the URLs where the token would cross the network in clear text,
+for the flow's warning (a warning only: a trusted network may be the user's choice).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import aiohttp
 from homeassistant.core import HomeAssistant
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
+from yarl import URL
 
 from .const import (
     CONF_API_TOKEN,
@@ -64,6 +69,27 @@ def _targets(data: Mapping[str, Any]) -> list[_Target]:
             for url in data.get(CONF_ENRICHMENT_FAILOVER_URLS) or []
         ]
     return targets
+
+
+def _is_this_machine(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: what travels there never crosses a network."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume another machine
+        return False
+
+
+def plain_http_urls(data: Mapping[str, Any]) -> list[str]:
+    """The configured URLs that would carry the token in clear text: plain ``http://``
+    to another machine."""
+    urls = [target.url for target in _targets(data)]
+    return [
+        url
+        for url in urls
+        if URL(url).scheme == "http" and not _is_this_machine(URL(url).host or "")
+    ]
 
 
 # What each companion service calls itself in its health answer ("service").
