@@ -1,8 +1,9 @@
 """Diagnostics of a config entry: configuration, pipeline state, last errors, dead letters.
 
 Secrets never leave: the API token is redacted from the entry data, credentials in URLs
-are masked, the home's coordinates and tokens in event payloads are redacted, and as a
-last guard every text that contains the token is masked wherever it appears.
+are masked, the home's coordinates and tokens in event payloads are redacted, so are the
+``code`` and ``pin`` of action calls (alarm and lock codes), and as a last guard every
+text that contains the token is masked wherever it appears.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from homeassistant.components.diagnostics import REDACTED, async_redact_data
-from homeassistant.const import CONF_LATITUDE, CONF_LONGITUDE, CONF_PASSWORD, CONF_TOKEN
+from homeassistant.const import (
+    ATTR_SERVICE_DATA,
+    CONF_CODE,
+    CONF_LATITUDE,
+    CONF_LONGITUDE,
+    CONF_PASSWORD,
+    CONF_PIN,
+    CONF_TOKEN,
+    EVENT_CALL_SERVICE,
+)
 
 from .const import CONF_API_TOKEN
 from .coordinator import build_snapshot
@@ -36,6 +46,9 @@ TO_REDACT: Final = {
     CONF_LONGITUDE,
     "entity_picture",  # camera and media player pictures carry an access token
 }
+# Keys redacted in the service data of action calls (call_service events): alarm and lock
+# codes. Only there: elsewhere "code" is often harmless (an error code).
+SERVICE_DATA_TO_REDACT: Final = {CONF_CODE, CONF_PIN}
 MAX_DEAD_LETTERS: Final = 5
 MAX_PAYLOAD_CHARS: Final = 2000  # per text value of a dead letter's payload
 MAX_STRING: Final = 200
@@ -135,7 +148,7 @@ def _dead_letter(letter: DeadLetter) -> dict[str, Any]:
         payload = letter.payload[:MAX_STRING].decode("utf-8", "replace")
     else:
         if isinstance(payload, dict):
-            payload = async_redact_data(payload, TO_REDACT)
+            payload = redact_event(payload)
     return {
         "id": letter.id,
         "event_id": letter.event_id,
@@ -148,6 +161,24 @@ def _dead_letter(letter: DeadLetter) -> dict[str, Any]:
         "payload_bytes": len(letter.payload),
         "payload": _truncate(payload),
     }
+
+
+def redact_event(envelope: dict[str, Any]) -> dict[str, Any]:
+    """An event envelope with its secrets redacted, for every place diagnostics show one.
+
+    Events other than state changes keep their data under ``data.data`` (the envelope
+    contract); a ``call_service`` event's ``service_data`` may hold an alarm or lock code.
+    """
+    redacted: dict[str, Any] = async_redact_data(envelope, TO_REDACT)
+    event = redacted.get("data")
+    if not isinstance(event, dict) or event.get("event_type") != EVENT_CALL_SERVICE:
+        return redacted
+    event_data = event.get("data")
+    if isinstance(event_data, dict) and isinstance(event_data.get(ATTR_SERVICE_DATA), dict):
+        service_data = async_redact_data(event_data[ATTR_SERVICE_DATA], SERVICE_DATA_TO_REDACT)
+        event_data = {**event_data, ATTR_SERVICE_DATA: service_data}
+        redacted = {**redacted, "data": {**event, "data": event_data}}
+    return redacted
 
 
 def _truncate(value: Any, depth: int = 0) -> Any:

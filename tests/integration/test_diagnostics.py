@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE
+from homeassistant.const import EVENT_CALL_SERVICE, EVENT_HOMEASSISTANT_FINAL_WRITE
 from pytest_homeassistant_custom_component.components.diagnostics import (
     get_diagnostics_for_config_entry,
 )
@@ -220,3 +220,53 @@ def test_dead_letter_payloads_are_decoded_and_trimmed() -> None:
     for _ in range(10):
         deep = [deep]
     assert "…" in orjson.dumps(_truncate(deep)).decode()
+
+
+async def test_diagnostics_redact_alarm_and_lock_codes(
+    hass: HomeAssistant,
+    hass_client: ClientSessionGenerator,
+    fault_server_factory: Callable[..., Awaitable[FaultServer]],
+) -> None:
+    """The code and pin of an action call never show; elsewhere "code" is kept (issue 10)."""
+    storage = await fault_server_factory(token=TOKEN, name="storage")
+    entry = await setup_entry(
+        hass, make_entry(storage.url, **{CONF_EVENT_TYPES: [EVENT_CALL_SERVICE, "custom"]})
+    )
+    storage.reject_if = lambda event: True
+    hass.bus.async_fire(
+        EVENT_CALL_SERVICE,
+        {
+            "domain": "alarm_control_panel",
+            "service": "alarm_disarm",
+            "service_data": {"entity_id": "alarm_control_panel.home", "code": "4711"},
+        },
+    )
+    hass.bus.async_fire(
+        EVENT_CALL_SERVICE,
+        {
+            "domain": "lock",
+            "service": "unlock",
+            "service_data": {"entity_id": ["lock.front"], "pin": 8642, "extra": {"code": "0815"}},
+        },
+    )
+    hass.bus.async_fire("custom", {"code": "E42"})
+    await hass.async_block_till_done()
+    assert (await entry.runtime_data.runtime.forwarder.flush(10)).done
+
+    diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
+    text = orjson.dumps(diagnostics).decode()
+    for secret in ("4711", "8642", "0815"):
+        assert secret not in text
+    events = [letter["payload"]["data"] for letter in diagnostics["dead_letters"]]
+    assert events[0]["data"]["service_data"] == {
+        "entity_id": "alarm_control_panel.home",
+        "code": "**REDACTED**",
+    }
+    assert events[0]["data"]["service"] == "alarm_disarm"
+    assert events[1]["data"]["service_data"] == {
+        "entity_id": ["lock.front"],
+        "pin": "**REDACTED**",
+        "extra": {"code": "**REDACTED**"},
+    }
+    assert events[2]["data"] == {"code": "E42"}  # not an action call: an ordinary value
+    await unload(hass, entry)
