@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, tls
 from .enrichment.service import EnrichmentService
 from .enrichment.settings import EnrichmentSettings, parse_url_list
 from .logs import configure_logging
@@ -76,6 +77,13 @@ SERVER_OPTIONS = (
     Option("--host", "host", "address to listen on (default 127.0.0.1; 0.0.0.0 for all)"),
     Option("--token", "token", "bearer token clients must send (required; prefer the env var)"),
     Option(
+        "--tls-cert",
+        "tls_cert",
+        "PEM certificate (chain): serve HTTPS only, with --tls-key",
+        metavar="FILE",
+    ),
+    Option("--tls-key", "tls_key", "PEM private key of --tls-cert", metavar="FILE"),
+    Option(
         "--log-level",
         "log_level",
         "how much to log (default INFO)",
@@ -114,6 +122,12 @@ ENRICHMENT_OPTIONS = (
         metavar="URL[,URL...]",
     ),
     Option("--storage-token", "storage_token", "bearer token storage expects (default: --token)"),
+    Option(
+        "--storage-ca-file",
+        "storage_ca_file",
+        "PEM certificate(s) to trust for https:// storage URLs, e.g. storage's self-signed one",
+        metavar="FILE",
+    ),
     Option(
         "--storage-timeout",
         "storage_timeout_s",
@@ -295,6 +309,8 @@ class _Server:
     token: str
     limits: Limits
     shutdown_timeout: float
+    tls_cert: str | None = None
+    ssl_context: ssl.SSLContext | None = None  # None: plain HTTP
 
 
 def _server(args: argparse.Namespace) -> _Server:
@@ -311,8 +327,17 @@ def _server(args: argparse.Namespace) -> _Server:
         raise SettingError(
             "--max-body-bytes must be at least 1024 and --max-batch-events at least 1"
         )
+    try:
+        context = tls.server_context(values.get("tls_cert"), values.get("tls_key"))
+    except ValueError as err:
+        raise SettingError(str(err)) from None
     return _Server(
-        values.get("host", "127.0.0.1"), token, limits, values.get("shutdown_timeout", 30.0)
+        values.get("host", "127.0.0.1"),
+        token,
+        limits,
+        values.get("shutdown_timeout", 30.0),
+        values.get("tls_cert"),
+        context,
     )
 
 
@@ -362,9 +387,15 @@ def _plan_stack(args: argparse.Namespace, server: _Server) -> Plan:
         raise SettingError(f"--storage-port and --enrichment-port are both {storage_port}")
     local = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
     storage = StorageService(_storage_settings(args))
-    enrichment = EnrichmentService(
-        _enrichment_settings(args, server, storage_urls=(f"http://{local}:{storage_port}",))
-    )
+    fixed: dict[str, Any] = {"storage_urls": (f"http://{local}:{storage_port}",)}
+    if server.ssl_context is not None:
+        # Storage speaks HTTPS only: the enrichment trusts exactly its certificate.
+        fixed = {
+            "storage_urls": (f"https://{local}:{storage_port}",),
+            "storage_ca_file": server.tls_cert,
+            "storage_check_hostname": False,
+        }
+    enrichment = EnrichmentService(_enrichment_settings(args, server, **fixed))
     return [
         ("storage", create_app(storage, token=server.token, limits=server.limits), storage_port),
         (
@@ -376,9 +407,17 @@ def _plan_stack(args: argparse.Namespace, server: _Server) -> Plan:
 
 
 async def serve(
-    plan: Plan, host: str, shutdown_timeout: float, stop: asyncio.Event | None = None
+    plan: Plan,
+    host: str,
+    shutdown_timeout: float,
+    stop: asyncio.Event | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Start each app in order, run until SIGINT/SIGTERM (or ``stop``), stop in reverse."""
+    """Start each app in order, run until SIGINT/SIGTERM (or ``stop``), stop in reverse.
+
+    With ``ssl_context`` every app speaks HTTPS only.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -390,12 +429,13 @@ async def serve(
             await runner.setup()  # runs the service's start(): StartupError on a bad backend
             runners.append(runner)
             try:
-                await web.TCPSite(runner, host, port).start()
+                await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
             except OSError as err:
                 raise StartupError(
                     f"{name}: cannot listen on {host}:{port}: {err.strerror}"
                 ) from None
-            _LOGGER.info("%s %s listening on http://%s:%d", name, __version__, host, port)
+            scheme = "https" if ssl_context is not None else "http"
+            _LOGGER.info("%s %s listening on %s://%s:%d", name, __version__, scheme, host, port)
         await stop.wait()
         _LOGGER.info("stopping: finishing the requests in progress")
     finally:
@@ -458,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack_enrichment = [
         option
         for option in ENRICHMENT_OPTIONS
-        if option.dest not in ("storage_urls", "storage_token")
+        if option.dest not in ("storage_urls", "storage_token", "storage_ca_file")
     ]
     _add_options(stack.add_argument_group("enrichment"), stack_enrichment)
     return parser
@@ -469,7 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = _server(args)
         plan = args.plan(args, server)
-        asyncio.run(serve(plan, server.host, server.shutdown_timeout))
+        asyncio.run(
+            serve(plan, server.host, server.shutdown_timeout, ssl_context=server.ssl_context)
+        )
     except (SettingError, StartupError) as err:
         print(f"ha-ingestor-services {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -55,7 +55,7 @@ from ha_ingestor_pipeline.http_client import (
 )
 from ha_ingestor_pipeline.metrics import LatencyWindow
 from ha_ingestor_pipeline.retry import Outcome
-from ha_ingestor_services import __version__
+from ha_ingestor_services import __version__, tls
 from ha_ingestor_services.normalize import normalize
 from ha_ingestor_services.web import DependencyHealth, ServiceUnavailable
 
@@ -89,6 +89,7 @@ class _Clients:
     session: aiohttp.ClientSession
     owns_session: bool
     storage: ServiceHTTPClient
+    storage_session: aiohttp.ClientSession | None  # its own, for a storage CA file
     weather: WeatherStep
 
 
@@ -162,10 +163,20 @@ class EnrichmentService:
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300)
             )
+        storage_context = tls.client_context(
+            settings.storage_ca_file, check_hostname=settings.storage_check_hostname
+        )
+        storage_session = None
+        if storage_context is not None:
+            # A session of its own: what storage calls trust is not what the weather
+            # provider's calls (public CAs, host names checked) must trust.
+            storage_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, ssl=storage_context)
+            )
         storage = ServiceHTTPClient(
             STORAGE_SERVICE_NAME,
             settings.storage_urls,
-            session,
+            storage_session or session,
             token=settings.storage_token,
             timeouts=Timeouts(
                 connect=settings.storage_connect_timeout_s, total=settings.storage_timeout_s
@@ -192,7 +203,7 @@ class EnrichmentService:
             precision=settings.weather_location_precision,
             clock=self._clock,
         )
-        self._clients = _Clients(session, owns_session, storage, weather)
+        self._clients = _Clients(session, owns_session, storage, storage_session, weather)
         _LOGGER.info(
             "enrichment forwards to storage at %s; weather provider: %s",
             ", ".join(settings.storage_urls),
@@ -210,6 +221,8 @@ class EnrichmentService:
         if clients is None:
             return
         await clients.weather.close()
+        if clients.storage_session is not None:
+            await clients.storage_session.close()
         if clients.owns_session:
             await clients.session.close()
 

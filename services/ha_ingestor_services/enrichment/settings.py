@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ha_ingestor_services import tls
+
 WEATHER_PROVIDERS = ("none", "openweathermap")
 DEFAULT_STORAGE_URL = "http://127.0.0.1:8004"
 DEFAULT_OPENWEATHERMAP_URL = "https://api.openweathermap.org"
@@ -22,6 +24,12 @@ class EnrichmentSettings:
     storage_urls: tuple[str, ...] = (DEFAULT_STORAGE_URL,)
     # Bearer token the storage service expects (defaults to this service's own token).
     storage_token: str
+    # PEM certificate(s) trusted for https:// storage URLs on top of the system's CAs
+    # (storage's self-signed certificate, or a private CA).
+    storage_ca_file: str | None = None
+    # Whether the storage certificate must name the URL's host; False only for `stack`,
+    # which trusts exactly its own storage's certificate on 127.0.0.1.
+    storage_check_hostname: bool = True
     # Seconds to wait for storage to take a batch before answering 503 (keep it under the
     # integration's own 30 s timeout, so the integration hears why).
     storage_timeout_s: float = 20.0
@@ -53,6 +61,8 @@ class EnrichmentSettings:
         object.__setattr__(self, "storage_urls", urls)
         if not self.storage_token or self.storage_token != self.storage_token.strip():
             raise ValueError("storage_token: a bearer token for the storage service is needed")
+        # Read now, so an unreadable file stops the command at start (exit status 2).
+        tls.client_context(self.storage_ca_file)
         _check_positive(self.storage_timeout_s, "storage_timeout_s")
         _check_positive(self.storage_connect_timeout_s, "storage_connect_timeout_s")
         if not 1 <= self.storage_attempts <= 10:
