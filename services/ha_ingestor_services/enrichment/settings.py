@@ -104,6 +104,9 @@ def _check_url(url: object, field: str) -> str:
     """An http(s) base URL without query or fragment, trailing slash removed."""
     if not isinstance(url, str):
         raise ValueError(f"{field}: {url!r} is not a URL")
+    if "@" in url:
+        # A password there would be shown wherever the URL is (health, stats, logs).
+        raise ValueError(f"{field}: must not hold a user name or password (user:password@)")
     try:
         parts = urlsplit(url.strip())
         port = parts.port  # reading it checks it: "http://host:99999" raises here

@@ -90,6 +90,14 @@ class StorageSettings:
             raise ValueError(
                 f"influx_api: {self.influx_api!r} is not one of {', '.join(INFLUX_APIS)}"
             )
+        if "@" in self.influx_url:
+            # Credentials in the URL would be shown wherever the URL is (health, stats,
+            # errors); the URL is not even repeated here.
+            raise ValueError(
+                "influx_url: must not hold a user name or password; give them with "
+                "--influx-username and --influx-password (or HA_INGESTOR_INFLUX_USERNAME and "
+                "HA_INGESTOR_INFLUX_PASSWORD), or --influx-token for API v2"
+            )
         parts = urlsplit(self.influx_url)
         try:
             port = parts.port  # raises on a port that is not a number
