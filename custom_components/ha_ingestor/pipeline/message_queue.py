@@ -257,6 +257,19 @@ def _is_corruption(err: sqlite3.DatabaseError) -> bool:
     return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
+def _make_private(path: Path) -> None:
+    """The outbox file readable by its owner only (0600), whatever the umask: it holds
+    the events. Created so before SQLite opens it (SQLite gives the -wal and -shm files
+    the main file's mode); files of an older version are narrowed. A file system that
+    refuses chmod (some network shares) does not stop the outbox.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
 class _Store:
     """Every piece of outbox state. Only the worker thread touches it."""
 
@@ -269,6 +282,7 @@ class _Store:
         max_bytes: int,
         memory_limit_events: int,
         max_dead_letters: int,
+        max_dead_bytes: int,
         on_drop: Callable[[int], None] | None,
         on_dead_letter: Callable[[DeadLetter], None] | None,
         clock: Callable[[], float],
@@ -280,6 +294,7 @@ class _Store:
         self.max_bytes = max_bytes
         self.memory_limit_events = memory_limit_events
         self.max_dead_letters = max_dead_letters
+        self.max_dead_bytes = max_dead_bytes
         self.on_drop = on_drop
         self.on_dead_letter = on_dead_letter
         self.clock = clock
@@ -309,6 +324,7 @@ class _Store:
         self.mem_inflight: dict[int, _Row] = {}
         self.mem_bytes = 0
         self.dead_count = 0
+        self.dead_bytes = 0  # of the dead letters' payloads
         # Counters since open.
         self.appended = 0
         self.acked = 0
@@ -336,7 +352,7 @@ class _Store:
         ).fetchone()
         self.disk_count, self.disk_bytes = count, total
         self.next_seq = max_seq + 1
-        self.dead_count = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        self._count_dead()
         self.logger.info(
             "Outbox %s opened: %d pending events recovered, %d dead letters",
             self.path,
@@ -344,8 +360,10 @@ class _Store:
             self.dead_count,
         )
         self.enforce_caps()  # the caps may have been lowered since the last run
+        self._cap_dead()
 
     def _connect(self) -> sqlite3.Connection:
+        _make_private(self.path)
         # Autocommit mode: transactions are explicit (BEGIN ... COMMIT), one per batch.
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
@@ -818,6 +836,7 @@ class _Store:
 
     def _dead_added(self, ids: list[int], dead: list[_DeadRow]) -> None:
         self.dead_count += len(ids)
+        self.dead_bytes += sum(len(row[1]) for row in dead)
         self.log_limited(
             "dead",
             logging.WARNING,
@@ -827,30 +846,47 @@ class _Store:
             dead[-1][2],
             dead[-1][3],
         )
-        over = self.dead_count - self.max_dead_letters
-        if over > 0:
-            with self._transaction() as conn:
-                conn.execute(
-                    "DELETE FROM dead_letters WHERE id IN"
-                    " (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
-                    (over,),
-                )
-            self.dead_count -= over
-            self.dead_dropped += over
-            self.log_limited(
-                "dead_cap",
-                logging.WARNING,
-                "Outbox %s: over %d dead letters, dropped the %d oldest",
-                self.path,
-                self.max_dead_letters,
-                over,
-            )
+        self._cap_dead()
         if self.on_dead_letter is not None:
             for dead_id, values in zip(ids, dead, strict=True):
                 try:
                     self.on_dead_letter(DeadLetter(dead_id, *values))
                 except Exception:
                     self.logger.exception("Outbox on_dead_letter callback failed")
+
+    def _count_dead(self) -> None:
+        self.dead_count, self.dead_bytes = self.db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letters"
+        ).fetchone()
+
+    def _cap_dead(self) -> None:
+        """Drop the oldest dead letters past either cap: their count, their bytes."""
+        count, size, last = self.dead_count, self.dead_bytes, 0
+        if count <= self.max_dead_letters and size <= self.max_dead_bytes:
+            return
+        # Only as many rows are read as are dropped (usually a few).
+        rows = self.db.execute("SELECT id, length(payload) FROM dead_letters ORDER BY id")
+        try:
+            for dead_id, length in rows:
+                if count <= self.max_dead_letters and size <= self.max_dead_bytes:
+                    break
+                count, size, last = count - 1, size - length, dead_id
+        finally:
+            rows.close()
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM dead_letters WHERE id <= ?", (last,))
+        dropped = self.dead_count - count
+        self.dead_count, self.dead_bytes = count, size
+        self.dead_dropped += dropped
+        self.log_limited(
+            "dead_cap",
+            logging.WARNING,
+            "Outbox %s: over %d dead letters or %d bytes of them, dropped the %d oldest",
+            self.path,
+            self.max_dead_letters,
+            self.max_dead_bytes,
+            dropped,
+        )
 
     # -- dead letters ------------------------------------------------------------------
 
@@ -901,6 +937,7 @@ class _Store:
             self.disk_count += len(new)
             self.disk_bytes += sum(len(row[2]) for row in new)
             self.dead_count -= len(rows)
+            self.dead_bytes -= sum(len(row[2]) for row in rows)
             self.oldest_dirty = True
             replayed += len(rows)
         if replayed:
@@ -915,7 +952,7 @@ class _Store:
                 purged = conn.executemany(
                     "DELETE FROM dead_letters WHERE id = ?", [(i,) for i in set(ids)]
                 ).rowcount
-        self.dead_count -= purged
+        self._count_dead()  # their sizes are not known here
         return purged
 
 
@@ -953,12 +990,16 @@ class Outbox(Generic[T]):
         busy_rest: float = 10.0,
         max_rest_lag: float = 5.0,
         max_dead_letters: int = 100_000,
+        max_dead_bytes: int = 64 * 1024 * 1024,
         on_drop: Callable[[int], None] | None = None,
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
         clock: Callable[[], float] = time.time,
         logger: logging.Logger | None = None,
     ) -> None:
-        if max_events < 1 or max_bytes < 1 or memory_limit_events < 0 or max_dead_letters < 0:
+        if (
+            min(max_events, max_bytes) < 1
+            or min(memory_limit_events, max_dead_letters, max_dead_bytes) < 0
+        ):
             raise ValueError("outbox caps must be positive")
         self.path = Path(path)
         self._encode = encode
@@ -983,6 +1024,7 @@ class Outbox(Generic[T]):
             max_bytes=max_bytes,
             memory_limit_events=memory_limit_events,
             max_dead_letters=max_dead_letters,
+            max_dead_bytes=max_dead_bytes,
             on_drop=on_drop,
             on_dead_letter=on_dead_letter,
             clock=clock,
