@@ -20,6 +20,10 @@ from ha_ingestor_pipeline.envelope import ValidationError, to_rfc3339
 MAX_EVENT_ID_LENGTH = 128
 MAX_EVENT_TYPE_LENGTH = 255
 MAX_ENTITY_ID_LENGTH = 255
+# Every text that becomes an InfluxDB tag (source, instance id, unit, device class; the
+# entity id above) is capped: InfluxDB refuses a series key over 64 KiB, and one huge
+# tag made every write of its batch fail and be bisected (issue 10).
+MAX_TAG_LENGTH = 255
 
 
 def _type_name(value: object) -> str:
@@ -32,10 +36,37 @@ def _require_mapping(value: object, field: str) -> Mapping[str, Any]:
     raise ValidationError(field, f"has type {_type_name(value)}", "object")
 
 
-def _optional_text(data: Mapping[str, Any], key: str, field: str) -> None:
+def _optional_text(
+    data: Mapping[str, Any], key: str, field: str, max_length: int | None = None
+) -> None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
         raise ValidationError(field, f"has type {_type_name(value)}", "string or null")
+    if max_length is not None and value is not None and len(value) > max_length:
+        raise ValidationError(field, f"is {len(value)} characters long", f"at most {max_length}")
+
+
+def _check_tag_attributes(attributes: Mapping[str, Any]) -> None:
+    """The attributes that become tags (unit, device class); other types are ignored."""
+    for key in ("unit_of_measurement", "device_class"):
+        value = attributes.get(key)
+        if isinstance(value, str) and len(value) > MAX_TAG_LENGTH:
+            raise ValidationError(
+                f"data.attributes.{key}",
+                f"is {len(value)} characters long",
+                f"at most {MAX_TAG_LENGTH}",
+            )
+
+
+def _short_tags(attributes: dict[str, Any] | None) -> bool:
+    """`_check_tag_attributes` passes (the quick way: most attributes hold neither)."""
+    if attributes is None:
+        return True
+    unit = attributes.get("unit_of_measurement")
+    device_class = attributes.get("device_class")
+    return (type(unit) is not str or len(unit) <= MAX_TAG_LENGTH) and (
+        type(device_class) is not str or len(device_class) <= MAX_TAG_LENGTH
+    )
 
 
 def _text(value: object, field: str, max_length: int) -> str:
@@ -74,7 +105,7 @@ def _check_number(value: object, field: str, low: float, high: float) -> None:
 
 def _check_context(raw: object) -> None:
     context = _require_mapping(raw, "context")
-    _optional_text(context, "instance_id", "context.instance_id")
+    _optional_text(context, "instance_id", "context.instance_id", MAX_TAG_LENGTH)
     location = context.get("location")
     if location is not None:
         location = _require_mapping(location, "context.location")
@@ -114,7 +145,7 @@ def _quick_check(envelope: dict[str, Any]) -> dict[str, Any] | None:
         return None
     source = envelope.get("source")
     correlation_id = envelope.get("correlation_id")
-    if (source is not None and type(source) is not str) or (
+    if (source is not None and (type(source) is not str or len(source) > MAX_TAG_LENGTH)) or (
         correlation_id is not None and type(correlation_id) is not str
     ):
         return None
@@ -141,12 +172,16 @@ def _quick_check(envelope: dict[str, Any]) -> dict[str, Any] | None:
         value = data.get(key)
         if value is not None and type(value) is not dict:
             return None
+    if not _short_tags(data.get("attributes")):
+        return None
     context = envelope.get("context")
     if context is not None:
         if type(context) is not dict:
             return None
         instance_id = context.get("instance_id")
-        if instance_id is not None and type(instance_id) is not str:
+        if instance_id is not None and (
+            type(instance_id) is not str or len(instance_id) > MAX_TAG_LENGTH
+        ):
             return None
         location = context.get("location")
         if location is not None:
@@ -187,7 +222,7 @@ def _check_fully(raw: object) -> dict[str, Any]:
     if "timestamp" not in envelope:
         raise ValidationError("timestamp", "is required", "RFC 3339 date-time")
     timestamp = to_rfc3339(envelope["timestamp"], "timestamp")
-    _optional_text(envelope, "source", "source")
+    _optional_text(envelope, "source", "source", MAX_TAG_LENGTH)
     _optional_text(envelope, "correlation_id", "correlation_id")
     data = _require_mapping(envelope.get("data"), "data")
     event_type = _text(data.get("event_type"), "data.event_type", MAX_EVENT_TYPE_LENGTH)
@@ -198,6 +233,8 @@ def _check_fully(raw: object) -> dict[str, Any]:
     for key in ("attributes", "context", "data"):
         if data.get(key) is not None:
             _require_mapping(data[key], f"data.{key}")
+    if data.get("attributes") is not None:
+        _check_tag_attributes(data["attributes"])
     if envelope.get("context") is not None:
         _check_context(envelope["context"])
     checked = dict(envelope)

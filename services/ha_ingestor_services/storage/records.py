@@ -36,6 +36,9 @@ MAX_TIME_NS = 9_223_372_036_854_775_806
 _NS_PER_S = 1_000_000_000
 
 TAGS = ("entity_id", "domain", "device_class", "unit", "source", "instance_id")
+# The longest tag value kept (envelopes.py checks received envelopes the same way; an
+# enrichment's ``normalized`` part is checked here): see MAX_TAG_LENGTH there.
+MAX_TAG_LENGTH = 255
 
 
 class Record(NamedTuple):
@@ -210,7 +213,7 @@ def to_record(envelope: Mapping[str, Any]) -> Record:
     entity_id = _text(data.get("entity_id"))
     attributes = data.get("attributes")
     # Positional (in `Record`'s field order): a third of the cost of keywords here.
-    return Record(
+    record = Record(
         event_id,
         event_time_ns(envelope["timestamp"], event_id),
         data["event_type"],
@@ -233,6 +236,20 @@ def to_record(envelope: Mapping[str, Any]) -> Record:
         _number(weather.get("pressure_hpa")),
         processing_ms,
     )
+    for tag in record[3:9]:  # the tags: entity_id to instance_id
+        if tag is not None and len(tag) > MAX_TAG_LENGTH:
+            _long_tag(record)
+    return record
+
+
+def _long_tag(record: Record) -> None:
+    """Raise the `ValidationError` that names the first tag over `MAX_TAG_LENGTH`."""
+    for tag in TAGS:
+        value = getattr(record, tag)
+        if value is not None and len(value) > MAX_TAG_LENGTH:
+            raise ValidationError(
+                tag, f"is {len(value)} characters long", f"at most {MAX_TAG_LENGTH}"
+            )
 
 
 # -- record to answer -----------------------------------------------------------------

@@ -26,6 +26,9 @@ from ha_ingestor_services.storage.records import TAGS, Record
 # InfluxDB 1.x refuses string field values over 64 KiB; 2.x accepts more, but one
 # limit for both keeps the backends interchangeable.
 MAX_STRING_FIELD_BYTES = 64 * 1024
+# InfluxDB refuses a point whose series key (measurement and tags, as written) is over
+# 64 KiB; sent anyway, it fails its whole write, which is then bisected.
+MAX_SERIES_KEY_BYTES = 64 * 1024 - 1
 
 _TEXT_FIELDS = (
     "state",
@@ -194,4 +197,24 @@ def influx_problem(record: Record) -> str | None:
         value = getattr(record, tag)
         if value is not None and value.endswith("\\"):
             return f"{tag}: ends with a backslash, which a line protocol tag cannot keep"
+    return _series_key_problem(record)
+
+
+def series_key(record: Record) -> str:
+    """The measurement and tags, escaped as `to_line` writes them (the series key)."""
+    measurement = record.event_type
+    if _MEASUREMENT_SPECIAL.search(measurement):
+        measurement = measurement.translate(_ESCAPE_MEASUREMENT)
+    return measurement + "".join(_tag(tag, getattr(record, tag)) for tag in sorted(TAGS))
+
+
+def _series_key_problem(record: Record) -> str | None:
+    # A character is at most 4 bytes in UTF-8 and 2 characters once escaped: most
+    # records are far below the limit without writing the key out.
+    length = len(record.event_type) + sum(len(getattr(record, tag) or "") + 16 for tag in TAGS)
+    if length * 8 <= MAX_SERIES_KEY_BYTES:
+        return None
+    size = len(series_key(record).encode())
+    if size > MAX_SERIES_KEY_BYTES:
+        return f"series key (measurement and tags) is {size} bytes, over InfluxDB's 64 KiB limit"
     return None
