@@ -25,10 +25,13 @@ class Counts:
 
 
 COUNTS = web.AppKey("counts", Counts)
+DELAY = web.AppKey("delay", float)  # seconds before each batch is answered
 
 
 async def _batch(request: web.Request) -> web.Response:
     events = orjson.loads(await request.read())["events"]
+    if request.app[DELAY]:
+        await asyncio.sleep(request.app[DELAY])
     counts = request.app[COUNTS]
     counts.received += len(events)
     counts.ids.update(event["event_id"] for event in events)
@@ -44,9 +47,10 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"received": counts.received, "unique": len(counts.ids)})
 
 
-async def main(port: int) -> None:
+async def main(port: int, delay: float = 0.0) -> None:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[COUNTS] = Counts()
+    app[DELAY] = delay
     app.router.add_post("/api/v1/events/batch", _batch)
     app.router.add_get("/api/v1/health", _health)
     runner = web.AppRunner(app, access_log=None)
@@ -63,15 +67,16 @@ async def main(port: int) -> None:
 
 @contextlib.contextmanager
 def running_sink(
-    port: int, on_exit: Callable[[dict[str, int]], None] | None = None
+    port: int, on_exit: Callable[[dict[str, int]], None] | None = None, delay: float = 0.0
 ) -> Iterator[str]:
-    """Start this sink in its own process on ``port``; yields its base URL.
+    """Start this sink in its own process on ``port``; yields its base URL. It answers
+    each batch after ``delay`` seconds (a slow target).
 
     ``on_exit`` gets the sink's final counts (received, unique) once it has stopped:
     everything it took, also what arrived after the last health read.
     """
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.sink", str(port)],
+        [sys.executable, "-m", "benchmarks.sink", str(port), str(delay)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -95,4 +100,4 @@ def running_sink(
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
