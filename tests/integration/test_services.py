@@ -25,9 +25,6 @@ from custom_components.ha_ingestor.services import (
     SERVICE_PURGE_DEAD_LETTERS,
     SERVICE_REPLAY_DEAD_LETTERS,
     SERVICE_RESUME,
-    ForwardError,
-    _field_name,
-    async_forward_event,
 )
 from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.integration.conftest import TOKEN
@@ -305,32 +302,6 @@ async def test_forward_event_odd_answers(
     assert err.value.translation_key == "service_unavailable"
     assert len(storage_server.requests) == requests
     await unload(hass, entry)
-
-
-async def test_forward_event_data_that_cannot_be_serialized(
-    hass: HomeAssistant, entry: MockConfigEntry
-) -> None:
-    # Not possible through the action's schema, but async_forward_event is shared.
-    with pytest.raises(ForwardError) as err:
-        await async_forward_event(entry.runtime_data.runtime, "e", {(1, 2): "x"})
-    assert err.value.translation_key == "invalid_event"
-    assert err.value.placeholders["field"] == "event_data"
-    assert err.value.status == 422
-    assert isinstance(err.value.to_ha_error(), ServiceValidationError)
-    await unload(hass, entry)
-
-
-@pytest.mark.parametrize(
-    ("path", "field"),
-    [
-        ("data.entity_id", "entity_id"),
-        ("data.new_state.attributes", "event_data.new_state.attributes"),
-        ("data", "event_data"),
-        ("event_type", "event_type"),
-    ],
-)
-def test_field_names_in_the_actions_terms(path: str, field: str) -> None:
-    assert _field_name(path) == field
 
 
 # -- which entry -------------------------------------------------------------------------

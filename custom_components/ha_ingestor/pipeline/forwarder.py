@@ -281,7 +281,7 @@ class EventForwarder:
             await self._wait_for_events()
             if self._stop_requested() or self.paused:
                 continue
-            route = self._choose_route()
+            route = self.route()
             if route is None:
                 self._set_backlog(True)
                 self._report_unusable(self.primary.name, "no service takes events")
@@ -320,26 +320,30 @@ class EventForwarder:
             await asyncio.wait_for(self._wake.wait(), delay)
         self._wake.clear()
 
-    def _usable(self, route: Route | None) -> bool:
-        return (
-            route is not None and route.name not in self._auth_failed and route.client.available()
-        )
+    def route(self, *, even_if_open: bool = False) -> Route | None:
+        """The route to deliver through now: the primary, else the fallback when allowed.
 
-    def _choose_route(self) -> Route | None:
-        if self._usable(self.primary):
-            return self.primary
-        if self.config.use_fallback and self._usable(self.fallback):
-            return self.fallback
-        return None
+        None while no route takes events (every breaker open, or the credentials
+        refused). With ``even_if_open``, when every breaker is open the first route whose
+        credentials were not refused is returned anyway (a call through it fails at once
+        and says when to retry); None then only when every route refused them.
+        """
+        candidates = self._candidates()
+        for route in candidates:
+            if route.client.available():
+                return route
+        return candidates[0] if even_if_open and candidates else None
+
+    def _candidates(self) -> list[Route]:
+        """The routes allowed now, in order, without those whose credentials were refused."""
+        routes = [self.primary]
+        if self.config.use_fallback and self.fallback is not None:
+            routes.append(self.fallback)
+        return [route for route in routes if route.name not in self._auth_failed]
 
     def _route_wait(self) -> float:
         """How long until some route may take events again."""
-        candidates = [self.primary]
-        if self.config.use_fallback and self.fallback is not None:
-            candidates.append(self.fallback)
-        waits = [
-            route.client.retry_in() for route in candidates if route.name not in self._auth_failed
-        ]
+        waits = [route.client.retry_in() for route in self._candidates()]
         # With every route waiting on a reauth, sleep until woken (or re-check now and then).
         return max(min(waits), 0.05) if waits else 60.0
 
@@ -365,7 +369,7 @@ class EventForwarder:
         except CircuitOpenError as err:
             await self._outbox.release(seqs)  # never sent: no attempt to count
             self._set_backlog(True)
-            if self._choose_route() is not None:
+            if self.route() is not None:
                 return 0.0
             self._report_unusable(route.name, str(err))
             return max(err.retry_in, 0.05)
