@@ -186,6 +186,12 @@ ENRICHMENT_OPTIONS = (
         "seconds one weather call may take (default 2)",
         float,
     ),
+    Option(
+        "--weather-max-lookups",
+        "weather_max_lookups",
+        "most uncached locations one batch looks up; the rest go without (default 20)",
+        int,
+    ),
 )
 
 STORAGE_OPTIONS = (

@@ -202,6 +202,7 @@ class EnrichmentService:
             failure_ttl_s=settings.weather_failure_ttl_s,
             precision=settings.weather_location_precision,
             clock=self._clock,
+            max_lookups=settings.weather_max_lookups,
         )
         self._clients = _Clients(session, owns_session, storage, storage_session, weather)
         _LOGGER.info(

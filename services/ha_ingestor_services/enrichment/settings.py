@@ -53,6 +53,9 @@ class EnrichmentSettings:
     weather_location_precision: int = 2
     # Seconds one provider call may take; events never wait longer for weather.
     weather_timeout_s: float = 2.0
+    # Most distinct uncached locations one batch may look up; events at the others go
+    # on without weather (weather_status "too_many_locations").
+    weather_max_lookups: int = 20
 
     def __post_init__(self) -> None:
         urls = tuple(_check_url(url, "storage_urls") for url in self.storage_urls)
@@ -84,6 +87,10 @@ class EnrichmentSettings:
         _check_positive(self.weather_cache_ttl_s, "weather_cache_ttl_s")
         _check_positive(self.weather_failure_ttl_s, "weather_failure_ttl_s")
         _check_positive(self.weather_timeout_s, "weather_timeout_s")
+        if not 1 <= self.weather_max_lookups <= 1000:
+            raise ValueError(
+                f"weather_max_lookups: {self.weather_max_lookups} is not from 1 to 1000"
+            )
         if not 0 <= self.weather_location_precision <= 6:
             raise ValueError(
                 f"weather_location_precision: {self.weather_location_precision} "

@@ -7,8 +7,10 @@ In order of preference:
 2. the provider's current weather at ``context.location`` rounded to
    ``weather_location_precision`` decimals: ``provider`` when fetched for this request,
    ``cache`` when a fresh answer was already there;
-3. none: ``not_configured`` (no provider), ``no_location``, or ``unavailable`` (the
-   provider failed; the event goes on without weather and says so).
+3. none: ``not_configured`` (no provider), ``no_location``, ``unavailable`` (the
+   provider failed; the event goes on without weather and says so), or
+   ``too_many_locations`` (the batch named more uncached locations than
+   ``max_lookups`` and this one was past them).
 
 Provider answers are cached per rounded location for ``weather_cache_ttl_s``; failures
 for ``weather_failure_ttl_s`` (a negative cache, so a dead provider is not hammered).
@@ -35,7 +37,13 @@ _LOGGER = logging.getLogger(__name__)
 _LOGGER.addFilter(HIDE_KEYS)  # an unexpected error's text may quote the provider's URL
 
 WeatherStatus = Literal[
-    "home_assistant", "provider", "cache", "not_configured", "no_location", "unavailable"
+    "home_assistant",
+    "provider",
+    "cache",
+    "not_configured",
+    "no_location",
+    "unavailable",
+    "too_many_locations",
 ]
 WeatherAnswer = tuple[WeatherInfo | None, WeatherStatus]
 LocationKey = tuple[float, float]
@@ -47,14 +55,19 @@ STATUSES: tuple[WeatherStatus, ...] = (
     "not_configured",
     "no_location",
     "unavailable",
+    "too_many_locations",
 )
 # Weather entity states that say nothing about the weather.
 _NO_CONDITION = frozenset({"unavailable", "unknown", ""})
 MAX_CACHE_ENTRIES = 10_000
+# Upstream lookups one batch may start: a batch naming 5,000 places must not make
+# 5,000 calls (issue 10). A home has one location; a few homes share a pipeline.
+MAX_LOOKUPS_PER_BATCH = 20
 
 _NOT_CONFIGURED: WeatherAnswer = (None, "not_configured")
 _NO_LOCATION: WeatherAnswer = (None, "no_location")
 _UNAVAILABLE: WeatherAnswer = (None, "unavailable")
+_TOO_MANY: WeatherAnswer = (None, "too_many_locations")
 
 
 class WeatherProvider(Protocol):
@@ -122,6 +135,7 @@ class WeatherStats:
     upstream_calls: int = 0
     upstream_failures: int = 0
     single_flight_joins: int = 0  # lookups that awaited a call already in flight
+    lookups_skipped: int = 0  # locations past a batch's lookup limit
     last_call_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
@@ -139,6 +153,7 @@ class WeatherStep:
         precision: int = 2,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = MAX_CACHE_ENTRIES,
+        max_lookups: int = MAX_LOOKUPS_PER_BATCH,
     ) -> None:
         self.provider = provider
         self._cache_ttl = cache_ttl_s
@@ -146,6 +161,7 @@ class WeatherStep:
         self._precision = precision
         self._clock = clock
         self._max_entries = max_entries
+        self._max_lookups = max_lookups
         self._cache: dict[LocationKey, _Entry] = {}
         self._in_flight: dict[LocationKey, asyncio.Task[WeatherAnswer]] = {}
         self.stats = WeatherStats(events=dict.fromkeys(STATUSES, 0))
@@ -193,7 +209,7 @@ class WeatherStep:
                 if key is None:
                     answer = _NO_LOCATION
                 elif key not in waiting:
-                    answer = self._cached(key, now)
+                    answer = self._cached(key, now) or self._over_limit(key, len(waiting))
                 if answer is not None:
                     answered[raw] = answer
                     answers.append(answer)
@@ -221,6 +237,13 @@ class WeatherStep:
         for positions, answer in zip(waiting.values(), fetched, strict=True):
             for position in positions:
                 answers[position] = answer
+
+    def _over_limit(self, key: LocationKey, lookups: int) -> WeatherAnswer | None:
+        """``too_many_locations`` when this batch has started its lookups already."""
+        if lookups < self._max_lookups or key in self._in_flight:  # joining costs no call
+            return None
+        self.stats.lookups_skipped += 1
+        return _TOO_MANY
 
     def _cached(self, key: LocationKey, now: float) -> WeatherAnswer | None:
         entry = self._cache.get(key)
@@ -321,6 +344,7 @@ class WeatherStep:
             "upstream_calls": stats.upstream_calls,
             "upstream_failures": stats.upstream_failures,
             "single_flight_joins": stats.single_flight_joins,
+            "lookups_skipped": stats.lookups_skipped,
             "in_flight": len(self._in_flight),
             "last_error": stats.last_error,
         }

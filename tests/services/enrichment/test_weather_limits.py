@@ -4,6 +4,8 @@ any part of the OpenWeatherMap key; a batch cannot make unbounded upstream calls
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import aiohttp
@@ -11,10 +13,12 @@ import pytest
 from aiohttp import web
 
 from ha_ingestor_services.enrichment.openweathermap import OpenWeatherMap, ProviderError
-from ha_ingestor_services.enrichment.weather import WeatherStep
+from ha_ingestor_services.enrichment.weather import MAX_LOOKUPS_PER_BATCH, WeatherStep
 from tests.pipeline.fakes import FakeClock
-from tests.services.conftest import Serve
+from tests.pipeline.fault_server import FaultServer
+from tests.services.conftest import AUTH, Serve
 
+from .conftest import Enrichment, WeatherAPI
 from .helpers import envelope
 
 # Characters that URL encoding changes, so the encoded forms differ from the key.
@@ -36,6 +40,15 @@ def echo_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/data/2.5/weather", weather)
     return app
+
+
+async def post_batch(
+    session: aiohttp.ClientSession, url: str, events: list[dict[str, Any]]
+) -> tuple[int, dict[str, Any]]:
+    async with session.post(
+        url + "/api/v1/events/batch", json={"events": events}, headers=AUTH
+    ) as answer:
+        return answer.status, await answer.json()
 
 
 def assert_no_key(text: str) -> None:
@@ -71,3 +84,30 @@ async def test_an_echoing_upstream_does_not_leak_the_key(
     for text in (*messages, health, snapshot, logs):
         assert_no_key(text)
     assert "***" in messages[0]
+
+
+async def test_a_batch_of_many_locations_makes_a_bounded_number_of_calls(
+    enrichment: Enrichment, weather_api: WeatherAPI, storage: FaultServer
+) -> None:
+    """5,000 distinct places in one batch: 20 upstream calls (the default), the other
+    events stored without weather, saying why; the next batch looks up the next ones."""
+    places = [
+        envelope(location={"latitude": index // 100 - 25, "longitude": index % 100})
+        for index in range(5000)
+    ]
+    async with aiohttp.ClientSession() as session:
+        status, body = await post_batch(session, enrichment.url, places)
+        assert status == 200
+        assert {result["status"] for result in body["results"]} == {"stored"}
+        assert len(weather_api.calls) == MAX_LOOKUPS_PER_BATCH
+        sent = list({event["event_id"]: event for event in storage.received}.values())
+        counts = Counter(event["processing"]["weather_status"] for event in sent)
+        assert counts == {"provider": 20, "too_many_locations": 4980}
+        skipped = next(e for e in sent if e["processing"]["weather_status"] != "provider")
+        assert skipped["weather"] is None
+        # The same places again: the 20 come from the cache, 20 more are looked up.
+        status, _ = await post_batch(session, enrichment.url, places)
+        assert status == 200
+        assert len(weather_api.calls) == 2 * MAX_LOOKUPS_PER_BATCH
+    snapshot = enrichment.service.stats()["weather"]
+    assert snapshot["lookups_skipped"] == 4980 + 4960
