@@ -39,7 +39,7 @@ from custom_components.ha_ingestor.pipeline.forwarder import (
     Route,
 )
 from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient
-from custom_components.ha_ingestor.pipeline.message_queue import Durability, Outbox
+from custom_components.ha_ingestor.pipeline.outbox import Durability, Outbox
 
 from .events import state_changed, stream
 from .influxd import free_port

@@ -31,7 +31,7 @@ import aiohttp
 from custom_components.ha_ingestor.pipeline.envelope import EventValidator
 from custom_components.ha_ingestor.pipeline.forwarder import EventForwarder, Route
 from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient
-from custom_components.ha_ingestor.pipeline.message_queue import Durability, Outbox
+from custom_components.ha_ingestor.pipeline.outbox import Durability, Outbox
 from custom_components.ha_ingestor.pipeline.service_discovery import ServiceRegistry
 
 from .events import state_changed

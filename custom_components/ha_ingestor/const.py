@@ -43,7 +43,7 @@ ALL_EVENTS_OPTION: Final = "all_events"
 DEFAULT_EVENT_TYPES: Final = ["state_changed"]
 DEFAULT_BATCH_SIZE: Final = 500
 DEFAULT_LINGER_MS: Final = 5
-DEFAULT_DURABILITY: Final = "always"  # pipeline.message_queue.Durability
+DEFAULT_DURABILITY: Final = "always"  # pipeline.outbox.Durability
 DEFAULT_MAX_EVENTS: Final = 1_000_000
 DEFAULT_MAX_MEGABYTES: Final = 512
 DEFAULT_FALLBACK_TO_STORAGE: Final = True
@@ -60,7 +60,7 @@ BATCH_PATH: Final = "/api/v1/events/batch"
 
 # --- Added with the config flow (config_flow.py) -------------------------------------
 STATS_PATH: Final = "/api/v1/stats"  # behind the bearer token; the config flow's auth check
-DURABILITY_ALWAYS: Final = "always"  # pipeline.message_queue.Durability.ALWAYS
-DURABILITY_ON_BACKLOG: Final = "on_backlog"  # pipeline.message_queue.Durability.ON_BACKLOG
+DURABILITY_ALWAYS: Final = "always"  # pipeline.outbox.Durability.ALWAYS
+DURABILITY_ON_BACKLOG: Final = "on_backlog"  # pipeline.outbox.Durability.ON_BACKLOG
 # Event types offered in the options flow (any other type may be typed in).
 SUGGESTED_EVENT_TYPES: Final = ("state_changed", "call_service", "automation_triggered")

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
 
     from .coordinator import HaIngestorConfigEntry
-    from .pipeline.message_queue import DeadLetter
+    from .pipeline.outbox import DeadLetter
 
 # Keys redacted wherever they appear (entry data, event payloads, attributes).
 TO_REDACT: Final = {

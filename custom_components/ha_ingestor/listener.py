@@ -35,7 +35,7 @@ from .pipeline.envelope import (
 )
 
 if TYPE_CHECKING:
-    from .pipeline.message_queue import Outbox
+    from .pipeline.outbox import Outbox
 
 
 def _state_as_raw(state: State | None) -> dict[str, Any] | None:

@@ -59,8 +59,8 @@ from .listener import EventEncoder, EventListener, weather_from_state
 from .pipeline.envelope import EnvelopeContext, EventValidator
 from .pipeline.forwarder import EventForwarder, ForwarderConfig, Route
 from .pipeline.http_client import ServiceHTTPClient, Timeouts
-from .pipeline.message_queue import Durability, Outbox
 from .pipeline.metrics import PipelineMetrics
+from .pipeline.outbox import Durability, Outbox
 from .pipeline.service_discovery import ServiceRegistry
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from custom_components.ha_ingestor.diagnostics import (
     _scrub,
     _truncate,
 )
-from custom_components.ha_ingestor.pipeline.message_queue import DeadLetter
+from custom_components.ha_ingestor.pipeline.outbox import DeadLetter
 from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.integration.conftest import TOKEN
 

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from custom_components.ha_ingestor.pipeline.envelope import EventValidator
-from custom_components.ha_ingestor.pipeline.message_queue import Outbox
+from custom_components.ha_ingestor.pipeline.outbox import Outbox
 from tests.pipeline.fault_server import FaultServer
 from tests.pipeline.forwarding import Harness
 

@@ -17,7 +17,7 @@ from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
 if TYPE_CHECKING:
     import aiohttp
 
-    from custom_components.ha_ingestor.pipeline.message_queue import Outbox
+    from custom_components.ha_ingestor.pipeline.outbox import Outbox
     from tests.pipeline.fault_server import FaultServer
 
 FAST_BACKOFF = BackoffPolicy(base=0.005, cap=0.03)

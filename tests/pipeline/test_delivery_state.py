@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-    from custom_components.ha_ingestor.pipeline.message_queue import Outbox
+    from custom_components.ha_ingestor.pipeline.outbox import Outbox
 
 # What a long outage leaves behind: backoff and breaker grown to minutes.
 LONG_BACKOFF = BackoffPolicy(base=60.0, cap=300.0)

@@ -37,7 +37,7 @@ from typing import Any
 
 from .envelope import PAYLOAD_TOO_LARGE, batch_body, parse_results
 from .http_client import CircuitOpenError, ServiceCallError, ServiceHTTPClient, ServiceResponse
-from .message_queue import Outbox, OutboxRecord
+from .outbox import Outbox, OutboxRecord
 from .metrics import PipelineMetrics
 from .retry import BackoffPolicy, Outcome
 

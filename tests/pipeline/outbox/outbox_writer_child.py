@@ -19,7 +19,7 @@ def _load_pipeline() -> None:
     That is the services' name for it; unlike ``custom_components.ha_ingestor`` it does
     not pull in Home Assistant, so the child starts fast.
     """
-    folder = Path(__file__).resolve().parents[2] / "custom_components" / "ha_ingestor" / "pipeline"
+    folder = Path(__file__).resolve().parents[3] / "custom_components" / "ha_ingestor" / "pipeline"
     spec = importlib.util.spec_from_file_location(
         "ha_ingestor_pipeline", folder / "__init__.py", submodule_search_locations=[str(folder)]
     )
@@ -33,7 +33,7 @@ def _load_pipeline() -> None:
 _load_pipeline()
 
 from ha_ingestor_pipeline.envelope import EncodedEvent  # noqa: E402
-from ha_ingestor_pipeline.message_queue import Outbox  # noqa: E402
+from ha_ingestor_pipeline.outbox import Outbox  # noqa: E402
 
 BATCH = 200
 ACK_PER_BATCH = 150  # acks trail the appends, so deletes and inserts interleave

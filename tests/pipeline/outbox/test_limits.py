@@ -1,39 +1,18 @@
-"""The outbox's file modes and its dead-letter byte cap (issue 10), on real SQLite files.
-
-Kept apart from test_message_queue.py, which is long enough already.
-"""
+"""The outbox's file modes and its dead-letter byte cap (issue 10), on real SQLite files."""
 
 from __future__ import annotations
 
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from unittest.mock import patch
 
 import pytest
 
-from custom_components.ha_ingestor.pipeline.message_queue import Outbox
-from tests.pipeline.test_message_queue import LOGGER_NAME, encode
-
-OutboxFactory = Callable[..., Outbox[str]]
-
-
-@pytest.fixture
-async def make_outbox(tmp_path: Path) -> AsyncIterator[OutboxFactory]:
-    """Build outboxes (default file: tmp_path/outbox.db); every one is closed after the test."""
-    made: list[Outbox[str]] = []
-
-    def factory(path: Path | None = None, **kwargs: Any) -> Outbox[str]:
-        outbox: Outbox[str] = Outbox(path or tmp_path / "outbox.db", encode, **kwargs)
-        made.append(outbox)
-        return outbox
-
-    yield factory
-    for outbox in made:
-        await outbox.close()
+from custom_components.ha_ingestor.pipeline.outbox import Outbox
+from tests.pipeline.outbox.helpers import LOGGER_NAME, OutboxFactory, encode
 
 
 @pytest.fixture
