@@ -19,6 +19,7 @@ from custom_components.ha_ingestor.pipeline.forwarder import (
 )
 from custom_components.ha_ingestor.pipeline.http_client import Timeouts
 from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
+from tests.pipeline.fakes import FakeClock
 from tests.pipeline.fault_server import REJECT_MARKER, Fault, FaultServer
 from tests.pipeline.forwarding import FAST_BREAKER, Harness, event, numbers
 
@@ -291,6 +292,57 @@ async def test_flush_skips_a_long_backoff(harness: Harness, fault_server: FaultS
     assert numbers(fault_server) == [0]
 
 
+async def test_backoff_grows_to_the_cap_and_starts_over_after_a_success(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    """Each failed batch in a row doubles the wait up to the cap; an accepted one resets it.
+
+    With `sleep_rng` at 1.0 the jittered delay is its ceiling (base * 2**failures, capped),
+    and with a clock that stands still `retry_at - clock()` is exactly that delay. Each
+    wait is cut short with `wake()`, which keeps the backoff's growth.
+    """
+    clock = FakeClock()
+    # 500s count for the breaker: one that never opens keeps the forwarder's own backoff.
+    route = harness.route(
+        "storage", fault_server, breaker_config=BreakerConfig(failure_threshold=100, min_calls=1000)
+    )
+    forwarder = EventForwarder(
+        harness.outbox,
+        route,
+        config=ForwarderConfig(linger=0.0, backoff=BackoffPolicy(base=10.0, cap=80.0)),
+        sleep_rng=lambda: 1.0,
+        clock=clock,
+    )
+    harness.forwarders.append(forwarder)  # stopped at the end of the test
+    forwarder.start()
+
+    async def next_wait() -> tuple[float, int]:
+        """The wait the forwarder is in, once it is in one, and the failures it counts."""
+        async with asyncio.timeout(5):
+            while (retry_at := forwarder.snapshot()["retry_at"]) is None:
+                await asyncio.sleep(0.005)
+        return retry_at - clock(), forwarder.snapshot()["consecutive_failures"]
+
+    fault_server.fail_next(6, 500)
+    harness.outbox.append(event(0))
+    waits = []
+    for _ in range(6):
+        waits.append(await next_wait())
+        forwarder.wake()
+    assert waits == [(10.0, 1), (20.0, 2), (40.0, 3), (80.0, 4), (80.0, 5), (80.0, 6)]
+
+    assert (await forwarder.flush(timeout=5)).done  # the seventh try is accepted
+    assert forwarder.snapshot()["consecutive_failures"] == 0
+    assert forwarder.state is ForwarderState.DELIVERING
+
+    fault_server.fail_next(1, 500)
+    harness.outbox.append(event(1))
+    assert await next_wait() == (10.0, 1)  # back at the first step
+    assert (await forwarder.flush(timeout=5)).done
+    assert numbers(fault_server) == [0, 1]
+    assert len(fault_server.requests) == 9
+
+
 async def test_stop_releases_the_batch_in_flight(
     tmp_path: Path, harness: Harness, fault_server: FaultServer
 ) -> None:
@@ -326,6 +378,38 @@ async def test_unconfirmed_events_are_resent(
 
     assert (await forwarder.flush(timeout=5)).done
     assert numbers(fault_server) == [0, 1, 2]
+
+
+async def test_the_event_left_out_of_the_results_is_resent_not_acked(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    """A 200 with a result for every event but the last: the last is sent again.
+
+    The results confirm a prefix of the batch, in order, so only their count tells that
+    the last event is missing; acked, it would be lost (this receiver stored nothing).
+    """
+    harness.outbox.append_many(event(n) for n in range(4))
+    await harness.outbox.sync()
+    records = await harness.outbox.take(10)  # the event ids the answer has to name
+    await harness.outbox.release(record.seq for record in records)
+    ids = [record.event_id for record in records]
+    assert len(ids) == 4
+    all_but_last = [{"event_id": event_id, "status": "stored"} for event_id in ids[:-1]]
+    fault_server.add_faults(
+        Fault.answer(200, body=orjson.dumps({"success": True, "results": all_but_last}))
+    )
+    forwarder = harness.forwarder(harness.route("storage", fault_server))
+
+    assert (await forwarder.flush(timeout=5)).done
+
+    # The batch, then the last event alone, which the receiver stores this time.
+    assert [request.event_ids for request in fault_server.requests] == [ids, ids[-1:]]
+    assert fault_server.stored_ids == ids[-1:]
+    assert forwarder.metrics.get("delivered_storage") == 4
+    assert forwarder.metrics.get("batches_failed") == 1
+    stats = await harness.outbox.stats()
+    assert (stats.pending, stats.in_flight) == (0, 0)
+    assert not await harness.outbox.list_dead_letters()
 
 
 async def test_ten_thousand_events_through_mixed_faults(
