@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__, tls
+from .connections import ServiceRunner
 from .enrichment.service import EnrichmentService
 from .enrichment.settings import EnrichmentSettings, parse_url_list
 from .logs import configure_logging
@@ -428,10 +429,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runners: list[web.AppRunner] = []
+    runners: list[ServiceRunner] = []
     try:
         for name, app, port in plan:
-            runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
+            # ServiceRunner: aiohttp's, with the connection bounds of the app's Limits.
+            runner = ServiceRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
             await runner.setup()  # runs the service's start(): StartupError on a bad backend
             runners.append(runner)
             try:

@@ -48,13 +48,22 @@ from ha_ingestor_pipeline.envelope import (
 from ha_ingestor_pipeline.metrics import LatencyWindow, RateMeter
 
 from . import __version__, status_page
+from .connections import LIMITS
 from .envelopes import check_envelope
+from .limits import (
+    DEFAULT_MAX_BATCH_EVENTS,
+    DEFAULT_MAX_BODY_BYTES,
+    BodyError,
+    Limits,
+    RequestGate,
+    read_body,
+)
 from .openapi import build_document
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_BATCH_EVENTS = 5000
+__all__ = ["DEFAULT_MAX_BATCH_EVENTS", "DEFAULT_MAX_BODY_BYTES", "Limits"]  # cli imports them here
+
 OPEN_PATHS = frozenset({"/api/v1/health", "/"})
 
 # Error codes of the standard error body.
@@ -99,12 +108,6 @@ class ServiceUnavailable(RequestError):
 
     def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
         super().__init__(503, SERVICE_UNAVAILABLE, message, retry_after=retry_after)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +239,7 @@ class _Context:
     token: str
     limits: Limits
     metrics: ServiceMetrics
+    gate: RequestGate
 
 
 _CONTEXT = web.AppKey("ha_ingestor_context", _Context)
@@ -254,7 +258,7 @@ def metrics_of(app: web.Application) -> ServiceMetrics:
 
 def _correlation_id(request: web.Request) -> str:
     given = request.headers.get(CORRELATION_HEADER, "")
-    return given if 0 < len(given) <= 128 and given.isprintable() else new_event_id()
+    return given if _valid_correlation_id(given) else new_event_id()
 
 
 @web.middleware
@@ -352,7 +356,8 @@ async def _auth(
 
 
 async def read_json(request: web.Request, limits: Limits) -> Any:
-    """The request's JSON body; 413 past the size limit, 400 when it is not JSON."""
+    """The request's JSON body; 413 past the size limit, 415 when not sent as JSON,
+    400 when it is not JSON (limits.read_body)."""
     if request.content_length is not None and request.content_length > limits.max_body_bytes:
         raise RequestError(
             413,
@@ -361,7 +366,11 @@ async def read_json(request: web.Request, limits: Limits) -> Any:
             f"{limits.max_body_bytes}",
             {"limit_bytes": limits.max_body_bytes},
         )
-    body = await request.read()  # aiohttp enforces client_max_size, also after gunzip
+    try:
+        body = await read_body(request, limits)
+    except BodyError as err:
+        details = {"limit_bytes": limits.max_body_bytes} if err.status == 413 else None
+        raise RequestError(err.status, err.code, err.message, details) from None
     if not body:
         raise RequestError(400, BAD_REQUEST, "the request body is empty; JSON expected")
     try:
@@ -458,34 +467,60 @@ def _success_body(
 # -- handlers -------------------------------------------------------------------------
 
 
+def _busy(context: _Context) -> ServiceUnavailable:
+    # Bodies in memory and work waiting are bounded by this many requests at once.
+    return ServiceUnavailable(
+        f"too many requests in progress (limit {context.gate.limit}); try again shortly",
+        retry_after=1,
+    )
+
+
 async def _post_batch(request: web.Request) -> web.Response:
     context = request.app[_CONTEXT]
-    body = await read_json(request, context.limits)
-    raws = batch_events(body, context.limits)
-    correlation_id = _body_correlation_id(body, request)
-    results, elapsed_ms = await run_events(context, raws, correlation_id)
+    with context.gate.enter() as admitted:
+        if not admitted:
+            raise _busy(context)
+        body = await read_json(request, context.limits)
+        raws = batch_events(body, context.limits)
+        correlation_id = _body_correlation_id(body, request)
+        results, elapsed_ms = await run_events(context, raws, correlation_id)
     return json_response(_success_body(context.service, results, elapsed_ms, correlation_id))
 
 
 async def _post_single(request: web.Request) -> web.Response:
     """One envelope; a schema error is a 422 here (there is no batch to keep going)."""
     context = request.app[_CONTEXT]
-    body = await read_json(request, context.limits)
-    correlation_id = _body_correlation_id(body, request)
-    results, elapsed_ms = await run_events(context, [body], correlation_id)
+    with context.gate.enter() as admitted:
+        if not admitted:
+            raise _busy(context)
+        body = await read_json(request, context.limits)
+        correlation_id = _body_correlation_id(body, request)
+        results, elapsed_ms = await run_events(context, [body], correlation_id)
     error = results[0].get("error")
     if results[0]["status"] == "rejected" and error is not None:
         raise RequestError(422, error["code"], error["message"], error.get("details"))
     return json_response(_success_body(context.service, results, elapsed_ms, correlation_id))
 
 
+def _valid_correlation_id(given: str) -> bool:
+    # It goes back in the X-Correlation-ID header: no CR/LF or other control characters.
+    return 0 < len(given) <= 128 and given.isprintable()
+
+
 def _body_correlation_id(body: Any, request: web.Request) -> str:
     given = body.get("correlation_id") if isinstance(body, dict) else None
-    if (
-        isinstance(given, str)
-        and 0 < len(given) <= 128
-        and CORRELATION_HEADER not in request.headers
-    ):
+    if isinstance(given, str) and not _valid_correlation_id(given):
+        raise RequestError(
+            422,
+            VALIDATION_ERROR,
+            "correlation_id: is not 1 to 128 printable characters",
+            {
+                "field": "correlation_id",
+                "issue": "is empty, too long or holds control characters",
+                "expected": "1 to 128 printable characters",
+            },
+        )
+    if isinstance(given, str) and CORRELATION_HEADER not in request.headers:
         request["correlation_id"] = given
     correlation_id: str = request["correlation_id"]
     return correlation_id
@@ -572,7 +607,14 @@ def create_app(service: EventService, *, token: str, limits: Limits = Limits()) 
     app = web.Application(
         middlewares=[_errors_and_metrics, _auth], client_max_size=limits.max_body_bytes
     )
-    app[_CONTEXT] = _Context(service=service, token=token, limits=limits, metrics=metrics)
+    app[LIMITS] = limits
+    app[_CONTEXT] = _Context(
+        service=service,
+        token=token,
+        limits=limits,
+        metrics=metrics,
+        gate=RequestGate(limits.max_concurrent_requests),
+    )
     app.add_routes(
         [
             web.get("/", _status_page),

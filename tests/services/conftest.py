@@ -12,6 +12,7 @@ import pytest_socket
 from aiohttp import web
 
 from benchmarks.influxd import Influxd, running_influxd
+from ha_ingestor_services.connections import ServiceRunner
 
 TOKEN = "services-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -26,10 +27,10 @@ async def serve(socket_enabled: None) -> AsyncIterator[Serve]:
     Startup runs the app's cleanup contexts (the service's ``start``); every app is
     cleaned up (``stop``) after the test, last started first.
     """
-    runners: list[web.AppRunner] = []
+    runners: list[ServiceRunner] = []
 
     async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=5)
+        runner = ServiceRunner(app, shutdown_timeout=5)
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)

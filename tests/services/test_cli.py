@@ -24,6 +24,8 @@ from ha_ingestor_services import cli
 
 from .conftest import AUTH, TOKEN
 
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
+
 
 def envelopes(count: int, prefix: str = "cli") -> list[dict[str, Any]]:
     return [
@@ -195,7 +197,7 @@ async def test_stack_serves_both_and_stops_on_request(
             await asyncio.sleep(0.05)
         body = orjson.dumps({"events": envelopes(5)})
         async with session.post(
-            enrichment + "/api/v1/events/batch", data=body, headers=AUTH
+            enrichment + "/api/v1/events/batch", data=body, headers=JSON_AUTH
         ) as answer:
             assert answer.status == 200
             assert {item["status"] for item in (await answer.json())["results"]} == {"stored"}
@@ -284,7 +286,7 @@ async def test_sigterm_finishes_what_was_accepted(socket_enabled: None, tmp_path
                     await asyncio.sleep(0.1)
             body = orjson.dumps({"events": envelopes(200, "graceful")})
             posting = asyncio.create_task(
-                session.post(url + "/api/v1/events/batch", data=body, headers=AUTH)
+                session.post(url + "/api/v1/events/batch", data=body, headers=JSON_AUTH)
             )
             await asyncio.sleep(0.3)
             assert not posting.done()

@@ -104,7 +104,7 @@ async def post(
     client: aiohttp.ClientSession, url: str, body: Any, **kwargs: Any
 ) -> tuple[int, Any, Any]:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    headers = kwargs.pop("headers", AUTH)
+    headers = {"Content-Type": "application/json", **kwargs.pop("headers", AUTH)}
     async with client.post(url, data=data, headers=headers, **kwargs) as answer:
         return answer.status, await answer.json(content_type=None), answer.headers
 

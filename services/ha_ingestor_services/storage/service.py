@@ -45,6 +45,8 @@ RETENTION_INTERVAL_S = 3600.0
 # Health is open: each probe is a write (SQLite) or a request (InfluxDB), so one
 # answer serves every health call for this long, and concurrent calls share one probe.
 HEALTH_CACHE_S = 2.0
+# Events waiting for the group-commit writer, in flushes: past it, 503 with Retry-After.
+WAITING_FLUSHES = 4
 
 
 def create_backend(settings: StorageSettings) -> StorageBackend:
@@ -86,6 +88,7 @@ class StorageService:
             self.backend.write,
             max_events=settings.flush_max_events,
             interval_s=settings.flush_interval_ms / 1000,
+            max_waiting_events=WAITING_FLUSHES * settings.flush_max_events,
         )
         self._retention_task: asyncio.Task[None] | None = None
         self._rejections: Counter[str] = Counter()

@@ -7,7 +7,9 @@ One flush runs at a time, so what arrives during a flush joins the next one. Eac
 request's wait ends when the flush holding its records is durable, with one outcome per
 record, or with `BackendUnavailable` for all of them.
 
-`stop` refuses new requests, then flushes everything already accepted.
+`stop` refuses new requests, then flushes everything already accepted. Past
+``max_waiting_events`` waiting, a request is refused with `BackendUnavailable` (a 503
+with Retry-After) instead of queueing without bound while the backend is slow.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class WriterStats:
     flushes: int = 0
     flushed_events: int = 0
     failed_flushes: int = 0
+    refused_requests: int = 0
     last_flush_events: int = 0
     max_flush_events: int = 0
     last_flush_ms: float | None = None
@@ -63,10 +66,12 @@ class GroupCommitWriter:
         *,
         max_events: int,
         interval_s: float,
+        max_waiting_events: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._write = write
         self._max_events = max_events
+        self._max_waiting_events = max_waiting_events
         self._interval_s = interval_s
         self._clock = clock
         self._waiting: list[_Request] = []
@@ -90,6 +95,14 @@ class GroupCommitWriter:
             return []
         if self._closing or self._task is None:
             raise BackendUnavailable("storage is shutting down")
+        # Something is waiting already and this would pass the cap (a request on its own
+        # always goes, however large: the batch limit bounds it).
+        if self._waiting and self._waiting_events + len(records) > self._max_waiting_events:
+            self.stats.refused_requests += 1
+            raise BackendUnavailable(
+                f"storage is busy: {self._waiting_events} events are waiting to be written",
+                retry_after=1,
+            )
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._waiting.append(_Request(records, future, self._clock()))
@@ -187,6 +200,7 @@ class GroupCommitWriter:
             "flushes": stats.flushes,
             "flushed_events": stats.flushed_events,
             "failed_flushes": stats.failed_flushes,
+            "refused_requests": stats.refused_requests,
             "events_per_flush": round(stats.flushed_events / stats.flushes, 1)
             if stats.flushes
             else None,

@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from ha_ingestor_services.connections import ServiceRunner
 from ha_ingestor_services.storage.service import StorageService
 from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import create_app
@@ -26,7 +27,7 @@ async def test_enrichment_into_storage_on_sqlite(
     tmp_path: Path,
 ) -> None:
     storage = StorageService(StorageSettings(sqlite_path=str(tmp_path / "events.db")))
-    runner = web.AppRunner(create_app(storage, token=STORAGE_TOKEN))
+    runner = ServiceRunner(create_app(storage, token=STORAGE_TOKEN))
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -38,7 +39,7 @@ async def test_enrichment_into_storage_on_sqlite(
 
 async def _scenario(
     storage_url: str,
-    storage_runner: web.AppRunner,
+    storage_runner: ServiceRunner,
     start_enrichment: StartEnrichment,
     weather_api: WeatherAPI,
     client: aiohttp.ClientSession,

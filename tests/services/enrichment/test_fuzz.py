@@ -25,6 +25,7 @@ from .conftest import OWM_KEY, StartEnrichment, WeatherAPI
 from .helpers import HA_WEATHER, HOME
 
 MAX_EVENTS = 20
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 MAX_BODY = 48 * 1024
 _DELETE = object()
 
@@ -201,7 +202,7 @@ async def test_fuzz_event_endpoints(
     seen: dict[int, int] = {}
     for kind, body, valid, within in cases:
         path = "/api/v1/events/batch" if kind == "batch" else "/api/v1/events"
-        async with client.post(enrichment.url + path, data=body, headers=AUTH) as response:
+        async with client.post(enrichment.url + path, data=body, headers=JSON_AUTH) as response:
             status = response.status
             answer = orjson.loads(await response.read())
         seen[status] = seen.get(status, 0) + 1
@@ -234,7 +235,7 @@ async def test_fuzz_while_storage_is_down(
     await storage.refuse()
     for kind, body, valid, within in _materialize(_cases(80)):
         path = "/api/v1/events/batch" if kind == "batch" else "/api/v1/events"
-        async with client.post(enrichment.url + path, data=body, headers=AUTH) as response:
+        async with client.post(enrichment.url + path, data=body, headers=JSON_AUTH) as response:
             status = response.status
             answer = orjson.loads(await response.read())
             retry_after = response.headers.get("Retry-After")

@@ -19,6 +19,7 @@ from .conftest import Enrichment, StartEnrichment, WeatherAPI
 from .helpers import HA_WEATHER, batch, envelope
 
 BATCH = "/api/v1/events/batch"
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 SINGLE = "/api/v1/events"
 
 
@@ -31,7 +32,9 @@ async def post(
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
     async with client.post(
-        url + path, data=orjson.dumps(body), headers=headers if headers is not None else AUTH
+        url + path,
+        data=orjson.dumps(body),
+        headers={"Content-Type": "application/json", **(headers if headers is not None else AUTH)},
     ) as response:
         return response.status, orjson.loads(await response.read()), response.headers
 
@@ -507,7 +510,7 @@ async def test_auth_and_limits(
     big = envelope(attributes={"blob": "x" * 70_000})
     status, answer, _ = await post(client, enrichment.url, batch(big))
     assert (status, answer["error"]["code"]) == (413, "PAYLOAD_TOO_LARGE")
-    async with client.post(enrichment.url + BATCH, data=b"{nope", headers=AUTH) as response:
+    async with client.post(enrichment.url + BATCH, data=b"{nope", headers=JSON_AUTH) as response:
         assert response.status == 400
     assert storage.received == []
 

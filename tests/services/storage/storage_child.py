@@ -11,6 +11,7 @@ import sys
 
 from aiohttp import web
 
+from ha_ingestor_services.connections import ServiceRunner
 from ha_ingestor_services.storage.service import StorageService
 from ha_ingestor_services.storage.settings import StorageSettings
 from ha_ingestor_services.web import create_app
@@ -19,7 +20,7 @@ from tests.services.conftest import TOKEN
 
 async def main(path: str, port: int) -> None:
     app = create_app(StorageService(StorageSettings(sqlite_path=path)), token=TOKEN)
-    runner = web.AppRunner(app)
+    runner = ServiceRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     print("ready", flush=True)
