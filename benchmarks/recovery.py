@@ -28,11 +28,11 @@ from typing import Any
 
 import aiohttp
 
+from custom_components.ha_ingestor.pipeline.endpoint_health import ServiceRegistry
 from custom_components.ha_ingestor.pipeline.envelope import EventValidator
 from custom_components.ha_ingestor.pipeline.forwarder import EventForwarder, Route
 from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient
 from custom_components.ha_ingestor.pipeline.outbox import Durability, Outbox
-from custom_components.ha_ingestor.pipeline.service_discovery import ServiceRegistry
 
 from .events import state_changed
 from .influxd import free_port

@@ -56,12 +56,12 @@ from .const import (
     SERVICE_STORAGE,
 )
 from .listener import EventEncoder, EventListener, weather_from_state
+from .pipeline.endpoint_health import ServiceRegistry
 from .pipeline.envelope import EnvelopeContext, EventValidator
 from .pipeline.forwarder import EventForwarder, ForwarderConfig, Route
 from .pipeline.http_client import ServiceHTTPClient, Timeouts
 from .pipeline.metrics import PipelineMetrics
 from .pipeline.outbox import Durability, Outbox
-from .pipeline.service_discovery import ServiceRegistry
 
 if TYPE_CHECKING:
     from collections.abc import Callable

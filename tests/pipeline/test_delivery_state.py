@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from custom_components.ha_ingestor.pipeline.circuit_breaker import BreakerConfig
+from custom_components.ha_ingestor.pipeline.endpoint_health import ServiceRegistry
 from custom_components.ha_ingestor.pipeline.forwarder import (
     DeliveryProblem,
     EventForwarder,
@@ -24,7 +25,6 @@ from custom_components.ha_ingestor.pipeline.forwarder import (
 )
 from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient, Timeouts
 from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
-from custom_components.ha_ingestor.pipeline.service_discovery import ServiceRegistry
 from tests.pipeline.fakes import FakeClock
 from tests.pipeline.fault_server import Fault, FaultServer
 from tests.pipeline.forwarding import Harness, event, numbers

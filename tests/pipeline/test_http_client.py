@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from custom_components.ha_ingestor.pipeline.circuit_breaker import BreakerConfig, BreakerState
+from custom_components.ha_ingestor.pipeline.endpoint_health import ServiceRegistry
 from custom_components.ha_ingestor.pipeline.envelope import batch_body
 from custom_components.ha_ingestor.pipeline.http_client import (
     CircuitOpenError,
@@ -22,7 +23,6 @@ from custom_components.ha_ingestor.pipeline.http_client import (
     Timeouts,
 )
 from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy, Outcome
-from custom_components.ha_ingestor.pipeline.service_discovery import ServiceRegistry
 from tests.pipeline.fakes import FakeClock
 from tests.pipeline.fault_server import (
     BATCH_PATH,

@@ -30,7 +30,7 @@ from .circuit_breaker import BreakerConfig, BreakerState, CircuitBreaker
 from .retry import BackoffPolicy, Outcome, classify_exception, classify_status, parse_retry_after
 
 if TYPE_CHECKING:
-    from .service_discovery import ServiceRegistry
+    from .endpoint_health import ServiceRegistry
 
 _LOGGER = logging.getLogger(__name__)
 

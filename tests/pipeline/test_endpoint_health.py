@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from custom_components.ha_ingestor.pipeline.service_discovery import (
+from custom_components.ha_ingestor.pipeline.endpoint_health import (
     RESULT_WINDOW,
     EndpointStatus,
     ServiceRegistry,
@@ -20,7 +20,7 @@ from tests.pipeline.fault_server import HEALTH_PATH, Fault, FaultServer
 if TYPE_CHECKING:
     import aiohttp
 
-REGISTRY_LOGGER = "custom_components.ha_ingestor.pipeline.service_discovery"
+REGISTRY_LOGGER = "custom_components.ha_ingestor.pipeline.endpoint_health"
 ServerFactory = Callable[..., Awaitable[FaultServer]]
 
 
