@@ -14,11 +14,13 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ha_ingestor_services.web import Limits
 from tests.pipeline.fault_server import FaultServer
+from tests.services.auth_fuzz import fuzz_authorization
 from tests.services.conftest import AUTH
 
 from .conftest import OWM_KEY, StartEnrichment, WeatherAPI
@@ -248,3 +250,10 @@ async def test_fuzz_while_storage_is_down(
             assert status == 503, answer  # never "stored" while storage is down
         if status == 200:
             assert all(result["status"] == "rejected" for result in answer["results"])
+
+
+async def test_fuzz_authorization_header(
+    start_enrichment: StartEnrichment, storage: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    enrichment = await start_enrichment(storage_urls=(storage.url,))
+    await fuzz_authorization(enrichment.url, caplog, 150)

@@ -15,10 +15,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ha_ingestor_services.web import Limits
+from tests.services.auth_fuzz import fuzz_authorization
 from tests.services.conftest import AUTH
 
 from .conftest import StartStorage, get_events
@@ -220,3 +222,10 @@ async def test_fuzz_influxdb_v1(
         limits=Limits(max_body_bytes=MAX_BODY, max_batch_events=MAX_EVENTS), **influx_settings
     )
     await _fuzz(url, client, _bodies(_draw(_case, 120)), _draw(_query, 60))
+
+
+async def test_fuzz_authorization_header(
+    start_storage: StartStorage, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = await start_storage()
+    await fuzz_authorization(url, caplog, 150)
