@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 
 from .const import DOMAIN, LOGGER
+from .issues import async_update_issues
 from .pipeline.circuit_breaker import BreakerState
-from .repairs import async_update_issues
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
@@ -62,6 +62,18 @@ class IngestorSnapshot:
     # The oldest waiting event is older than the entry's "problem after" option.
     delivery_problem: bool = False
     services: dict[str, ServiceHealth] = field(default_factory=dict)
+    # For the repair issues (issues.py) only: no entity shows them, so a change in them
+    # alone does not make the entities write (not compared), and diagnostics show them
+    # under "settings" and "outbox" instead (ISSUE_FIGURES).
+    pending_bytes: int = field(default=0, compare=False)
+    max_events: int = field(default=0, compare=False)
+    max_megabytes: int = field(default=0, compare=False)
+    fallback_to_storage: bool = field(default=False, compare=False)
+
+
+ISSUE_FIGURES: Final = frozenset(
+    {"pending_bytes", "max_events", "max_megabytes", "fallback_to_storage"}
+)
 
 
 def _rounded(value: float | None) -> float | None:
@@ -118,6 +130,10 @@ def build_snapshot(runtime: IngestorRuntime, now: float) -> IngestorSnapshot:
         problem_error=None if problem is None else problem.error,
         delivery_problem=oldest_age is not None and oldest_age >= runtime.settings.problem_after,
         services=services,
+        pending_bytes=stats.pending_bytes,
+        max_events=runtime.settings.max_events,
+        max_megabytes=runtime.settings.max_megabytes,
+        fallback_to_storage=runtime.settings.fallback_to_storage,
     )
 
 
@@ -148,9 +164,10 @@ class IngestorCoordinator(DataUpdateCoordinator[IngestorSnapshot]):
             update_interval=UPDATE_INTERVAL,
             always_update=False,
         )
-        self.runtime = runtime
+        # Its own reference: the entry's runtime_data is set after the first refresh.
+        self._runtime = runtime
 
     async def _async_update_data(self) -> IngestorSnapshot:
-        snapshot = build_snapshot(self.runtime, datetime.now(UTC).timestamp())
-        async_update_issues(self.hass, self.config_entry, snapshot, self.runtime)
+        snapshot = build_snapshot(self._runtime, datetime.now(UTC).timestamp())
+        async_update_issues(self.hass, self.config_entry, snapshot)
         return snapshot

@@ -26,7 +26,7 @@ from homeassistant.const import (
 )
 
 from .const import CONF_API_TOKEN
-from .coordinator import build_snapshot
+from .coordinator import ISSUE_FIGURES, build_snapshot
 
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
@@ -88,7 +88,9 @@ async def async_get_config_entry_diagnostics(
             "health_interval": runtime.settings.health_interval,
             "subscribed": list(runtime.listener.event_types),
         },
-        "snapshot": asdict(snapshot),
+        "snapshot": {
+            key: value for key, value in asdict(snapshot).items() if key not in ISSUE_FIGURES
+        },
         "forwarder": forwarder,
         "outbox": {"durability": outbox.durability.value, **asdict(stats)},
         "clients": clients,

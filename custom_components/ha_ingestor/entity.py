@@ -80,7 +80,9 @@ def service_device_info(entry_id: str, service: str, url: str) -> DeviceInfo:
 def service_url(coordinator: IngestorCoordinator, service: str) -> str:
     """The URL of a service in use now (the first one before any health check)."""
     health = coordinator.data.services.get(service)
-    return health.url if health else coordinator.runtime.registry.get_service_url(service)
+    if health is not None:
+        return health.url
+    return coordinator.config_entry.runtime_data.runtime.registry.get_service_url(service)
 
 
 def async_prepare_devices(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> None:

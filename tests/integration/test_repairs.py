@@ -16,13 +16,13 @@ from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import issue_registry as ir
 from homeassistant.setup import async_setup_component
 
-from custom_components.ha_ingestor import repairs
+from custom_components.ha_ingestor import issues, repairs
 from custom_components.ha_ingestor.const import (
     CONF_FALLBACK_TO_STORAGE,
     CONF_MAX_EVENTS,
     DOMAIN,
 )
-from custom_components.ha_ingestor.repairs import (
+from custom_components.ha_ingestor.issues import (
     DEAD_LETTERS_THRESHOLD,
     dead_letters_issue_id,
     outbox_issue_id,
@@ -91,7 +91,7 @@ async def test_service_unreachable(
     # Down, but not for long yet.
     assert issue(hass, storage_id) is None
 
-    monkeypatch.setattr(repairs, "SERVICE_DOWN_AFTER", timedelta(0))
+    monkeypatch.setattr(issues, "SERVICE_DOWN_AFTER", timedelta(0))
     await refresh(entry)
     storage_issue = issue(hass, storage_id)
     assert storage_issue is not None
@@ -135,7 +135,7 @@ async def test_enrichment_down_without_fallback_is_an_error(
     enrichment_server: FaultServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(repairs, "SERVICE_DOWN_AFTER", timedelta(0))
+    monkeypatch.setattr(issues, "SERVICE_DOWN_AFTER", timedelta(0))
     entry = await setup_entry(
         hass,
         make_entry(storage_server.url, enrichment_server.url, **{CONF_FALLBACK_TO_STORAGE: False}),
