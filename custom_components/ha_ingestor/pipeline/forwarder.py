@@ -37,8 +37,8 @@ from typing import Any
 
 from .envelope import PAYLOAD_TOO_LARGE, batch_body, parse_results
 from .http_client import CircuitOpenError, ServiceCallError, ServiceHTTPClient, ServiceResponse
-from .outbox import Outbox, OutboxRecord
 from .metrics import PipelineMetrics
+from .outbox import Outbox, OutboxRecord
 from .retry import BackoffPolicy, Outcome
 
 _LOGGER = logging.getLogger(__name__)
