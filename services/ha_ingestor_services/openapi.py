@@ -25,11 +25,13 @@ def error_responses(*statuses: int) -> dict[str, Any]:
     """The standard error body for each of ``statuses``."""
     reasons = {
         400: "Malformed request (not JSON, bad parameter)",
-        401: "No bearer token",
+        401: "No bearer token, or a malformed Authorization header",
         403: "Wrong bearer token",
+        408: "The body did not arrive in time",
         413: "Body or batch over the limit",
+        415: "The body is not sent as JSON (application/json), or in an unknown encoding",
         422: "Schema error",
-        503: "A dependency is down; retry after Retry-After seconds",
+        503: "A dependency is down, or too much work is waiting; retry after Retry-After seconds",
     }
     return {
         str(status): {"description": reasons[status], "content": json_content(ref("ErrorResponse"))}
@@ -133,7 +135,8 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "service", "dependencies"],
+        # Without the token only status and service; the rest with it.
+        "required": ["status", "service"],
         "properties": {
             "status": {"enum": ["healthy", "degraded", "unhealthy"]},
             "service": {"type": "string"},
@@ -156,7 +159,7 @@ def _post_events(summary: str, body_schema: str) -> dict[str, Any]:
                     "description": "One result per event",
                     "content": json_content(ref("BatchResponse")),
                 },
-                **error_responses(400, *_SECURED_ERRORS, 413, 422, 503),
+                **error_responses(400, *_SECURED_ERRORS, 408, 413, 415, 422, 503),
             },
         }
     }
@@ -180,7 +183,8 @@ def _shared_paths() -> dict[str, Any]:
         "/api/v1/events/batch": _post_events("Process a batch of event envelopes", "Batch"),
         "/api/v1/health": {
             "get": {
-                "summary": "The service's status and its dependencies' (no token needed)",
+                "summary": "The service's status (no token needed); with the token also "
+                "the version, uptime and each dependency's state and detail",
                 "security": [],
                 "responses": {
                     "200": {
