@@ -16,6 +16,7 @@ from homeassistant.helpers import instance_id
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.entityfilter import EntityFilter
 from homeassistant.helpers.event import async_track_state_change_event
+from homeassistant.util.hass_dict import HassKey
 
 from .const import (
     CONF_API_TOKEN,
@@ -83,7 +84,7 @@ REQUEST_TIMEOUTS = Timeouts(connect=5.0, total=30.0)
 HEALTH_TIMEOUT = 5.0
 PROBE_INTERVAL = 1.0
 # Entity ids of every HA Ingestor entity, across entries: never forwarded.
-DATA_OWN_ENTITIES = f"{DOMAIN}_own_entities"
+DATA_OWN_ENTITIES: HassKey[set[str]] = HassKey(f"{DOMAIN}_own_entities")
 
 
 def outbox_path(hass: HomeAssistant, entry_id: str) -> Path:
@@ -92,8 +93,7 @@ def outbox_path(hass: HomeAssistant, entry_id: str) -> Path:
 
 
 def own_entities(hass: HomeAssistant) -> set[str]:
-    entities: set[str] = hass.data.setdefault(DATA_OWN_ENTITIES, set())
-    return entities
+    return hass.data.setdefault(DATA_OWN_ENTITIES, set())
 
 
 def _urls(first: str | None, more: list[str] | None) -> tuple[str, ...]:
