@@ -85,11 +85,10 @@ from .const import (
     DEFAULT_MAX_MEGABYTES,
     DEFAULT_PROBLEM_AFTER,
     DOMAIN,
-    DURABILITY_ALWAYS,
-    DURABILITY_ON_BACKLOG,
     LOGGER,
     SUGGESTED_EVENT_TYPES,
 )
+from .pipeline.outbox import Durability
 from .service_checks import async_check_services, plain_http_urls
 
 # The confirmation step shown when the token would cross the network in clear text, and
@@ -495,7 +494,7 @@ def _options_schema(hass: HomeAssistant, current: Mapping[str, Any]) -> vol.Sche
                         vol.Required(CONF_LINGER_MS): _number(LINGER_MS_RANGE, "ms"),
                         vol.Required(CONF_DURABILITY): SelectSelector(
                             SelectSelectorConfig(
-                                options=[DURABILITY_ALWAYS, DURABILITY_ON_BACKLOG],
+                                options=[durability.value for durability in Durability],
                                 mode=SelectSelectorMode.LIST,
                                 translation_key=CONF_DURABILITY,
                             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from .pipeline.outbox import Durability
+
 DOMAIN: Final = "ha_ingestor"
 LOGGER = logging.getLogger(__package__)
 
@@ -43,7 +45,7 @@ ALL_EVENTS_OPTION: Final = "all_events"
 DEFAULT_EVENT_TYPES: Final = ["state_changed"]
 DEFAULT_BATCH_SIZE: Final = 500
 DEFAULT_LINGER_MS: Final = 5
-DEFAULT_DURABILITY: Final = "always"  # pipeline.outbox.Durability
+DEFAULT_DURABILITY: Final = Durability.ALWAYS.value
 DEFAULT_MAX_EVENTS: Final = 1_000_000
 DEFAULT_MAX_MEGABYTES: Final = 512
 DEFAULT_FALLBACK_TO_STORAGE: Final = True
@@ -57,10 +59,7 @@ SERVICE_STORAGE: Final = "storage"
 HEALTH_PATH: Final = "/api/v1/health"
 EVENTS_PATH: Final = "/api/v1/events"
 BATCH_PATH: Final = "/api/v1/events/batch"
-
-# --- Added with the config flow (config_flow.py) -------------------------------------
 STATS_PATH: Final = "/api/v1/stats"  # behind the bearer token; the config flow's auth check
-DURABILITY_ALWAYS: Final = "always"  # pipeline.outbox.Durability.ALWAYS
-DURABILITY_ON_BACKLOG: Final = "on_backlog"  # pipeline.outbox.Durability.ON_BACKLOG
+
 # Event types offered in the options flow (any other type may be typed in).
 SUGGESTED_EVENT_TYPES: Final = ("state_changed", "call_service", "automation_triggered")
