@@ -283,3 +283,32 @@ async def test_wake_cuts_a_backoff_short(harness: Harness, fault_server: FaultSe
     assert fault_server.stored_ids == []
     forwarder.wake()
     await fault_server.wait_for_stored(1, timeout=2)  # not after the 60 s backoff
+
+
+async def test_the_route_it_delivers_through(harness: Harness, fault_server: FaultServer) -> None:
+    """route(): the primary, else the fallback when allowed; never a route whose
+    credentials were refused; with every breaker open, None, or with ``even_if_open`` the
+    first route still allowed (the forward_event action's choice)."""
+    primary = harness.route("enrichment", fault_server, breaker_config=LONG_BREAKER)
+    fallback = harness.route("storage", fault_server, breaker_config=LONG_BREAKER)
+    forwarder = harness.forwarder(primary, fallback)
+    assert forwarder.route() is primary
+
+    for breaker in primary.client.breakers.values():
+        breaker.record_failure()
+    assert forwarder.route() is fallback
+    forwarder.update_config(ForwarderConfig(use_fallback=False))
+    assert forwarder.route() is None
+    assert forwarder.route(even_if_open=True) is primary
+
+    forwarder.update_config(ForwarderConfig(use_fallback=True))
+    assert fallback.client.available()
+    for breaker in fallback.client.breakers.values():
+        breaker.record_failure()
+    assert forwarder.route() is None
+    assert forwarder.route(even_if_open=True) is primary
+
+    forwarder._auth_failed.add("enrichment")
+    assert forwarder.route(even_if_open=True) is fallback
+    forwarder._auth_failed.add("storage")
+    assert forwarder.route(even_if_open=True) is None
