@@ -167,6 +167,8 @@ def stop(*processes: subprocess.Popen[str]) -> str:
     return logs
 
 
+# localhost is also ::1, which the harness refuses; the connection goes on to 127.0.0.1.
+@pytest.mark.filterwarnings("ignore:A test tried to use socket.socket.connect:UserWarning")
 async def test_storage_and_enrichment_over_https_only(
     socket_enabled: None, certificate: Certificate, tmp_path: Path
 ) -> None:
