@@ -75,7 +75,11 @@ def _port(text: str) -> int:
 
 
 SERVER_OPTIONS = (
-    Option("--host", "host", "address to listen on (default 127.0.0.1; 0.0.0.0 for all)"),
+    Option(
+        "--host",
+        "host",
+        "address to listen on (default 127.0.0.1; 0.0.0.0 for all, then with --tls-cert)",
+    ),
     Option("--token", "token", "bearer token clients must send (required; prefer the env var)"),
     Option(
         "--tls-cert",

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from ha_ingestor_services.enrichment.openweathermap import OpenWeatherMap, ProviderError
+from ha_ingestor_services.enrichment.settings import EnrichmentSettings
 from ha_ingestor_services.enrichment.weather import MAX_LOOKUPS_PER_BATCH, WeatherStep
 from tests.pipeline.fakes import FakeClock
 from tests.pipeline.fault_server import FaultServer
@@ -111,3 +112,9 @@ async def test_a_batch_of_many_locations_makes_a_bounded_number_of_calls(
         assert len(weather_api.calls) == 2 * MAX_LOOKUPS_PER_BATCH
     snapshot = enrichment.service.stats()["weather"]
     assert snapshot["lookups_skipped"] == 4980 + 4960
+
+
+@pytest.mark.parametrize("lookups", [0, 1001])
+def test_the_lookup_limit_is_checked(lookups: int) -> None:
+    with pytest.raises(ValueError, match="weather_max_lookups: "):
+        EnrichmentSettings(storage_token="t", weather_max_lookups=lookups)
