@@ -110,7 +110,9 @@ async def test_a_complete_request_in_time_is_served(serve: Serve) -> None:
 async def test_connections_past_the_cap_are_not_kept(serve: Serve) -> None:
     host, port = await start(serve, RecordingService(), max_connections=5)
     kept = [await asyncio.open_connection(host, port) for _ in range(5)]
-    await asyncio.sleep(0.05)
+    for reader, writer in kept:  # an answer: the server has surely counted it
+        writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
     extra = [await asyncio.open_connection(host, port) for _ in range(5)]
     for reader, _ in extra:
         assert await closed_within(reader, 1.0)
@@ -262,8 +264,10 @@ class SlowService(RecordingService):
     def __init__(self) -> None:
         super().__init__()
         self.release = asyncio.Event()
+        self.waiting = 0
 
     async def process(self, envelopes: list[dict[str, Any]], correlation_id: str) -> Any:
+        self.waiting += 1
         await self.release.wait()
         return await super().process(envelopes, correlation_id)
 
@@ -281,7 +285,8 @@ async def test_requests_past_the_concurrency_cap_are_503_with_retry_after(
             return answer.status, answer.headers.get("Retry-After")
 
     inside = [asyncio.create_task(post(f"in-{n}")) for n in range(3)]
-    await asyncio.sleep(0.2)
+    while service.waiting < 3:
+        await asyncio.sleep(0.01)
     assert await post("one-more") == (503, "1")
     service.release.set()
     assert [status for status, _ in await asyncio.gather(*inside)] == [200] * 3
