@@ -26,10 +26,11 @@ from . import __version__, tls
 from .connections import ServiceRunner
 from .enrichment.service import EnrichmentService
 from .enrichment.settings import EnrichmentSettings, parse_url_list
+from .limits import DEFAULT_MAX_BATCH_EVENTS, DEFAULT_MAX_BODY_BYTES, Limits
 from .logs import configure_logging
 from .storage.service import StorageService
 from .storage.settings import StorageSettings
-from .web import DEFAULT_MAX_BATCH_EVENTS, DEFAULT_MAX_BODY_BYTES, Limits, StartupError, create_app
+from .web import StartupError, create_app
 
 _LOGGER = logging.getLogger(__name__)
 

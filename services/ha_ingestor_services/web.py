@@ -50,19 +50,10 @@ from ha_ingestor_pipeline.metrics import LatencyWindow, RateMeter
 from . import __version__, status_page
 from .connections import LIMITS
 from .envelopes import check_envelope
-from .limits import (
-    DEFAULT_MAX_BATCH_EVENTS,
-    DEFAULT_MAX_BODY_BYTES,
-    BodyError,
-    Limits,
-    RequestGate,
-    read_body,
-)
+from .limits import BodyError, Limits, RequestGate, read_body
 from .openapi import build_document
 
 _LOGGER = logging.getLogger(__name__)
-
-__all__ = ["DEFAULT_MAX_BATCH_EVENTS", "DEFAULT_MAX_BODY_BYTES", "Limits"]  # cli imports them here
 
 OPEN_PATHS = frozenset({"/api/v1/health", "/"})
 
@@ -281,7 +272,7 @@ async def _errors_and_metrics(
             correlation_id=correlation_id,
             retry_after=err.retry_after,
         )
-    except web.HTTPException as err:  # aiohttp's own: 404, 405, 413 from client_max_size
+    except web.HTTPException as err:  # aiohttp's own: 404, 405
         response = _from_http_exception(err, correlation_id)
     except Exception:
         _LOGGER.exception("unexpected error answering %s %s", request.method, request.path)
