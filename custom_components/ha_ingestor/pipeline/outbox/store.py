@@ -46,7 +46,8 @@ _DISK_RETRY = 1.0  # seconds before writing again after the file refused a write
 
 
 class Store:
-    """Every piece of outbox state. Only the worker thread touches it."""
+    """Every piece of outbox state, the dead letters through `DeadLetters`. Only the worker
+    thread touches it."""
 
     def __init__(
         self,
