@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 STATUS = "sensor.ha_ingestor_forwarder_status"
 PROBLEM = "binary_sensor.ha_ingestor_forwarder_delivery_problem"
 CONNECTIVITY = "binary_sensor.data_storage_connectivity"
-REQUEST_TIMEOUT = 0.5
+REQUEST_TIMEOUT = 1.0  # answers of 0.3 s stay well inside it on a loaded machine
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class Watch:
 
 @pytest.fixture(autouse=True)
 def short_timeouts() -> object:
-    """A batch timeout of half a second, so that a hung service fails fast here."""
+    """A batch timeout of a second, so that a hung service fails fast here."""
     with (
         patch(
             "custom_components.ha_ingestor.runtime.REQUEST_TIMEOUTS",
@@ -173,10 +173,10 @@ async def test_a_slowly_answering_service(hass: HomeAssistant, storage_server: F
     """Answers within the timeout are deliveries: nothing turns red."""
     entry = await start(hass, storage_server)
     watch = Watch(hass)
-    storage_server.add_faults(*[Fault.slow(REQUEST_TIMEOUT * 0.6, path=BATCH_PATH)] * 6)
+    storage_server.add_faults(*[Fault.slow(0.3, path=BATCH_PATH)] * 6)
     for value in range(6):
         hass.states.async_set("sensor.outside", str(value))
-        await asyncio.sleep(REQUEST_TIMEOUT * 0.7)
+        await asyncio.sleep(0.4)
         await watch.sample()
     await watch.until("all stored", lambda _: len(storage_server.stored_ids) == 6)
     assert {(s.status, s.problem, s.connectivity) for s in watch.samples} == {

@@ -238,7 +238,7 @@ async def test_diagnostics_redact_alarm_and_lock_codes(
         {
             "domain": "alarm_control_panel",
             "service": "alarm_disarm",
-            "service_data": {"entity_id": "alarm_control_panel.home", "code": "4711"},
+            "service_data": {"entity_id": "alarm_control_panel.home", "code": "alarm-4711"},
         },
     )
     hass.bus.async_fire(
@@ -246,7 +246,11 @@ async def test_diagnostics_redact_alarm_and_lock_codes(
         {
             "domain": "lock",
             "service": "unlock",
-            "service_data": {"entity_id": ["lock.front"], "pin": 8642, "extra": {"code": "0815"}},
+            "service_data": {
+                "entity_id": ["lock.front"],
+                "pin": 864208642,
+                "extra": {"code": "lock-0815"},
+            },
         },
     )
     hass.bus.async_fire("custom", {"code": "E42"})
@@ -255,7 +259,8 @@ async def test_diagnostics_redact_alarm_and_lock_codes(
 
     diagnostics = await get_diagnostics_for_config_entry(hass, hass_client, entry)
     text = orjson.dumps(diagnostics).decode()
-    for secret in ("4711", "8642", "0815"):
+    # Distinctive values: a bare 4-digit code can turn up by chance in an id or a time.
+    for secret in ("alarm-4711", "864208642", "lock-0815"):
         assert secret not in text
     events = [letter["payload"]["data"] for letter in diagnostics["dead_letters"]]
     assert events[0]["data"]["service_data"] == {
