@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from ha_ingestor_pipeline.envelope import ValidationError, to_rfc3339
 
@@ -48,15 +48,7 @@ WeatherStatus = Literal[
 WeatherAnswer = tuple[WeatherInfo | None, WeatherStatus]
 LocationKey = tuple[float, float]
 
-STATUSES: tuple[WeatherStatus, ...] = (
-    "home_assistant",
-    "provider",
-    "cache",
-    "not_configured",
-    "no_location",
-    "unavailable",
-    "too_many_locations",
-)
+STATUSES: tuple[WeatherStatus, ...] = get_args(WeatherStatus)
 # Weather entity states that say nothing about the weather.
 _NO_CONDITION = frozenset({"unavailable", "unknown", ""})
 MAX_CACHE_ENTRIES = 10_000
