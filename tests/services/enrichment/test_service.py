@@ -15,7 +15,7 @@ from ha_ingestor_services.web import Limits
 from tests.pipeline.fault_server import REJECT_MARKER, Fault, FaultServer
 from tests.services.conftest import AUTH, TOKEN
 
-from .conftest import Enrichment, StartEnrichment, WeatherAPI
+from .conftest import OWM_KEY, Enrichment, StartEnrichment, WeatherAPI
 from .helpers import HA_WEATHER, batch, envelope
 
 BATCH = "/api/v1/events/batch"
@@ -138,6 +138,45 @@ async def test_weather_cached_then_refreshed_after_ttl(
     await post(client, enrichment.url, batch(envelope()))
     assert storage.received[-1]["processing"]["weather_status"] == "provider"
     assert len(weather_api.calls) == 2
+
+
+async def test_the_weather_cache_settings_take_effect(
+    start_enrichment: StartEnrichment,
+    storage: FaultServer,
+    weather_api: WeatherAPI,
+    client: aiohttp.ClientSession,
+) -> None:
+    """Both TTLs reach the weather step: the defaults (900 s, 60 s) would keep the
+    answers cached over these waits."""
+    enrichment = await start_enrichment(
+        storage_urls=(storage.url,),
+        weather_provider="openweathermap",
+        openweathermap_api_key=OWM_KEY,
+        openweathermap_url=weather_api.url,
+        weather_cache_ttl_s=30,
+        weather_failure_ttl_s=5,
+    )
+
+    async def weather_status() -> str:
+        status, _, _ = await post(client, enrichment.url, batch(envelope()))
+        assert status == 200
+        result: str = storage.received[-1]["processing"]["weather_status"]
+        return result
+
+    assert await weather_status() == "provider"
+    enrichment.clock.advance(20)
+    assert await weather_status() == "cache"
+    enrichment.clock.advance(11)  # 31 s: past the 30 s cache
+    assert await weather_status() == "provider"
+    assert len(weather_api.calls) == 2
+
+    weather_api.status = 500
+    enrichment.clock.advance(31)
+    assert await weather_status() == "unavailable"
+    weather_api.status = 200
+    enrichment.clock.advance(6)  # past the 5 s failure cache: asked again
+    assert await weather_status() == "provider"
+    assert len(weather_api.calls) == 4
 
 
 async def test_concurrent_requests_share_one_weather_call(
