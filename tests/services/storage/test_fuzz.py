@@ -145,40 +145,48 @@ def _break(envelope: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
         target[path[-1]] = copy.deepcopy(value)
 
 
-def _bodies(drawn: list[Any]) -> list[tuple[bytes, list[str]]]:
-    """Each body, with the ids of its valid events when the body is within the limits."""
+# A body, the ids of its valid events and of its broken ones whose id is intact (both
+# empty when the body is past the limits).
+Body = tuple[bytes, list[str], list[str]]
+
+
+def _bodies(drawn: list[Any]) -> list[Body]:
     ids = itertools.count()
-    bodies: list[tuple[bytes, list[str]]] = []
+    bodies: list[Body] = []
     for kind, payload in drawn:
         if kind == "batch":
-            events, valid = [], []
+            events, valid, broken = [], [], []
             for fields, breakages in payload:
-                envelope = _envelope(fields, f"fuzz-{next(ids)}")
+                event_id = f"fuzz-{next(ids)}"
+                envelope = _envelope(fields, event_id)
                 for path, value in breakages:
                     _break(envelope, path, value)
                 if not breakages:
-                    valid.append(envelope["event_id"])
+                    valid.append(event_id)
+                elif envelope.get("event_id") == event_id:
+                    broken.append(event_id)
                 events.append(envelope)
             body = orjson.dumps({"events": events})
             within = len(body) <= MAX_BODY and 0 < len(events) <= MAX_EVENTS
-            bodies.append((body, valid if within else []))
+            bodies.append((body, valid, broken) if within else (body, [], []))
         elif kind == "raw":
-            bodies.append((payload, []))
+            bodies.append((payload, [], []))
         elif kind == "wrapped":
-            bodies.append((orjson.dumps({"events": payload}), []))
+            bodies.append((orjson.dumps({"events": payload}), [], []))
         else:
-            bodies.append((b'{"events": ["' + b"y" * payload + b'"]}', []))
+            bodies.append((b'{"events": ["' + b"y" * payload + b'"]}', [], []))
     return bodies
 
 
 async def _fuzz(
     url: str,
     client: aiohttp.ClientSession,
-    bodies: list[tuple[bytes, list[str]]],
+    bodies: list[Body],
     queries: list[dict[str, str]],
 ) -> None:
     expected: set[str] = set()
-    for body, valid in bodies:
+    rejected: set[str] = set()
+    for body, valid, broken in bodies:
         async with client.post(
             f"{url}/api/v1/events/batch",
             data=body,
@@ -192,6 +200,19 @@ async def _fuzz(
             for event_id in valid:
                 assert results[event_id]["status"] == "stored", results[event_id]
             expected.update(valid)
+        if (valid or broken) and response.status == 200:
+            # Each broken event has its own outcome: stored (the breakage was harmless)
+            # or rejected with a code and a message, and a rejected one is not stored.
+            results = {result["event_id"]: result for result in answer["results"]}
+            for event_id in broken:
+                result = results[event_id]
+                assert result["status"] in ("stored", "rejected"), result
+                if result["status"] == "rejected":
+                    assert result["error"]["code"], result
+                    assert result["error"]["message"], result
+                    rejected.add(event_id)
+                else:
+                    expected.add(event_id)
     for params in queries:
         async with client.get(f"{url}/api/v1/events", params=params, headers=AUTH) as response:
             assert response.status in (200, 400), (params, await response.text())
@@ -205,7 +226,9 @@ async def _fuzz(
     assert status == 200
     stored = {event["event_id"] for event in answer["events"]}
     assert expected <= stored, expected - stored
+    assert not rejected & stored, rejected & stored
     assert len(expected) > 20  # the cases did hold valid events
+    assert rejected  # ... and broken ones
 
 
 async def test_fuzz_sqlite(start_storage: StartStorage, client: aiohttp.ClientSession) -> None:
