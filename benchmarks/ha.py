@@ -49,6 +49,7 @@ from custom_components.ha_ingestor.const import (
     CONF_VERIFY_SSL,
     DOMAIN,
 )
+from custom_components.ha_ingestor.pipeline.envelope import HEALTH_PATH
 
 from .influxd import Influxd, free_port, running_influxd
 from .sink import running_sink
@@ -66,7 +67,7 @@ ATTRIBUTES = {
 
 
 def _sink_unique(url: str) -> int:
-    with urllib.request.urlopen(f"{url}/api/v1/health", timeout=5) as answer:
+    with urllib.request.urlopen(url + HEALTH_PATH, timeout=5) as answer:
         count: int = orjson.loads(answer.read())["unique"]
         return count
 

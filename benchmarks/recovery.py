@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from custom_components.ha_ingestor.pipeline.endpoint_health import ServiceRegistry
-from custom_components.ha_ingestor.pipeline.envelope import EventValidator
+from custom_components.ha_ingestor.pipeline.envelope import HEALTH_PATH, EventValidator
 from custom_components.ha_ingestor.pipeline.forwarder import EventForwarder, Route
 from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient
 from custom_components.ha_ingestor.pipeline.outbox import Durability, Outbox
@@ -134,7 +134,7 @@ class _Service:
         async with aiohttp.ClientSession() as session:
             for _ in range(300):
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(self.url + "/api/v1/health") as response:
+                    async with session.get(self.url + HEALTH_PATH) as response:
                         if response.status == 200:
                             return
                 await asyncio.sleep(0.05)

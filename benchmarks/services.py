@@ -34,7 +34,12 @@ from aiohttp import web
 
 from benchmarks.events import state_changed
 from benchmarks.influxd import Influxd, free_port, running_influxd
-from custom_components.ha_ingestor.pipeline.envelope import EventValidator, batch_body
+from custom_components.ha_ingestor.pipeline.envelope import (
+    BATCH_PATH,
+    HEALTH_PATH,
+    EventValidator,
+    batch_body,
+)
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -100,7 +105,7 @@ async def wait_healthy(
         if service.process.poll() is not None:
             raise RuntimeError(f"service exited at start:\n{service.log.read_text()}")
         with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(service.url + "/api/v1/health") as answer:
+            async with session.get(service.url + HEALTH_PATH) as answer:
                 if answer.status == 200:
                     return
         await asyncio.sleep(0.1)
@@ -120,9 +125,7 @@ async def drive(
         while queue:
             body = queue.pop()
             started_at = time.perf_counter()
-            async with session.post(
-                url + "/api/v1/events/batch", data=body, headers=AUTH
-            ) as answer:
+            async with session.post(url + BATCH_PATH, data=body, headers=AUTH) as answer:
                 result = await answer.json()
                 if answer.status != 200:
                     raise RuntimeError(f"{url} answered {answer.status}: {result}")

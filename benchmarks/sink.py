@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
+from custom_components.ha_ingestor.pipeline.envelope import BATCH_PATH, HEALTH_PATH
+
 
 @dataclass
 class Counts:
@@ -51,8 +53,8 @@ async def main(port: int, delay: float = 0.0) -> None:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[COUNTS] = Counts()
     app[DELAY] = delay
-    app.router.add_post("/api/v1/events/batch", _batch)
-    app.router.add_get("/api/v1/health", _health)
+    app.router.add_post(BATCH_PATH, _batch)
+    app.router.add_get(HEALTH_PATH, _health)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

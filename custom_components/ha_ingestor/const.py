@@ -56,10 +56,5 @@ DEFAULT_PROBLEM_AFTER: Final = 60
 SERVICE_ENRICHMENT: Final = "enrichment"
 SERVICE_STORAGE: Final = "storage"
 
-HEALTH_PATH: Final = "/api/v1/health"
-EVENTS_PATH: Final = "/api/v1/events"
-BATCH_PATH: Final = "/api/v1/events/batch"
-STATS_PATH: Final = "/api/v1/stats"  # behind the bearer token; the config flow's auth check
-
 # Event types offered in the options flow (any other type may be typed in).
 SUGGESTED_EVENT_TYPES: Final = ("state_changed", "call_service", "automation_triggered")

@@ -17,8 +17,9 @@ from homeassistant.const import ATTR_ENTITY_ID
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from homeassistant.util import dt as dt_util
 
-from .const import DOMAIN, EVENTS_PATH
+from .const import DOMAIN
 from .pipeline.envelope import (
+    EVENTS_PATH,
     PAYLOAD_TOO_LARGE,
     VALIDATION_ERROR,
     ValidationError,

@@ -51,7 +51,6 @@ from .const import (
     DEFAULT_MAX_MEGABYTES,
     DEFAULT_PROBLEM_AFTER,
     DOMAIN,
-    HEALTH_PATH,
     LOGGER,
     SERVICE_ENRICHMENT,
     SERVICE_STORAGE,
@@ -177,7 +176,7 @@ class IngestorRuntime:
         self.registry.add_listener(self._availability_changed)
         self.clients: dict[str, ServiceHTTPClient] = {}
         for name, urls in self.services().items():
-            self.registry.register_service(name, urls, HEALTH_PATH)
+            self.registry.register_service(name, urls)
             self.clients[name] = ServiceHTTPClient(
                 name,
                 urls,

@@ -30,13 +30,16 @@ from .const import (
     CONF_STORAGE_FAILOVER_URLS,
     CONF_STORAGE_URL,
     CONF_VERIFY_SSL,
-    HEALTH_PATH,
     LOGGER,
     SERVICE_ENRICHMENT,
     SERVICE_STORAGE,
-    STATS_PATH,
 )
-from .pipeline.envelope import ENRICHMENT_SERVICE_NAME, STORAGE_SERVICE_NAME
+from .pipeline.envelope import (
+    ENRICHMENT_SERVICE_NAME,
+    HEALTH_PATH,
+    STATS_PATH,
+    STORAGE_SERVICE_NAME,
+)
 from .pipeline.http_client import ServiceCallError, ServiceHTTPClient, ServiceResponse, Timeouts
 from .pipeline.retry import BackoffPolicy, Outcome
 

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from custom_components.ha_ingestor.pipeline.envelope import EVENTS_PATH, HEALTH_PATH
 from scripts.demolib.ha_config import COUNTER_ENTITY, REPO
 from scripts.demolib.services import Change
-from scripts.demolib.stack import HEALTH_PATH, PROBLEM_ENTITY, STATUS_ENTITY, Demo
+from scripts.demolib.stack import PROBLEM_ENTITY, STATUS_ENTITY, Demo
 
 # What Home Assistant does meanwhile, when a service stops.
 MEANWHILE = {
@@ -63,7 +64,7 @@ Delivery problem and Outbox depth in Home Assistant, start storage again.
   start it again   {storage.start_command(demo.token)}
 Query the stored events:
   curl -s -H "Authorization: Bearer {demo.token}" \\
-    "{demo.storage_url}/api/v1/events?limit=5&entity_id={COUNTER_ENTITY}"
+    "{demo.storage_url}{EVENTS_PATH}?limit=5&entity_id={COUNTER_ENTITY}"
 Ctrl-C stops it all. Next time, `{demo_command("--keep")}` keeps this Home Assistant
 (login, history) and the stored events; without --keep the work folder starts afresh.
 """,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from custom_components.ha_ingestor.pipeline.envelope import EVENTS_PATH, HEALTH_PATH, STATS_PATH
 from scripts.demolib import DemoError
 from scripts.demolib.client import http_get
 from scripts.demolib.ha_config import (
@@ -34,7 +35,6 @@ from scripts.demolib.processes import Child, remember, start_child
 from scripts.demolib.services import Change, ServiceProcess
 
 BIN = Path(sys.executable).parent
-HEALTH_PATH = "/api/v1/health"
 SERVICES_START_TIMEOUT = 30.0
 HA_START_TIMEOUT = 240.0
 
@@ -286,7 +286,7 @@ class Demo:
 
     def storage_stats(self) -> dict[str, Any] | None:
         try:
-            status, body = http_get(self.storage_url + "/api/v1/stats", self.token)
+            status, body = http_get(self.storage_url + STATS_PATH, self.token)
         except OSError:
             return None
         return body if status == 200 and isinstance(body, dict) else None
@@ -296,7 +296,7 @@ class Demo:
         params = urllib.parse.urlencode({"limit": str(limit), **query})
         try:
             status, body = http_get(
-                f"{self.storage_url}/api/v1/events?{params}", self.token, timeout=10.0
+                f"{self.storage_url}{EVENTS_PATH}?{params}", self.token, timeout=10.0
             )
         except OSError:
             return []

@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ha_ingestor_pipeline.envelope import (
+    BATCH_PATH,
+    EVENTS_PATH,
+    HEALTH_PATH,
+    OPENAPI_PATH,
+    STATS_PATH,
+)
+
 _JSON = "application/json"
 
 
@@ -179,9 +187,9 @@ def _shared_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/api/v1/events": _post_events("Process one event envelope", "Envelope"),
-        "/api/v1/events/batch": _post_events("Process a batch of event envelopes", "Batch"),
-        "/api/v1/health": {
+        EVENTS_PATH: _post_events("Process one event envelope", "Envelope"),
+        BATCH_PATH: _post_events("Process a batch of event envelopes", "Batch"),
+        HEALTH_PATH: {
             "get": {
                 "summary": "The service's status (no token needed); with the token also "
                 "the version, uptime and each dependency's state and detail",
@@ -198,7 +206,7 @@ def _shared_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/api/v1/stats": {
+        STATS_PATH: {
             "get": {
                 "summary": "Counters, rates and latency percentiles",
                 "responses": {
@@ -219,7 +227,7 @@ def _shared_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/api/v1/openapi.json": {
+        OPENAPI_PATH: {
             "get": {
                 "summary": "This document",
                 "responses": {

@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from html import escape
 
-from ha_ingestor_pipeline.envelope import ENRICHMENT_SERVICE_NAME, STORAGE_SERVICE_NAME
+from ha_ingestor_pipeline.envelope import (
+    ENRICHMENT_SERVICE_NAME,
+    HEALTH_PATH,
+    OPENAPI_PATH,
+    STORAGE_SERVICE_NAME,
+)
 
 # The page reloads itself this often. Each view runs the same checks as one call of
 # the open health endpoint (storage's probe is cached for a few seconds).
 REFRESH_S = 10
-
-HEALTH_PATH = "/api/v1/health"
-OPENAPI_PATH = "/api/v1/openapi.json"
 
 HEADERS: Mapping[str, str] = {
     "Cache-Control": "no-store",

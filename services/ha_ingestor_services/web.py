@@ -38,6 +38,11 @@ from prometheus_client import (
 )
 
 from ha_ingestor_pipeline.envelope import (
+    BATCH_PATH,
+    EVENTS_PATH,
+    HEALTH_PATH,
+    OPENAPI_PATH,
+    STATS_PATH,
     VALIDATION_ERROR,
     EventResult,
     ValidationError,
@@ -55,7 +60,7 @@ from .openapi import build_document
 
 _LOGGER = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/api/v1/health", "/"})
+OPEN_PATHS = frozenset({HEALTH_PATH, "/"})
 
 # Error codes of the standard error body.
 BAD_REQUEST = "BAD_REQUEST"
@@ -609,12 +614,12 @@ def create_app(service: EventService, *, token: str, limits: Limits = Limits()) 
     app.add_routes(
         [
             web.get("/", _status_page),
-            web.post("/api/v1/events", _post_single),
-            web.post("/api/v1/events/batch", _post_batch),
-            web.get("/api/v1/health", _health),
-            web.get("/api/v1/stats", _stats),
+            web.post(EVENTS_PATH, _post_single),
+            web.post(BATCH_PATH, _post_batch),
+            web.get(HEALTH_PATH, _health),
+            web.get(STATS_PATH, _stats),
             web.get("/metrics", _metrics),
-            web.get("/api/v1/openapi.json", _openapi),
+            web.get(OPENAPI_PATH, _openapi),
             *service.routes(),
         ]
     )

@@ -32,9 +32,10 @@ from typing import Any
 
 import aiohttp
 
+from .envelope import HEALTH_PATH
+
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_HEALTH_PATH = "/api/v1/health"
 # success_ratio() looks at this many of the latest results (checks and real calls).
 RESULT_WINDOW = 20
 
@@ -126,7 +127,7 @@ class ServiceRegistry:
     # -- configuration ---------------------------------------------------------------
 
     def register_service(
-        self, name: str, urls: Sequence[str], health_path: str = DEFAULT_HEALTH_PATH
+        self, name: str, urls: Sequence[str], health_path: str = HEALTH_PATH
     ) -> None:
         """Add a service, or replace its URLs (what is known about kept URLs stays)."""
         if not urls:

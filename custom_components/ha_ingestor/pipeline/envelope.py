@@ -1,4 +1,4 @@
-"""The wire formats: event envelope, per-event results and errors.
+"""The wire formats: the services' paths, event envelope, per-event results and errors.
 
 The contract they make up is described in docs/ARCHITECTURE.md, "Contracts".
 
@@ -23,6 +23,13 @@ SOURCE = "ha_ingestor"
 STORAGE_SERVICE_NAME = "data-storage"
 ENRICHMENT_SERVICE_NAME = "enrichment-pipeline"
 DEFAULT_MAX_EVENT_BYTES = 256 * 1024
+
+# The paths both services serve (docs/ARCHITECTURE.md, "Contracts", Endpoints).
+EVENTS_PATH = "/api/v1/events"  # POST one envelope; the storage's GET queries events
+BATCH_PATH = "/api/v1/events/batch"  # POST {"events": [envelope, ...]}
+HEALTH_PATH = "/api/v1/health"  # open; details with the token
+STATS_PATH = "/api/v1/stats"  # behind the bearer token; the config flow's auth check
+OPENAPI_PATH = "/api/v1/openapi.json"
 
 # Reason codes shared by dead letters, per-event results and error bodies.
 VALIDATION_ERROR = "VALIDATION_ERROR"

@@ -35,15 +35,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .envelope import PAYLOAD_TOO_LARGE, batch_body, parse_results
+from .envelope import BATCH_PATH, PAYLOAD_TOO_LARGE, batch_body, parse_results
 from .http_client import CircuitOpenError, ServiceCallError, ServiceHTTPClient, ServiceResponse
 from .metrics import PipelineMetrics
 from .outbox import Outbox, OutboxRecord
 from .retry import BackoffPolicy, Outcome
 
 _LOGGER = logging.getLogger(__name__)
-
-BATCH_PATH = "/api/v1/events/batch"
 
 
 @dataclass(frozen=True, slots=True)

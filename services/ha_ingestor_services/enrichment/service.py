@@ -39,8 +39,11 @@ from aiohttp import web
 
 from ha_ingestor_pipeline.circuit_breaker import BreakerConfig
 from ha_ingestor_pipeline.envelope import (
+    BATCH_PATH,
     ENRICHMENT_SERVICE_NAME,
+    HEALTH_PATH,
     PAYLOAD_TOO_LARGE,
+    STATS_PATH,
     STORAGE_SERVICE_NAME,
     EventResult,
     parse_results,
@@ -65,9 +68,6 @@ from .weather import WeatherAnswer, WeatherProvider, WeatherStep
 
 _LOGGER = logging.getLogger(__name__)
 
-BATCH_PATH = "/api/v1/events/batch"
-HEALTH_PATH = "/api/v1/health"
-STATS_PATH = "/api/v1/stats"
 # What was done to each event before it went to storage (its processing.processing_steps).
 EVENT_STEPS = ("validation", "enrichment", "normalization")
 STORAGE_NO_RESULT = "STORAGE_NO_RESULT"

@@ -16,7 +16,12 @@ from typing import Any
 
 import voluptuous as vol
 
-from ha_ingestor_pipeline.envelope import VALIDATION_ERROR, ValidationError, to_rfc3339
+from ha_ingestor_pipeline.envelope import (
+    EVENTS_PATH,
+    VALIDATION_ERROR,
+    ValidationError,
+    to_rfc3339,
+)
 from ha_ingestor_services.envelopes import MAX_ENTITY_ID_LENGTH, MAX_EVENT_TYPE_LENGTH
 from ha_ingestor_services.openapi import error_responses, json_content
 from ha_ingestor_services.web import RequestError
@@ -194,7 +199,7 @@ def openapi_paths() -> dict[str, Any]:
         },
     }
     return {
-        "/api/v1/events": {
+        EVENTS_PATH: {
             "get": {
                 "summary": "Stored events in a time range, newest first",
                 "parameters": [

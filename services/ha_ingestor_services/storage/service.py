@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from ha_ingestor_pipeline.envelope import (
+    EVENTS_PATH,
     STORAGE_SERVICE_NAME,
     VALIDATION_ERROR,
     EventResult,
@@ -232,7 +233,7 @@ class StorageService:
         }
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/api/v1/events", self._get_events)]
+        return [web.get(EVENTS_PATH, self._get_events)]
 
     def openapi_paths(self) -> dict[str, Any]:
         return openapi_paths()
