@@ -199,26 +199,20 @@ class ServiceRegistry:
         """The result of a real call: ``ok`` when it got an answer the service stands
         behind, not ``ok`` when it got no answer at all (the URL is down at once and
         probed soon). Unknown services and URLs are ignored."""
-        service = self._services.get(name)
-        if service is None:
-            return
-        status = _find(service, _normalize(url))
+        status = self._known(name, url)
         if status is None:
             return
         if latency_ms is not None:
             status.last_latency_ms = latency_ms
         self._apply(name, status, ok, None if ok else error or "request failed", at_once=True)
         if not ok:
-            status.next_check = min(status.next_check, self._probe_at())
-            self._probe_soon.set()
+            self._check_soon(status)
 
     def check_soon(self, name: str, url: str) -> None:
         """A real call got an error answer: check that URL's health soon (no verdict)."""
-        service = self._services.get(name)
-        status = None if service is None else _find(service, _normalize(url))
-        if status is not None and status.next_check > self._probe_at():
-            status.next_check = self._probe_at()
-            self._probe_soon.set()
+        status = self._known(name, url)
+        if status is not None:
+            self._check_soon(status)
 
     async def check_service(self, name: str) -> list[EndpointStatus]:
         """GET health on every URL at once and record the results.
@@ -306,6 +300,17 @@ class ServiceRegistry:
             status.next_check = self._clock() + self._interval
         else:
             status.next_check = self._probe_at()
+
+    def _check_soon(self, status: EndpointStatus) -> None:
+        """Probe it soon, unless a check is due sooner already; cut the loop's sleep short."""
+        probe_at = self._probe_at()
+        if probe_at < status.next_check:
+            status.next_check = probe_at
+            self._probe_soon.set()
+
+    def _known(self, name: str, url: str) -> EndpointStatus | None:
+        service = self._services.get(name)
+        return None if service is None else _find(service, _normalize(url))
 
     def _probe_at(self) -> float:
         # Jittered, so that several entries do not probe a returning service in step.

@@ -290,17 +290,8 @@ class ServiceHTTPClient:
             outcome = classify_status(status)
             if outcome is Outcome.SUCCESS:
                 self.probe_now(url)
-            return ServiceResponse(
-                status=status,
-                body=body,
-                headers=headers,
-                endpoint=url,
-                duration_ms=(time.perf_counter() - started) * 1000,
-                attempt=1,
-                outcome=outcome,
-                retry_after=parse_retry_after(headers.get("Retry-After"), cap=self._backoff.cap),
-                service=self.service,
-            )
+            duration_ms = (time.perf_counter() - started) * 1000
+            return self._response(url, status, body, headers, duration_ms, 1, outcome)
         raise ServiceCallError(
             f"{self.service}: no endpoint answered its health: {'; '.join(errors)}",
             service=self.service,
@@ -453,6 +444,18 @@ class ServiceHTTPClient:
             self._registry.check_soon(self.service, url)
         self._count(outcome, failed=outcome is Outcome.RETRYABLE)
         self._log_attempt(request, url, status, duration_ms, attempt, breaker, None)
+        return self._response(url, status, body, headers, duration_ms, attempt, outcome)
+
+    def _response(
+        self,
+        url: str,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str],
+        duration_ms: float,
+        attempt: int,
+        outcome: Outcome,
+    ) -> ServiceResponse:
         return ServiceResponse(
             status=status,
             body=body,
