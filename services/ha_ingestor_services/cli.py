@@ -30,7 +30,8 @@ from .limits import DEFAULT_MAX_BATCH_EVENTS, DEFAULT_MAX_BODY_BYTES, Limits
 from .logs import configure_logging
 from .storage.service import StorageService
 from .storage.settings import StorageSettings
-from .web import StartupError, create_app
+from .contract import StartupError
+from .web import create_app
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""What both services share: the HTTP surface around their event processing.
+"""The aiohttp adapter: the HTTP surface both services share around their processing.
 
-`create_app` turns an `EventService` (the enrichment or the storage) into an aiohttp
-application with
+`create_app` turns an `EventService` (contract.py: the enrichment or the storage) into
+an aiohttp application with
 
 - bearer-token auth compared in constant time (health is the only open endpoint),
 - body and batch limits (413), malformed JSON (400) and schema errors (422) in the one
@@ -15,7 +15,8 @@ application with
 - ``GET /``: a small HTML status page for people (status_page.py), open like health.
 
 A service only implements `EventService.process` for the events that passed the
-envelope checks, plus its health, stats and any routes of its own.
+envelope checks, plus its health, stats and any routes of its own; its errors
+(`RequestError`, `ServiceUnavailable`) become answers here.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -46,7 +47,6 @@ from ha_ingestor_pipeline.envelope import (
     VALIDATION_ERROR,
     EventResult,
     ValidationError,
-    error_response,
     new_event_id,
     utc_now_iso,
 )
@@ -54,128 +54,29 @@ from ha_ingestor_pipeline.metrics import LatencyWindow, RateMeter
 
 from . import __version__, status_page
 from .connections import LIMITS
+from .contract import (
+    BAD_REQUEST,
+    FORBIDDEN,
+    INTERNAL_ERROR,
+    METHOD_NOT_ALLOWED,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    UNAUTHORIZED,
+    DependencyHealth,
+    EventService,
+    RequestError,
+    ServiceUnavailable,
+)
 from .envelopes import check_envelope
 from .limits import BodyError, Limits, RequestGate, read_body
 from .openapi import build_document
+from .responses import error_body_response, json_response
 
 _LOGGER = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({HEALTH_PATH, "/"})
 
-# Error codes of the standard error body.
-BAD_REQUEST = "BAD_REQUEST"
-UNAUTHORIZED = "UNAUTHORIZED"
-FORBIDDEN = "FORBIDDEN"
-NOT_FOUND = "NOT_FOUND"
-METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
-PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
-SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
-INTERNAL_ERROR = "INTERNAL_ERROR"
-
 CORRELATION_HEADER = "X-Correlation-ID"
-
-
-class StartupError(Exception):
-    """A bad setting or an unreachable dependency at start; the CLI prints the message."""
-
-
-class RequestError(Exception):
-    """A request the service answers with the standard error body."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        details: dict[str, Any] | None = None,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-        self.retry_after = retry_after
-
-
-class ServiceUnavailable(RequestError):
-    """The service cannot do its job now (its dependency is down): 503 with Retry-After."""
-
-    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
-        super().__init__(503, SERVICE_UNAVAILABLE, message, retry_after=retry_after)
-
-
-@dataclass(frozen=True, slots=True)
-class DependencyHealth:
-    """One dependency's state for ``GET /api/v1/health``."""
-
-    healthy: bool
-    detail: str = ""
-    required: bool = True  # an unhealthy optional dependency only degrades the service
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"status": "healthy" if self.healthy else "unhealthy", "detail": self.detail}
-
-
-class EventService(Protocol):
-    """The part that differs between the enrichment and the storage."""
-
-    name: str  # "enrichment-pipeline" or "data-storage", as in response metadata
-    processing_steps: list[str]
-
-    async def start(self) -> None:
-        """Open backends and clients; raise `StartupError` with a one-line message."""
-
-    async def stop(self) -> None:
-        """Finish what was accepted, then close."""
-
-    async def process(
-        self, envelopes: list[dict[str, Any]], correlation_id: str
-    ) -> list[EventResult]:
-        """One result per checked envelope, in order; raise `ServiceUnavailable` to answer 503."""
-
-    async def health(self) -> dict[str, DependencyHealth]:
-        """Each dependency's state."""
-
-    def stats(self) -> dict[str, Any]:
-        """The service's own figures for ``GET /api/v1/stats``."""
-
-    def routes(self) -> list[web.RouteDef]:
-        """Routes of its own (behind the token)."""
-
-    def openapi_paths(self) -> dict[str, Any]:
-        """OpenAPI path items of `routes` (the shared routes are documented already)."""
-
-
-def json_response(
-    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def error_body_response(
-    status: int,
-    code: str,
-    message: str,
-    details: dict[str, Any] | None = None,
-    *,
-    correlation_id: str | None = None,
-    retry_after: float | None = None,
-) -> web.Response:
-    headers: dict[str, str] = {}
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(retry_after)))
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="ha-ingestor"'
-    return json_response(
-        error_response(code, message, details, correlation_id), status=status, headers=headers
-    )
 
 
 class ServiceMetrics:

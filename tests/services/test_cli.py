@@ -21,6 +21,7 @@ import pytest
 
 from benchmarks.influxd import free_port
 from ha_ingestor_services import cli
+from ha_ingestor_services.contract import StartupError
 
 from .conftest import AUTH, TOKEN
 
@@ -225,7 +226,7 @@ async def test_a_taken_port_is_a_one_line_error(
             ]
         )
         server = cli._server(args)
-        with pytest.raises(cli.StartupError, match=f"storage: cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(StartupError, match=f"storage: cannot listen on 127.0.0.1:{port}"):
             await cli.serve(args.plan(args, server), server.host, 5)
 
 

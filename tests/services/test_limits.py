@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from ha_ingestor_services.connections import ServiceRunner
-from ha_ingestor_services.web import Limits, create_app
+from ha_ingestor_services.limits import Limits
+from ha_ingestor_services.web import create_app
 
 from .conftest import AUTH, TOKEN, Serve
 from .test_web import RecordingService, assert_error, envelope

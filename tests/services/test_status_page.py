@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from ha_ingestor_services import status_page
-from ha_ingestor_services.web import DependencyHealth, create_app
+from ha_ingestor_services.contract import DependencyHealth
+from ha_ingestor_services.web import create_app
 
 from .conftest import AUTH, TOKEN, Serve
 from .status_page_checks import (

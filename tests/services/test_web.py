@@ -11,12 +11,9 @@ import pytest
 from aiohttp import web
 
 from ha_ingestor_pipeline.envelope import EventResult
-from ha_ingestor_services.web import (
-    DependencyHealth,
-    Limits,
-    ServiceUnavailable,
-    create_app,
-)
+from ha_ingestor_services.contract import DependencyHealth, ServiceUnavailable
+from ha_ingestor_services.limits import Limits
+from ha_ingestor_services.web import create_app
 
 from .conftest import AUTH, TOKEN, Serve
 

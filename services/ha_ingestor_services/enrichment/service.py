@@ -59,8 +59,8 @@ from ha_ingestor_pipeline.http_client import (
 from ha_ingestor_pipeline.metrics import LatencyWindow
 from ha_ingestor_pipeline.retry import Outcome
 from ha_ingestor_services import __version__, tls
+from ha_ingestor_services.contract import DependencyHealth, ServiceUnavailable
 from ha_ingestor_services.normalize import normalize
-from ha_ingestor_services.web import DependencyHealth, ServiceUnavailable
 
 from .openweathermap import OpenWeatherMap
 from .settings import EnrichmentSettings
@@ -127,7 +127,7 @@ def _stored_in_order(envelopes: list[dict[str, Any]], body: object) -> list[Even
 
 
 class EnrichmentService:
-    """The `EventService` of the enrichment pipeline (see `ha_ingestor_services.web`)."""
+    """The `EventService` of the enrichment pipeline (see `ha_ingestor_services.contract`)."""
 
     name = ENRICHMENT_SERVICE_NAME
 

@@ -1,7 +1,8 @@
 """The data storage service: idempotent, durable batches into SQLite or InfluxDB.
 
 ``create_app(StorageService(StorageSettings(...)), token=...)`` serves it
-(`ha_ingestor_services.web`). The modules, one idea each:
+(`ha_ingestor_services.web`; the interface is `ha_ingestor_services.contract`). The
+modules, one idea each:
 
 - `settings`: the flat, checked settings the CLI fills in;
 - `records`: an envelope as a stored record, a record as an answered event;

@@ -22,9 +22,9 @@ from ha_ingestor_pipeline.envelope import (
     ValidationError,
     to_rfc3339,
 )
+from ha_ingestor_services.contract import RequestError
 from ha_ingestor_services.envelopes import MAX_ENTITY_ID_LENGTH, MAX_EVENT_TYPE_LENGTH
 from ha_ingestor_services.openapi import error_responses, json_content
-from ha_ingestor_services.web import RequestError
 
 from .backends.base import EventQuery
 from .records import MAX_TIME_NS, MIN_TIME_NS, datetime_to_ns

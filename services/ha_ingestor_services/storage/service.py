@@ -26,12 +26,8 @@ from ha_ingestor_pipeline.envelope import (
     EventResult,
     ValidationError,
 )
-from ha_ingestor_services.web import (
-    DependencyHealth,
-    RequestError,
-    ServiceUnavailable,
-    json_response,
-)
+from ha_ingestor_services.contract import DependencyHealth, RequestError, ServiceUnavailable
+from ha_ingestor_services.responses import json_response
 
 from .backends.base import BackendUnavailable, BadQuery, StorageBackend
 from .query import openapi_paths, parse_query
@@ -70,7 +66,7 @@ def create_backend(settings: StorageSettings) -> StorageBackend:
 
 
 class StorageService:
-    """The `EventService` of the data storage (see `ha_ingestor_services.web`)."""
+    """The `EventService` of the data storage (see `ha_ingestor_services.contract`)."""
 
     name = STORAGE_SERVICE_NAME
     processing_steps = ["validation", "storage"]  # noqa: RUF012 (the protocol's plain list)

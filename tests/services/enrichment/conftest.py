@@ -16,7 +16,8 @@ from aiohttp import web
 
 from ha_ingestor_services.enrichment.service import EnrichmentService
 from ha_ingestor_services.enrichment.settings import EnrichmentSettings
-from ha_ingestor_services.web import Limits, create_app
+from ha_ingestor_services.limits import Limits
+from ha_ingestor_services.web import create_app
 from tests.pipeline.fakes import FakeClock
 from tests.pipeline.fault_server import FaultServer
 from tests.services.conftest import TOKEN, Serve

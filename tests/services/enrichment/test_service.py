@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from ha_ingestor_services import __version__
-from ha_ingestor_services.web import Limits
+from ha_ingestor_services.limits import Limits
 from tests.pipeline.fault_server import REJECT_MARKER, Fault, FaultServer
 from tests.services.conftest import AUTH, TOKEN
 

@@ -12,9 +12,10 @@ import aiohttp
 import pytest
 
 from benchmarks.influxd import Influxd
+from ha_ingestor_services.limits import Limits
 from ha_ingestor_services.storage.service import StorageService
 from ha_ingestor_services.storage.settings import StorageSettings
-from ha_ingestor_services.web import Limits, create_app
+from ha_ingestor_services.web import create_app
 from tests.services.conftest import AUTH, TOKEN, Serve
 
 _DATABASES = itertools.count()

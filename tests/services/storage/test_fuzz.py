@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ha_ingestor_services.web import Limits
+from ha_ingestor_services.limits import Limits
 from tests.services.auth_fuzz import fuzz_authorization
 from tests.services.conftest import AUTH
 

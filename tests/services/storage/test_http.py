@@ -15,10 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ha_ingestor_services.contract import ServiceUnavailable, StartupError
 from ha_ingestor_services.envelopes import check_envelope
+from ha_ingestor_services.limits import Limits
 from ha_ingestor_services.storage.service import StorageService
 from ha_ingestor_services.storage.settings import StorageSettings
-from ha_ingestor_services.web import Limits, ServiceUnavailable, StartupError, create_app
+from ha_ingestor_services.web import create_app
 from tests.services.conftest import Serve
 
 from .conftest import StartStorage, envelope, post_batch

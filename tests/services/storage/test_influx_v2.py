@@ -12,12 +12,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ha_ingestor_services.contract import StartupError
 from ha_ingestor_services.envelopes import check_envelope
 from ha_ingestor_services.storage.backends.line_protocol import point_line
 from ha_ingestor_services.storage.records import to_record
 from ha_ingestor_services.storage.service import StorageService
 from ha_ingestor_services.storage.settings import StorageSettings
-from ha_ingestor_services.web import StartupError
 from tests.services.conftest import AUTH, Serve
 
 from .conftest import StartStorage, envelope, get_events, post_batch, query_batch, statuses

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.influxd import free_port
-from ha_ingestor_services.web import DependencyHealth
+from ha_ingestor_services.contract import DependencyHealth
 from tests.services.conftest import AUTH
 
 from .conftest import StartStorage, ago, envelope, get_events, post_batch, statuses

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from ha_ingestor_pipeline.envelope import ErrorInfo
+from ha_ingestor_services.contract import DependencyHealth
 from ha_ingestor_services.storage.records import Record, StoredEvent
-from ha_ingestor_services.web import DependencyHealth
 
 # Per record: written now, already there, or refused by the backend (with why).
 Outcome = Literal["stored", "duplicate"] | ErrorInfo

@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from ha_ingestor_services.contract import DependencyHealth, StartupError
 from ha_ingestor_services.storage.records import Record, StoredEvent, stored_event
 from ha_ingestor_services.storage.settings import StorageSettings
-from ha_ingestor_services.web import DependencyHealth, StartupError
 
 from .base import BackendUnavailable, BadQuery, EventQuery, Outcome
 from .influx_writes import InfluxWrites, Refused

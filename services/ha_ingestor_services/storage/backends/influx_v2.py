@@ -22,6 +22,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from influxdb_client.service.buckets_service import BucketsService as _UntypedBuckets
 
+from ha_ingestor_services.contract import DependencyHealth, StartupError
 from ha_ingestor_services.storage.records import (
     Record,
     StoredEvent,
@@ -30,7 +31,6 @@ from ha_ingestor_services.storage.records import (
     stored_event,
 )
 from ha_ingestor_services.storage.settings import StorageSettings
-from ha_ingestor_services.web import DependencyHealth, StartupError
 
 from .base import BackendUnavailable, BadQuery, EventQuery, Outcome
 from .influx_writes import InfluxWrites, Refused

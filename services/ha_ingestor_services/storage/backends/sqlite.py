@@ -37,8 +37,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ha_ingestor_services.contract import DependencyHealth, StartupError
 from ha_ingestor_services.storage.records import Record, StoredEvent, stored_event
-from ha_ingestor_services.web import DependencyHealth, StartupError
 
 from .base import DUPLICATE, STORED, BackendUnavailable, EventQuery, Outcome
 
