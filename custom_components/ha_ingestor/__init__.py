@@ -12,10 +12,10 @@ from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
 
 from .const import DOMAIN, LOGGER
-from .coordinator import HaIngestorConfigEntry, HaIngestorData, IngestorCoordinator
+from .coordinator import IngestorConfigEntry, IngestorData, IngestorCoordinator
 from .http import async_register_views
 from .runtime import IngestorRuntime, outbox_path
-from .services import async_setup_services
+from .actions import async_setup_actions
 
 if TYPE_CHECKING:
     from homeassistant.config_entries import ConfigEntry
@@ -28,12 +28,12 @@ PLATFORMS: list[Platform] = [Platform.BINARY_SENSOR, Platform.SENSOR]
 
 async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
     """Set up what the integration offers regardless of entries: actions and views."""
-    async_setup_services(hass)
+    async_setup_actions(hass)
     async_register_views(hass)
     return True
 
 
-async def async_setup_entry(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> bool:
+async def async_setup_entry(hass: HomeAssistant, entry: IngestorConfigEntry) -> bool:
     """Start the pipeline of one entry: outbox, delivery, health checks, listener."""
     runtime = IngestorRuntime(hass, entry)
     try:
@@ -52,7 +52,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: HaIngestorConfigEntry) -
     except BaseException:
         await runtime.async_stop()
         raise
-    entry.runtime_data = HaIngestorData(runtime=runtime, coordinator=coordinator)
+    entry.runtime_data = IngestorData(runtime=runtime, coordinator=coordinator)
 
     async def _final_write(_: Event[Any]) -> None:
         # Home Assistant does not unload entries when it stops: write what is queued now.
@@ -65,12 +65,12 @@ async def async_setup_entry(hass: HomeAssistant, entry: HaIngestorConfigEntry) -
     return True
 
 
-async def _async_options_updated(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> None:
+async def _async_options_updated(hass: HomeAssistant, entry: IngestorConfigEntry) -> None:
     await entry.runtime_data.runtime.async_apply_options(entry)
     await entry.runtime_data.coordinator.async_request_refresh()
 
 
-async def async_unload_entry(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> bool:
+async def async_unload_entry(hass: HomeAssistant, entry: IngestorConfigEntry) -> bool:
     """Stop the pipeline; queued events stay in the outbox file for next time."""
     unloaded = await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
     if unloaded:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
     from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
 
-    from .coordinator import HaIngestorConfigEntry, IngestorSnapshot, ServiceHealth
+    from .coordinator import IngestorConfigEntry, IngestorSnapshot, ServiceHealth
 
 # The coordinator is the only writer; entities never poll on their own.
 PARALLEL_UPDATES = 0
@@ -67,7 +67,7 @@ SERVICE_BINARY_SENSORS: tuple[IngestorServiceBinarySensorEntityDescription, ...]
 
 async def async_setup_entry(
     hass: HomeAssistant,
-    entry: HaIngestorConfigEntry,
+    entry: IngestorConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
     """Add the forwarder's binary sensors and each configured service's."""

@@ -274,7 +274,7 @@ def _parse_connection(user_input: Mapping[str, Any]) -> tuple[dict[str, Any], di
 # -- the config flow ----------------------------------------------------------------------
 
 
-class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
+class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
     """Set up HA Ingestor: where the services are and how to authenticate."""
 
     VERSION = 1
@@ -285,9 +285,9 @@ class HaIngestorConfigFlow(ConfigFlow, domain=DOMAIN):
 
     @staticmethod
     @callback
-    def async_get_options_flow(config_entry: ConfigEntry) -> HaIngestorOptionsFlow:
+    def async_get_options_flow(config_entry: ConfigEntry) -> IngestorOptionsFlow:
         """The options flow (it reads the entry from ``self.config_entry``)."""
-        return HaIngestorOptionsFlow()
+        return IngestorOptionsFlow()
 
     def _used_by_another_entry(self, storage_url: str, own: ConfigEntry | None = None) -> bool:
         """True when another HA Ingestor entry has this storage URL (its unique id)."""
@@ -584,7 +584,7 @@ def _parse_options(user_input: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     return options, errors
 
 
-class HaIngestorOptionsFlow(OptionsFlow):
+class IngestorOptionsFlow(OptionsFlow):
     """What to forward and how: event types, entity filter, batching, outbox, health."""
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:

@@ -43,7 +43,7 @@ class ServiceHealth:
 
 @dataclass(frozen=True, slots=True)
 class IngestorSnapshot:
-    forwarded: int
+    delivered: int
     dead_letters: int
     dropped: int
     pending: int
@@ -51,7 +51,7 @@ class IngestorSnapshot:
     success_rate: float | None
     p95_latency_ms: float | None
     events_per_minute: int
-    last_success: datetime | None
+    last_delivery: datetime | None
     forwarder_state: str
     paused: bool
     auth_failed: tuple[str, ...]
@@ -111,7 +111,7 @@ def build_snapshot(runtime: IngestorRuntime, now: float) -> IngestorSnapshot:
     oldest = stats.oldest_enqueued_at
     oldest_age = None if oldest is None else max(0, int(now - oldest))
     return IngestorSnapshot(
-        forwarded=metrics.get("delivered"),
+        delivered=metrics.get("delivered"),
         dead_letters=stats.dead_letters,
         dropped=stats.dropped,
         pending=stats.pending,
@@ -119,8 +119,8 @@ def build_snapshot(runtime: IngestorRuntime, now: float) -> IngestorSnapshot:
         success_rate=metrics.success_rate(),
         p95_latency_ms=None if p95 is None else round(p95, 1),
         events_per_minute=round(metrics.delivered_rate.per_minute()),
-        last_success=_as_datetime(
-            None if metrics.last_success is None else round(metrics.last_success)
+        last_delivery=_as_datetime(
+            None if metrics.last_delivery is None else round(metrics.last_delivery)
         ),
         forwarder_state=forwarder.state.value,
         paused=forwarder.paused,
@@ -138,23 +138,23 @@ def build_snapshot(runtime: IngestorRuntime, now: float) -> IngestorSnapshot:
 
 
 @dataclass(slots=True)
-class HaIngestorData:
+class IngestorData:
     """What a loaded entry holds (``entry.runtime_data``)."""
 
     runtime: IngestorRuntime
     coordinator: IngestorCoordinator
 
 
-type HaIngestorConfigEntry = ConfigEntry[HaIngestorData]
+type IngestorConfigEntry = ConfigEntry[IngestorData]
 
 
 class IngestorCoordinator(DataUpdateCoordinator[IngestorSnapshot]):
     """Polls the in-memory figures once a second; entities write only on change."""
 
-    config_entry: HaIngestorConfigEntry
+    config_entry: IngestorConfigEntry
 
     def __init__(
-        self, hass: HomeAssistant, entry: HaIngestorConfigEntry, runtime: IngestorRuntime
+        self, hass: HomeAssistant, entry: IngestorConfigEntry, runtime: IngestorRuntime
     ) -> None:
         super().__init__(
             hass,

@@ -31,7 +31,7 @@ from .coordinator import ISSUE_FIGURES, build_snapshot
 if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
 
-    from .coordinator import HaIngestorConfigEntry
+    from .coordinator import IngestorConfigEntry
     from .pipeline.outbox import DeadLetter
 
 # Keys redacted wherever they appear (entry data, event payloads, attributes).
@@ -57,7 +57,7 @@ _URL_USERINFO: Final = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 async def async_get_config_entry_diagnostics(
-    hass: HomeAssistant, entry: HaIngestorConfigEntry
+    hass: HomeAssistant, entry: IngestorConfigEntry
 ) -> dict[str, Any]:
     """Return diagnostics for a config entry."""
     runtime = entry.runtime_data.runtime

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
     from homeassistant.helpers.entity import EntityDescription
 
-    from .coordinator import HaIngestorConfigEntry, ServiceHealth
+    from .coordinator import IngestorConfigEntry, ServiceHealth
 
 MANUFACTURER = "HA Ingestor"
 # Device names are translated: strings.json "device" holds them under these keys.
@@ -35,6 +35,12 @@ SERVICE_DEVICES: dict[str, tuple[str, str]] = {
     SERVICE_ENRICHMENT: ("enrichment", "Enrichment pipeline"),
     SERVICE_STORAGE: ("storage", "Data storage service"),
 }
+
+
+# Entities whose key was renamed, by their new key: the old key, which stays the suffix of
+# their unique id (the registry keeps existing entity ids by it) and their object id (so a
+# new install gets the same entity id). Issue 11: "forwarded" became "delivered".
+RENAMED_KEYS: dict[str, str] = {"events_delivered": "events_forwarded"}
 
 
 def forwarder_identifier(entry_id: str) -> tuple[str, str]:
@@ -85,7 +91,7 @@ def service_url(coordinator: IngestorCoordinator, service: str) -> str:
     return coordinator.config_entry.runtime_data.runtime.registry.get_service_url(service)
 
 
-def async_prepare_devices(hass: HomeAssistant, entry: HaIngestorConfigEntry) -> None:
+def async_prepare_devices(hass: HomeAssistant, entry: IngestorConfigEntry) -> None:
     """Create the forwarder, then each service's device linked through it; drop the rest.
 
     Both platforms call this before adding entities, so the devices and their links
@@ -122,8 +128,14 @@ class IngestorEntity(CoordinatorEntity[IngestorCoordinator]):
         super().__init__(coordinator)
         self.entity_description = description
         entry_id = coordinator.config_entry.entry_id
-        self._attr_unique_id = f"{entry_id}_{description.key}"
+        self._attr_unique_id = f"{entry_id}_{RENAMED_KEYS.get(description.key, description.key)}"
         self._attr_device_info = forwarder_device_info(coordinator.hass, entry_id)
+
+    @property
+    def suggested_object_id(self) -> str | None:
+        """The object id of a renamed entity stays that of its old key (RENAMED_KEYS)."""
+        old_key = RENAMED_KEYS.get(self.entity_description.key)
+        return super().suggested_object_id if old_key is None else old_key
 
     async def async_internal_added_to_hass(self) -> None:
         # Not in async_added_to_hass: that is too late. Adding a sensor stores its

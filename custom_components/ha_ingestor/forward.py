@@ -2,7 +2,7 @@
 
 `async_forward_event` validates and encodes one event and POSTs it at once through the
 route the forwarder would use (`EventForwarder.route`), bypassing the outbox: a person is
-waiting. It raises `ForwardError`, which the action (services.py) turns into a translated
+waiting. It raises `ForwardError`, which the action (actions.py) turns into a translated
 `ServiceValidationError` or `HomeAssistantError` and the view (http.py) into the
 contract's error body with the matching status code.
 """

@@ -35,12 +35,12 @@ from .coordinator import build_snapshot
 from .forward import ATTR_EVENT_DATA, ATTR_EVENT_TYPE, ForwardError, async_forward_event
 from .pipeline.envelope import PAYLOAD_TOO_LARGE, VALIDATION_ERROR, error_response, utc_now_iso
 from .pipeline.forwarder import ForwarderState
-from .services import ATTR_CONFIG_ENTRY_ID, FORWARD_EVENT_SCHEMA, async_get_loaded_entry
+from .actions import ATTR_CONFIG_ENTRY_ID, FORWARD_EVENT_SCHEMA, async_get_loaded_entry
 
 if TYPE_CHECKING:
     from homeassistant.auth.models import User
 
-    from .coordinator import HaIngestorConfigEntry, IngestorSnapshot
+    from .coordinator import IngestorConfigEntry, IngestorSnapshot
     from .runtime import IngestorRuntime
 
 HEALTH_URL: Final = f"/api/{DOMAIN}/health"
@@ -56,7 +56,7 @@ STATUS_DEGRADED: Final = "degraded"
 STATUS_UNHEALTHY: Final = "unhealthy"
 _STATUS_RANK: Final = {STATUS_HEALTHY: 0, STATUS_DEGRADED: 1, STATUS_UNHEALTHY: 2}
 
-# Entry look-up errors (services.async_get_loaded_entry) as HTTP answers.
+# Entry look-up errors (actions.async_get_loaded_entry) as HTTP answers.
 _ENTRY_ERRORS: Final = {
     "entry_not_found": (HTTPStatus.NOT_FOUND, "ENTRY_NOT_FOUND"),
     "entry_not_loaded": (HTTPStatus.SERVICE_UNAVAILABLE, "ENTRY_NOT_LOADED"),
@@ -96,7 +96,7 @@ def _entry_error(err: ServiceValidationError) -> web.Response:
 
 def _requested_entries(
     request: web.Request, *, none_loaded_ok: bool = False
-) -> list[HaIngestorConfigEntry] | web.Response:
+) -> list[IngestorConfigEntry] | web.Response:
     """The entries a request is about (the one named by ``entry_id``, or every loaded
     one), or the error answer when there are none.
 
@@ -107,7 +107,7 @@ def _requested_entries(
     try:
         if entry_id is not None:
             return [async_get_loaded_entry(hass, entry_id)]
-        entries: list[HaIngestorConfigEntry] = hass.config_entries.async_loaded_entries(DOMAIN)
+        entries: list[IngestorConfigEntry] = hass.config_entries.async_loaded_entries(DOMAIN)
         if not entries and not none_loaded_ok:
             async_get_loaded_entry(hass, None)  # raises no_loaded_entry
     except ServiceValidationError as err:
@@ -201,9 +201,9 @@ def entry_health(runtime: IngestorRuntime, snapshot: IngestorSnapshot) -> dict[s
             "dropped": snapshot.dropped,
         },
         "services": services,
-        "last_success": None
-        if snapshot.last_success is None
-        else snapshot.last_success.isoformat(),
+        "last_delivery": None
+        if snapshot.last_delivery is None
+        else snapshot.last_delivery.isoformat(),
     }
 
 
@@ -255,7 +255,7 @@ async def entry_stats(runtime: IngestorRuntime) -> dict[str, Any]:
             "p99": p99,
             "samples": len(metrics.latency),
         },
-        "last_success": _iso(metrics.last_success),
+        "last_delivery": _iso(metrics.last_delivery),
         "last_error": metrics.last_error,
         "last_error_at": _iso(metrics.last_error_at),
         "outbox": {

@@ -32,7 +32,7 @@ from homeassistant.util.hass_dict import HassKey
 from .const import DOMAIN, SERVICE_ENRICHMENT, SERVICE_STORAGE
 
 if TYPE_CHECKING:
-    from .coordinator import HaIngestorConfigEntry, IngestorSnapshot, ServiceHealth
+    from .coordinator import IngestorConfigEntry, IngestorSnapshot, ServiceHealth
 
 SERVICE_DOWN_AFTER: Final = timedelta(minutes=15)
 DEAD_LETTERS_THRESHOLD: Final = 100
@@ -88,7 +88,7 @@ class _EntryIssues:
 @callback
 def async_update_issues(
     hass: HomeAssistant,
-    entry: HaIngestorConfigEntry,
+    entry: IngestorConfigEntry,
     snapshot: IngestorSnapshot,
 ) -> None:
     """Create the issues whose condition started and delete those whose condition ended."""
@@ -169,7 +169,7 @@ def _service_issue(snapshot: IngestorSnapshot, service: ServiceHealth) -> _Issue
 
 
 def _create(
-    hass: HomeAssistant, entry: HaIngestorConfigEntry, issue_id: str, issue: _Issue
+    hass: HomeAssistant, entry: IngestorConfigEntry, issue_id: str, issue: _Issue
 ) -> None:
     ir.async_create_issue(
         hass,

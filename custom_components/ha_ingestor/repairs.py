@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from homeassistant.core import HomeAssistant
     from homeassistant.data_entry_flow import FlowResult
 
-    from .coordinator import HaIngestorConfigEntry
+    from .coordinator import IngestorConfigEntry
 
 
 class DeadLettersRepairFlow(RepairsFlow):
@@ -43,7 +43,7 @@ class DeadLettersRepairFlow(RepairsFlow):
         return await self._async_act(replay=False)
 
     async def _async_act(self, *, replay: bool) -> FlowResult:
-        entry: HaIngestorConfigEntry | None = self.hass.config_entries.async_get_entry(
+        entry: IngestorConfigEntry | None = self.hass.config_entries.async_get_entry(
             self._entry_id
         )
         if entry is None or entry.state is not ConfigEntryState.LOADED:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from homeassistant.helpers.entity_platform import AddConfigEntryEntitiesCallback
     from homeassistant.helpers.typing import StateType
 
-    from .coordinator import HaIngestorConfigEntry, IngestorSnapshot, ServiceHealth
+    from .coordinator import IngestorConfigEntry, IngestorSnapshot, ServiceHealth
 
 # The coordinator is the only writer; entities never poll on their own.
 PARALLEL_UPDATES = 0
@@ -63,7 +63,7 @@ def _oldest_pending_age(data: IngestorSnapshot) -> int | None:
 
 
 # Counts carry their unit ("events", "events/min") through translations.
-# Enabled by default: what a dashboard or an alert needs (events forwarded, outbox depth,
+# Enabled by default: what a dashboard or an alert needs (events delivered, outbox depth,
 # dead letters, dropped events, last delivery, status, connectivity). Disabled by
 # default: figures that change nearly every second while events flow (events per
 # minute, latency, success rate, age of the oldest pending event) and the per-service
@@ -71,10 +71,10 @@ def _oldest_pending_age(data: IngestorSnapshot) -> int | None:
 # enable them when investigating.
 SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
     IngestorSensorEntityDescription(
-        key="events_forwarded",
-        translation_key="events_forwarded",
+        key="events_delivered",
+        translation_key="events_delivered",
         state_class=SensorStateClass.TOTAL_INCREASING,
-        value_fn=lambda data: data.forwarded,
+        value_fn=lambda data: data.delivered,
     ),
     IngestorSensorEntityDescription(
         key="events_per_minute",
@@ -101,7 +101,7 @@ SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
         key="last_delivery",
         translation_key="last_delivery",
         device_class=SensorDeviceClass.TIMESTAMP,
-        value_fn=lambda data: data.last_success,
+        value_fn=lambda data: data.last_delivery,
     ),
     IngestorSensorEntityDescription(
         key="status",
@@ -168,7 +168,7 @@ SERVICE_SENSORS: tuple[IngestorServiceSensorEntityDescription, ...] = (
 
 async def async_setup_entry(
     hass: HomeAssistant,
-    entry: HaIngestorConfigEntry,
+    entry: IngestorConfigEntry,
     async_add_entities: AddConfigEntryEntitiesCallback,
 ) -> None:
     """Add the forwarder's sensors and each configured service's."""

@@ -29,13 +29,13 @@ from custom_components.ha_ingestor.const import (
     CONF_WEATHER_ENTITY,
     DOMAIN,
 )
-from custom_components.ha_ingestor.services import (
-    SERVICE_FLUSH,
-    SERVICE_FORWARD_EVENT,
-    SERVICE_PAUSE,
-    SERVICE_PURGE_DEAD_LETTERS,
-    SERVICE_REPLAY_DEAD_LETTERS,
-    SERVICE_RESUME,
+from custom_components.ha_ingestor.actions import (
+    ACTION_FLUSH,
+    ACTION_FORWARD_EVENT,
+    ACTION_PAUSE,
+    ACTION_PURGE_DEAD_LETTERS,
+    ACTION_REPLAY_DEAD_LETTERS,
+    ACTION_RESUME,
 )
 from tests.integration.common import flush, make_entry, setup_entry, tick, unload
 from tests.pipeline.fault_server import REJECT_MARKER
@@ -131,12 +131,12 @@ async def test_a_whole_life_without_complaints(
 
     # Every action the integration registers.
     actions = {
-        SERVICE_FORWARD_EVENT: ({"event_type": "custom_event", "event_data": {"a": 1}}, True),
-        SERVICE_FLUSH: ({"timeout": 10}, False),
-        SERVICE_REPLAY_DEAD_LETTERS: ({}, True),
-        SERVICE_PURGE_DEAD_LETTERS: ({}, True),
-        SERVICE_PAUSE: ({}, False),
-        SERVICE_RESUME: ({}, False),
+        ACTION_FORWARD_EVENT: ({"event_type": "custom_event", "event_data": {"a": 1}}, True),
+        ACTION_FLUSH: ({"timeout": 10}, False),
+        ACTION_REPLAY_DEAD_LETTERS: ({}, True),
+        ACTION_PURGE_DEAD_LETTERS: ({}, True),
+        ACTION_PAUSE: ({}, False),
+        ACTION_RESUME: ({}, False),
     }
     assert set(hass.services.async_services_for_domain(DOMAIN)) == set(actions)
     for action, (data, response) in actions.items():

@@ -45,7 +45,7 @@ VOLATILE = {
     "last_check",
     "first_failure",
     "last_failure",
-    "last_success",
+    "last_delivery",
     "last_error_at",
     "oldest_enqueued_at",
     "retry_at",

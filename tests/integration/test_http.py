@@ -290,7 +290,7 @@ async def test_stats(
     assert stats["latency_ms"]["samples"] == 3
     assert stats["latency_ms"]["p50"] is not None
     assert stats["latency_ms"]["p99"] >= stats["latency_ms"]["p50"]
-    assert stats["last_success"] is not None
+    assert stats["last_delivery"] is not None
     assert stats["outbox"]["pending"] == 0
     assert stats["outbox"]["appended"] == 3
     assert stats["outbox"]["acked"] == 3

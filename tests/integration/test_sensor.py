@@ -54,7 +54,8 @@ if TYPE_CHECKING:
     from custom_components.ha_ingestor.coordinator import IngestorCoordinator
 
 FORWARDER = "sensor.ha_ingestor_forwarder"
-FORWARDED = f"{FORWARDER}_events_forwarded"
+# Its entity id keeps the old word: entity.RENAMED_KEYS.
+DELIVERED = f"{FORWARDER}_events_forwarded"
 DEPTH = f"{FORWARDER}_outbox_depth"
 OLDEST_AGE = f"{FORWARDER}_oldest_pending_event_age"
 STORAGE_CIRCUIT = "sensor.data_storage_circuit_breaker"
@@ -139,7 +140,7 @@ async def test_less_important_sensors_start_disabled(
     for entity_id in disabled:
         assert hass.states.get(entity_id) is None
     # Everything a dashboard needs is there from the start.
-    for entity_id in (FORWARDED, DEPTH, f"{FORWARDER}_dead_letters", f"{FORWARDER}_status"):
+    for entity_id in (DELIVERED, DEPTH, f"{FORWARDER}_dead_letters", f"{FORWARDER}_status"):
         assert hass.states.get(entity_id) is not None
 
     # The user enables one: after the entry reloads it has a state, and its own
@@ -149,6 +150,30 @@ async def test_less_important_sensors_start_disabled(
     await hass.async_block_till_done()
     assert state_of(hass, STORAGE_CIRCUIT) == "closed"
     assert STORAGE_CIRCUIT in own_entities(hass)
+    await unload(hass, entry)
+
+
+async def test_renamed_sensor_keeps_its_entity_id(
+    hass: HomeAssistant, storage: FaultServer, entity_registry: er.EntityRegistry
+) -> None:
+    """An entity registered before a rename ("Events forwarded" became "Events delivered",
+    issue 11) keeps the entity id it had: its unique id kept the old key."""
+    old = entity_registry.async_get_or_create(
+        Platform.SENSOR,
+        DOMAIN,
+        f"{ENTRY_ID}_events_forwarded",
+        suggested_object_id="events_before_the_rename",
+    )
+    assert old.entity_id == "sensor.events_before_the_rename"
+    entry = make_entry(storage.url, entry_id=ENTRY_ID)
+    await setup_entry(hass, entry)
+
+    renamed = entity_registry.async_get(old.entity_id)
+    assert renamed is not None
+    assert renamed.config_entry_id == entry.entry_id
+    assert renamed.translation_key == "events_delivered"
+    assert state_of(hass, old.entity_id) == "0"
+    assert DELIVERED not in entity_ids(hass, entry)  # no second entity beside it
     await unload(hass, entry)
 
 
@@ -241,7 +266,7 @@ async def test_removed_service_loses_its_device(
 async def test_values_after_forwarding(hass: HomeAssistant, storage: FaultServer) -> None:
     entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
-    assert state_of(hass, FORWARDED) == "0"
+    assert state_of(hass, DELIVERED) == "0"
     assert state_of(hass, f"{FORWARDER}_last_successful_delivery") == STATE_UNKNOWN
 
     for value in range(25):
@@ -250,7 +275,7 @@ async def test_values_after_forwarding(hass: HomeAssistant, storage: FaultServer
     await flush(entry)
     await tick(hass)
 
-    assert state_of(hass, FORWARDED) == "25"
+    assert state_of(hass, DELIVERED) == "25"
     assert state_of(hass, f"{FORWARDER}_events_per_minute") == "25"
     assert state_of(hass, DEPTH) == "0"
     assert state_of(hass, OLDEST_AGE) == "0"
@@ -267,7 +292,7 @@ async def test_values_after_forwarding(hass: HomeAssistant, storage: FaultServer
     await hass.async_block_till_done()
     await flush(entry)
     await tick(hass)
-    assert state_of(hass, FORWARDED) == "26"
+    assert state_of(hass, DELIVERED) == "26"
     await unload(hass, entry)
 
 
@@ -295,7 +320,7 @@ async def test_pending_while_the_receiver_refuses(
 
     assert state_of(hass, DEPTH) == "7"
     assert 25 <= int(state_of(hass, OLDEST_AGE)) <= 30
-    assert state_of(hass, FORWARDED) == "0"
+    assert state_of(hass, DELIVERED) == "0"
     assert state_of(hass, STORAGE_CIRCUIT) == "open"
     assert state_of(hass, f"{FORWARDER}_status") == "waiting"
     assert float(state_of(hass, f"{FORWARDER}_delivery_success_rate")) < 100
@@ -307,7 +332,7 @@ async def test_pending_while_the_receiver_refuses(
     await tick(hass)
     assert state_of(hass, DEPTH) == "0"
     assert state_of(hass, OLDEST_AGE) == "0"
-    assert state_of(hass, FORWARDED) == "7"
+    assert state_of(hass, DELIVERED) == "7"
     assert state_of(hass, STORAGE_CIRCUIT) == "closed"
     await unload(hass, entry)
 
@@ -322,10 +347,10 @@ async def test_unavailable_when_the_coordinator_fails(
         "custom_components.ha_ingestor.coordinator.build_snapshot", side_effect=RuntimeError
     ):
         await tick(hass)
-        assert state_of(hass, FORWARDED) == STATE_UNAVAILABLE
+        assert state_of(hass, DELIVERED) == STATE_UNAVAILABLE
         assert state_of(hass, STORAGE_CIRCUIT) == STATE_UNAVAILABLE
     await tick(hass)
-    assert state_of(hass, FORWARDED) == "0"
+    assert state_of(hass, DELIVERED) == "0"
     await unload(hass, entry)
 
 
@@ -346,7 +371,7 @@ async def test_own_entities_are_never_forwarded(hass: HomeAssistant, storage: Fa
         await hass.async_block_till_done()
         await flush(entry)
         await tick(hass)
-    assert state_of(hass, FORWARDED) == "3"  # so our sensors did change meanwhile
+    assert state_of(hass, DELIVERED) == "3"  # so our sensors did change meanwhile
 
     # A reload writes "unavailable" and then fresh states for each of them.
     assert await hass.config_entries.async_reload(entry.entry_id)
@@ -386,7 +411,7 @@ async def test_a_burst_writes_each_entity_at_most_once_per_tick(
     unsub()
 
     assert len(storage.stored_ids) == 1000
-    assert state_of(hass, FORWARDED) == "1000"
-    assert 1 <= writes[FORWARDED] <= refreshes[0]
+    assert state_of(hass, DELIVERED) == "1000"
+    assert 1 <= writes[DELIVERED] <= refreshes[0]
     assert max(writes.values()) <= refreshes[0]
     await unload(hass, entry)

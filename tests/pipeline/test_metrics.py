@@ -337,17 +337,17 @@ def test_record_delivery() -> None:
     clock = FakeClock(0.0)
     wall = FakeClock(1_700_000_000.0)
     metrics = PipelineMetrics(clock=clock, wall_clock=wall)
-    assert metrics.last_success is None
+    assert metrics.last_delivery is None
     metrics.record_delivery(3, [5.0, 15.0, 10.0])
     assert metrics.get("delivered") == 3
-    assert metrics.last_success == 1_700_000_000.0
+    assert metrics.last_delivery == 1_700_000_000.0
     assert metrics.latency.percentiles(50, 100) == [10.0, 15.0]
     assert metrics.delivered_rate.total() == 3
     clock.advance(1)
     wall.advance(1)
     metrics.record_delivery(2, iter([20.0, 30.0]))
     assert metrics.get("delivered") == 5
-    assert metrics.last_success == 1_700_000_001.0
+    assert metrics.last_delivery == 1_700_000_001.0
     assert len(metrics.latency) == 5
     assert metrics.delivered_rate.per_minute() == 5.0
     metrics.record_delivery(0, [])
@@ -365,7 +365,7 @@ def test_record_error() -> None:
     assert metrics.get("errors") == 2
     assert metrics.last_error == "storage: timeout"
     assert metrics.last_error_at == 1_700_000_005.0
-    assert metrics.last_success is None
+    assert metrics.last_delivery is None
     assert metrics.get("delivered") == 0
 
 
@@ -377,9 +377,9 @@ def test_wall_clock_defaults_to_time_time() -> None:
     metrics.record_delivery(1, [1.0])
     metrics.record_error("x")
     after = time.time()
-    assert metrics.last_success is not None
+    assert metrics.last_delivery is not None
     assert metrics.last_error_at is not None
-    assert before <= metrics.last_success <= after
+    assert before <= metrics.last_delivery <= after
     assert before <= metrics.last_error_at <= after
 
 
@@ -391,7 +391,7 @@ def test_snapshot_before_anything() -> None:
         "latency_ms": {"p50": None, "p95": None, "p99": None},
         "events_per_minute": 0.0,
         "success_rate": None,
-        "last_success": None,
+        "last_delivery": None,
         "last_error": None,
         "last_error_at": None,
     }
@@ -414,7 +414,7 @@ def test_snapshot_after_traffic() -> None:
         "latency_ms": {"p50": 50.0, "p95": 95.0, "p99": 99.0},
         "events_per_minute": 100.0,
         "success_rate": 80.0,
-        "last_success": 1_700_000_000.0,
+        "last_delivery": 1_700_000_000.0,
         "last_error": "enrichment: HTTP 500",
         "last_error_at": 1_700_000_002.0,
     }

@@ -107,7 +107,7 @@ class PipelineMetrics:
         self.gauges: dict[str, float] = {}
         self.latency = LatencyWindow(clock=clock)
         self.delivered_rate = RateMeter(clock=clock)
-        self.last_success: float | None = None  # wall time of the last delivered batch
+        self.last_delivery: float | None = None  # wall time of the last delivered batch
         self.last_error: str | None = None
         self.last_error_at: float | None = None
 
@@ -124,7 +124,7 @@ class PipelineMetrics:
         self.inc("delivered", count)
         self.delivered_rate.mark(count)
         self.latency.record_many(latencies_ms)
-        self.last_success = self._wall_clock()
+        self.last_delivery = self._wall_clock()
 
     def record_error(self, message: str) -> None:
         self.inc("errors")
@@ -147,7 +147,7 @@ class PipelineMetrics:
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
             "events_per_minute": self.delivered_rate.per_minute(),
             "success_rate": self.success_rate(),
-            "last_success": self.last_success,
+            "last_delivery": self.last_delivery,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
         }

@@ -12,13 +12,13 @@ from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import Unauthorized
 
 from custom_components.ha_ingestor.const import DOMAIN
-from custom_components.ha_ingestor.services import (
-    SERVICE_FLUSH,
-    SERVICE_FORWARD_EVENT,
-    SERVICE_PAUSE,
-    SERVICE_PURGE_DEAD_LETTERS,
-    SERVICE_REPLAY_DEAD_LETTERS,
-    SERVICE_RESUME,
+from custom_components.ha_ingestor.actions import (
+    ACTION_FLUSH,
+    ACTION_FORWARD_EVENT,
+    ACTION_PAUSE,
+    ACTION_PURGE_DEAD_LETTERS,
+    ACTION_REPLAY_DEAD_LETTERS,
+    ACTION_RESUME,
     AdminRequired,
 )
 from tests.integration.common import flush, make_entry, setup_entry, unload
@@ -32,12 +32,12 @@ if TYPE_CHECKING:
 
 # Every action with data that would change something if it ran.
 CALLS: dict[str, dict[str, Any]] = {
-    SERVICE_FORWARD_EVENT: {"event_type": "made_up", "event_data": {"by": "intruder"}},
-    SERVICE_FLUSH: {"timeout": 5},
-    SERVICE_REPLAY_DEAD_LETTERS: {},
-    SERVICE_PURGE_DEAD_LETTERS: {},
-    SERVICE_PAUSE: {},
-    SERVICE_RESUME: {},
+    ACTION_FORWARD_EVENT: {"event_type": "made_up", "event_data": {"by": "intruder"}},
+    ACTION_FLUSH: {"timeout": 5},
+    ACTION_REPLAY_DEAD_LETTERS: {},
+    ACTION_PURGE_DEAD_LETTERS: {},
+    ACTION_PAUSE: {},
+    ACTION_RESUME: {},
 }
 
 
@@ -102,7 +102,7 @@ async def test_resume_by_a_user_who_is_not_admin_leaves_it_paused(
 ) -> None:
     entry.runtime_data.runtime.forwarder.pause()
     with pytest.raises(AdminRequired):
-        await call(hass, SERVICE_RESUME, Context(user_id=hass_read_only_user.id))
+        await call(hass, ACTION_RESUME, Context(user_id=hass_read_only_user.id))
     assert entry.runtime_data.runtime.forwarder.paused
     await unload(hass, entry)
 
@@ -111,7 +111,7 @@ async def test_an_unknown_user_is_refused(
     hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
 ) -> None:
     with pytest.raises(AdminRequired):
-        await call(hass, SERVICE_FORWARD_EVENT, Context(user_id="no-such-user"))
+        await call(hass, ACTION_FORWARD_EVENT, Context(user_id="no-such-user"))
     await assert_unchanged(entry, storage_server)
     await unload(hass, entry)
 
@@ -127,20 +127,20 @@ async def test_an_admin_and_a_call_without_user_are_served(
     context = Context(user_id=hass_admin_user.id if user else None)
     runtime = entry.runtime_data.runtime
 
-    result = await call(hass, SERVICE_FORWARD_EVENT, context, response=True)
+    result = await call(hass, ACTION_FORWARD_EVENT, context, response=True)
     assert result["status"] == "stored"
     assert len(storage_server.stored_ids) == 2
-    await call(hass, SERVICE_PAUSE, context)
+    await call(hass, ACTION_PAUSE, context)
     assert runtime.forwarder.paused
-    await call(hass, SERVICE_RESUME, context)
+    await call(hass, ACTION_RESUME, context)
     assert not runtime.forwarder.paused
-    assert await call(hass, SERVICE_FLUSH, context, response=True) == {
+    assert await call(hass, ACTION_FLUSH, context, response=True) == {
         "delivered": 0,
         "waiting": 0,
     }
-    assert await call(hass, SERVICE_REPLAY_DEAD_LETTERS, context, response=True) == {"replayed": 1}
+    assert await call(hass, ACTION_REPLAY_DEAD_LETTERS, context, response=True) == {"replayed": 1}
     await flush(entry)
-    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS, context, response=True) == {"purged": 0}
+    assert await call(hass, ACTION_PURGE_DEAD_LETTERS, context, response=True) == {"purged": 0}
     assert len(storage_server.stored_ids) == 3
     await unload(hass, entry)
 
@@ -157,8 +157,8 @@ async def test_the_refusal_reaches_the_frontend_translated(
         {
             "type": "call_service",
             "domain": DOMAIN,
-            "service": SERVICE_FORWARD_EVENT,
-            "service_data": CALLS[SERVICE_FORWARD_EVENT],
+            "service": ACTION_FORWARD_EVENT,
+            "service_data": CALLS[ACTION_FORWARD_EVENT],
         }
     )
     answer = await client.receive_json()

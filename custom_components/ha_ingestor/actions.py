@@ -4,6 +4,8 @@ Every action takes an optional ``config_entry_id``; without it the action acts o
 only loaded entry. Every action changes or reveals data, so a user who is not an
 administrator is refused (`AdminRequired`); calls without a user (automations, scripts)
 are not. Forwarding one event is forward.py, shared with the HTTP view.
+
+The actions' descriptions stay in ``services.yaml``: Home Assistant looks for that name.
 """
 
 from __future__ import annotations
@@ -30,18 +32,18 @@ from .forward import ATTR_EVENT_DATA, ATTR_EVENT_TYPE, ForwardError, async_forwa
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
 
-    from .coordinator import HaIngestorConfigEntry
+    from .coordinator import IngestorConfigEntry
 
 ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
 ATTR_TIMEOUT: Final = "timeout"
 ATTR_IDS: Final = "ids"
 
-SERVICE_FORWARD_EVENT: Final = "forward_event"
-SERVICE_FLUSH: Final = "flush"
-SERVICE_REPLAY_DEAD_LETTERS: Final = "replay_dead_letters"
-SERVICE_PURGE_DEAD_LETTERS: Final = "purge_dead_letters"
-SERVICE_PAUSE: Final = "pause"
-SERVICE_RESUME: Final = "resume"
+ACTION_FORWARD_EVENT: Final = "forward_event"
+ACTION_FLUSH: Final = "flush"
+ACTION_REPLAY_DEAD_LETTERS: Final = "replay_dead_letters"
+ACTION_PURGE_DEAD_LETTERS: Final = "purge_dead_letters"
+ACTION_PAUSE: Final = "pause"
+ACTION_RESUME: Final = "resume"
 
 DEFAULT_FLUSH_TIMEOUT: Final = 30.0
 MAX_FLUSH_TIMEOUT: Final = 3600.0
@@ -81,7 +83,7 @@ ENTRY_ONLY_SCHEMA: Final = vol.Schema(_ENTRY_SCHEMA)
 
 
 @callback
-def async_get_loaded_entry(hass: HomeAssistant, entry_id: str | None) -> HaIngestorConfigEntry:
+def async_get_loaded_entry(hass: HomeAssistant, entry_id: str | None) -> IngestorConfigEntry:
     """The entry an action or view acts on: the one named, or the only loaded one."""
     if entry_id is not None:
         entry = hass.config_entries.async_get_entry(entry_id)
@@ -97,7 +99,7 @@ def async_get_loaded_entry(hass: HomeAssistant, entry_id: str | None) -> HaInges
                 translation_key="entry_not_loaded",
                 translation_placeholders={"title": entry.title},
             )
-        return cast("HaIngestorConfigEntry", entry)
+        return cast("IngestorConfigEntry", entry)
     loaded = hass.config_entries.async_loaded_entries(DOMAIN)
     if not loaded:
         raise ServiceValidationError(translation_domain=DOMAIN, translation_key="no_loaded_entry")
@@ -107,7 +109,7 @@ def async_get_loaded_entry(hass: HomeAssistant, entry_id: str | None) -> HaInges
             translation_key="several_entries",
             translation_placeholders={"count": str(len(loaded))},
         )
-    return cast("HaIngestorConfigEntry", loaded[0])
+    return cast("IngestorConfigEntry", loaded[0])
 
 
 # -- the actions -------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def _admin_only(
     return checked
 
 
-def _entry(call: ServiceCall) -> HaIngestorConfigEntry:
+def _entry(call: ServiceCall) -> IngestorConfigEntry:
     return async_get_loaded_entry(call.hass, call.data.get(ATTR_CONFIG_ENTRY_ID))
 
 
@@ -229,23 +231,23 @@ async def _async_resume(call: ServiceCall) -> None:
 
 
 @callback
-def async_setup_services(hass: HomeAssistant) -> None:
+def async_setup_actions(hass: HomeAssistant) -> None:
     """Register the actions (once, from async_setup)."""
     actions = (
-        (SERVICE_FORWARD_EVENT, _async_forward_event, FORWARD_EVENT_SCHEMA, True),
-        (SERVICE_FLUSH, _async_flush, FLUSH_SCHEMA, True),
-        (SERVICE_REPLAY_DEAD_LETTERS, _async_replay_dead_letters, DEAD_LETTERS_SCHEMA, True),
-        (SERVICE_PURGE_DEAD_LETTERS, _async_purge_dead_letters, DEAD_LETTERS_SCHEMA, True),
-        (SERVICE_PAUSE, _async_pause, ENTRY_ONLY_SCHEMA, False),
-        (SERVICE_RESUME, _async_resume, ENTRY_ONLY_SCHEMA, False),
+        (ACTION_FORWARD_EVENT, _async_forward_event, FORWARD_EVENT_SCHEMA, True),
+        (ACTION_FLUSH, _async_flush, FLUSH_SCHEMA, True),
+        (ACTION_REPLAY_DEAD_LETTERS, _async_replay_dead_letters, DEAD_LETTERS_SCHEMA, True),
+        (ACTION_PURGE_DEAD_LETTERS, _async_purge_dead_letters, DEAD_LETTERS_SCHEMA, True),
+        (ACTION_PAUSE, _async_pause, ENTRY_ONLY_SCHEMA, False),
+        (ACTION_RESUME, _async_resume, ENTRY_ONLY_SCHEMA, False),
     )
-    for name, handler, schema, responds in actions:
+    for action, handler, schema, responds in actions:
         # The `unused-ignore` mark: types that differ between the supported Home Assistant
         # releases (docs/ARCHITECTURE.md, "Supported Home Assistant releases").
         hass.services.async_register(
             DOMAIN,
-            name,
-            _admin_only(name, handler),
+            action,
+            _admin_only(action, handler),
             schema=schema,  # type: ignore[arg-type, unused-ignore]
             supports_response=SupportsResponse.OPTIONAL if responds else SupportsResponse.NONE,
         )

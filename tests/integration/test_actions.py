@@ -18,13 +18,13 @@ from custom_components.ha_ingestor.const import (
     DOMAIN,
 )
 from custom_components.ha_ingestor.pipeline.forwarder import ForwarderState
-from custom_components.ha_ingestor.services import (
-    SERVICE_FLUSH,
-    SERVICE_FORWARD_EVENT,
-    SERVICE_PAUSE,
-    SERVICE_PURGE_DEAD_LETTERS,
-    SERVICE_REPLAY_DEAD_LETTERS,
-    SERVICE_RESUME,
+from custom_components.ha_ingestor.actions import (
+    ACTION_FLUSH,
+    ACTION_FORWARD_EVENT,
+    ACTION_PAUSE,
+    ACTION_PURGE_DEAD_LETTERS,
+    ACTION_REPLAY_DEAD_LETTERS,
+    ACTION_RESUME,
 )
 from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.integration.conftest import TOKEN
@@ -37,12 +37,12 @@ if TYPE_CHECKING:
 
 
 ACTIONS = {
-    SERVICE_FORWARD_EVENT,
-    SERVICE_FLUSH,
-    SERVICE_REPLAY_DEAD_LETTERS,
-    SERVICE_PURGE_DEAD_LETTERS,
-    SERVICE_PAUSE,
-    SERVICE_RESUME,
+    ACTION_FORWARD_EVENT,
+    ACTION_FLUSH,
+    ACTION_REPLAY_DEAD_LETTERS,
+    ACTION_PURGE_DEAD_LETTERS,
+    ACTION_PAUSE,
+    ACTION_RESUME,
 }
 
 
@@ -81,7 +81,7 @@ async def test_forward_event_returns_the_receivers_result(
     context = Context(user_id=hass_admin_user.id)
     result = await call(
         hass,
-        SERVICE_FORWARD_EVENT,
+        ACTION_FORWARD_EVENT,
         {"event_type": "custom_event", "event_data": {"answer": 42}, "entity_id": "sensor.x"},
         response=True,
         context=context,
@@ -105,7 +105,7 @@ async def test_forward_event_returns_the_receivers_result(
     assert request.event_ids == [event_id]
 
     # Without asking for the response the action works the same.
-    assert await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "other"}) is None
+    assert await call(hass, ACTION_FORWARD_EVENT, {"event_type": "other"}) is None
     assert len(storage_server.stored_ids) == 2
     await unload(hass, entry)
 
@@ -115,7 +115,7 @@ async def test_forward_event_state_changed_and_rejected(
 ) -> None:
     result = await call(
         hass,
-        SERVICE_FORWARD_EVENT,
+        ACTION_FORWARD_EVENT,
         {
             "event_type": "state_changed",
             "entity_id": "sensor.t",
@@ -128,7 +128,7 @@ async def test_forward_event_state_changed_and_rejected(
 
     rejected = await call(
         hass,
-        SERVICE_FORWARD_EVENT,
+        ACTION_FORWARD_EVENT,
         {
             "event_type": "state_changed",
             "entity_id": "sensor.t",
@@ -171,7 +171,7 @@ async def test_forward_event_invalid_input_names_the_field(
     field: str,
 ) -> None:
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, data, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, data, response=True)
     assert err.value.translation_domain == DOMAIN
     assert err.value.translation_key == key
     assert err.value.translation_placeholders is not None
@@ -195,7 +195,7 @@ async def test_forward_event_schema(
     hass: HomeAssistant, entry: MockConfigEntry, data: dict[str, Any]
 ) -> None:
     with pytest.raises(vol.Invalid):
-        await call(hass, SERVICE_FORWARD_EVENT, data, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, data, response=True)
     await unload(hass, entry)
 
 
@@ -204,7 +204,7 @@ async def test_forward_event_receiver_down(
 ) -> None:
     await refuse(storage_server)
     with pytest.raises(HomeAssistantError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert not isinstance(err.value, ServiceValidationError)
     assert err.value.translation_key == "service_unavailable"
     assert err.value.translation_placeholders is not None
@@ -218,27 +218,27 @@ async def test_forward_event_answers_of_the_receiver(
     # A 4xx without a result for the event: the service refused the request.
     storage_server.fail_next(1, 400, path=EVENT_PATH)
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert err.value.translation_key == "rejected_by_service"
     assert err.value.translation_placeholders is not None
     assert err.value.translation_placeholders["code"] == "HTTP_400"
 
     storage_server.fail_next(1, 413, path=EVENT_PATH)
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert err.value.translation_key == "rejected_by_service"
 
     # A 503 three times: the call retried (a person is waiting), then gave up.
     storage_server.fail_next(3, 503, path=EVENT_PATH)
     with pytest.raises(HomeAssistantError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert err.value.translation_key == "service_unavailable"
     assert len(storage_server.requests_to(EVENT_PATH)) == 5
 
     # A refused token: translated, and not the user's input at fault.
     storage_server.token = "another-token"
     with pytest.raises(HomeAssistantError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert not isinstance(err.value, ServiceValidationError)
     assert err.value.translation_key == "auth_failed"
     await unload(hass, entry)
@@ -250,19 +250,19 @@ async def test_forward_event_uses_the_enrichment_then_the_fallback(
     enrichment_server: FaultServer,
 ) -> None:
     entry = await setup_entry(hass, make_entry(storage_server.url, enrichment_server.url))
-    result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    result = await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert result["service"] == "enrichment"
     assert enrichment_server.stored_ids == [result["event_id"]]
 
     # The forwarder stopped using the enrichment (refused token): so does the action.
     entry.runtime_data.runtime.forwarder._auth_failed.add("enrichment")
-    result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    result = await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert result["service"] == "storage"
     assert storage_server.stored_ids == [result["event_id"]]
 
     entry.runtime_data.runtime.forwarder._auth_failed.add("storage")
     with pytest.raises(HomeAssistantError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert err.value.translation_key == "auth_failed"
     await unload(hass, entry)
 
@@ -272,20 +272,20 @@ async def test_forward_event_odd_answers(
 ) -> None:
     # 2xx without per-event results: the receiver took it.
     storage_server.add_faults(Fault.answer(200, body=b"accepted", path=EVENT_PATH))
-    result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    result = await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert result["status"] == "stored"
 
     # 2xx with results that do not name the event: not confirmed.
     storage_server.add_faults(Fault.answer(200, body=b'{"results": []}', path=EVENT_PATH))
     with pytest.raises(HomeAssistantError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert not isinstance(err.value, ServiceValidationError)
     assert err.value.translation_key == "unconfirmed"
 
     # A 4xx whose body is not JSON: its text is the message.
     storage_server.add_faults(Fault.answer(404, body=b"no such path", path=EVENT_PATH))
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert err.value.translation_placeholders == {
         "service": "storage",
         "code": "HTTP_404",
@@ -298,7 +298,7 @@ async def test_forward_event_odd_answers(
             breaker.record_failure()
     requests = len(storage_server.requests)
     with pytest.raises(HomeAssistantError) as err:
-        await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+        await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert err.value.translation_key == "service_unavailable"
     assert len(storage_server.requests) == requests
     await unload(hass, entry)
@@ -316,46 +316,46 @@ async def test_entry_selection(
     first = await setup_entry(hass, make_entry(first_server.url))
 
     # One loaded entry: the default.
-    result = await call(hass, SERVICE_FORWARD_EVENT, {"event_type": "e"}, response=True)
+    result = await call(hass, ACTION_FORWARD_EVENT, {"event_type": "e"}, response=True)
     assert first_server.stored_ids == [result["event_id"]]
 
     second = await setup_entry(hass, make_entry(second_server.url))
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_PAUSE)
+        await call(hass, ACTION_PAUSE)
     assert err.value.translation_key == "several_entries"
     assert err.value.translation_placeholders == {"count": "2"}
     assert str(err.value) == ("2 HA Ingestor entries are loaded. Choose one with config_entry_id")
 
-    await call(hass, SERVICE_PAUSE, {"config_entry_id": second.entry_id})
+    await call(hass, ACTION_PAUSE, {"config_entry_id": second.entry_id})
     assert second.runtime_data.runtime.forwarder.paused
     assert not first.runtime_data.runtime.forwarder.paused
     result = await call(
         hass,
-        SERVICE_FORWARD_EVENT,
+        ACTION_FORWARD_EVENT,
         {"event_type": "e", "config_entry_id": second.entry_id},
         response=True,
     )
     assert second_server.stored_ids == [result["event_id"]]
 
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_RESUME, {"config_entry_id": "no-such-entry"})
+        await call(hass, ACTION_RESUME, {"config_entry_id": "no-such-entry"})
     assert err.value.translation_key == "entry_not_found"
 
     other_domain = MockConfigEntry(domain="other_domain")
     other_domain.add_to_hass(hass)
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_RESUME, {"config_entry_id": other_domain.entry_id})
+        await call(hass, ACTION_RESUME, {"config_entry_id": other_domain.entry_id})
     assert err.value.translation_key == "entry_not_found"
 
     await unload(hass, second)
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_RESUME, {"config_entry_id": second.entry_id})
+        await call(hass, ACTION_RESUME, {"config_entry_id": second.entry_id})
     assert err.value.translation_key == "entry_not_loaded"
     assert err.value.translation_placeholders == {"title": second.title}
 
     await unload(hass, first)
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_FLUSH)
+        await call(hass, ACTION_FLUSH)
     assert err.value.translation_key == "no_loaded_entry"
 
 
@@ -366,11 +366,11 @@ async def test_pause_flush_resume(
     hass: HomeAssistant, entry: MockConfigEntry, storage_server: FaultServer
 ) -> None:
     runtime = entry.runtime_data.runtime
-    await call(hass, SERVICE_PAUSE)
+    await call(hass, ACTION_PAUSE)
     assert runtime.forwarder.paused
     assert runtime.forwarder.state is ForwarderState.PAUSED
     assert entry.runtime_data.coordinator.data.paused
-    await call(hass, SERVICE_PAUSE)  # twice is fine
+    await call(hass, ACTION_PAUSE)  # twice is fine
     assert runtime.forwarder.paused
 
     hass.states.async_set("test.a", "1")
@@ -379,18 +379,18 @@ async def test_pause_flush_resume(
     assert await runtime.outbox.sync() == 2
 
     with pytest.raises(ServiceValidationError) as err:
-        await call(hass, SERVICE_FLUSH)
+        await call(hass, ACTION_FLUSH)
     assert err.value.translation_key == "flush_paused"
     assert storage_server.stored_ids == []
 
-    await call(hass, SERVICE_RESUME)
+    await call(hass, ACTION_RESUME)
     assert not runtime.forwarder.paused
     assert not entry.runtime_data.coordinator.data.paused
-    answer = await call(hass, SERVICE_FLUSH, {"timeout": 10}, response=True)
+    answer = await call(hass, ACTION_FLUSH, {"timeout": 10}, response=True)
     assert answer == {"delivered": 2, "waiting": 0}
     assert len(storage_server.stored_ids) == 2
     assert (await runtime.outbox.stats()).pending == 0
-    await call(hass, SERVICE_FLUSH)  # without asking for the answer, as scripts often do
+    await call(hass, ACTION_FLUSH)  # without asking for the answer, as scripts often do
     await unload(hass, entry)
 
 
@@ -403,7 +403,7 @@ async def test_flush_times_out_while_the_service_is_down(
     assert await entry.runtime_data.runtime.outbox.sync() == 1
 
     with pytest.raises(HomeAssistantError) as err:
-        await call(hass, SERVICE_FLUSH, {"timeout": 0.2})
+        await call(hass, ACTION_FLUSH, {"timeout": 0.2})
     # It names the service that does not take the events, and why.
     assert err.value.translation_key == "flush_timeout_service"
     placeholders = dict(err.value.translation_placeholders or {})
@@ -416,7 +416,7 @@ async def test_flush_times_out_while_the_service_is_down(
     }
 
     with pytest.raises(vol.Invalid):
-        await call(hass, SERVICE_FLUSH, {"timeout": 0})
+        await call(hass, ACTION_FLUSH, {"timeout": 0})
     # Nothing is lost by a flush that gave up.
     assert (await entry.runtime_data.runtime.outbox.stats()).pending == 1
     await unload(hass, entry)
@@ -429,7 +429,7 @@ async def test_flush_times_out_while_a_slow_service_still_works(
     hass.states.async_set("test.a", "1")
     await hass.async_block_till_done()
     with pytest.raises(HomeAssistantError) as err:
-        await call(hass, SERVICE_FLUSH, {"timeout": 0.2})
+        await call(hass, ACTION_FLUSH, {"timeout": 0.2})
     # No batch failed: no service to blame, the events are on their way.
     assert err.value.translation_key == "flush_timeout"
     assert err.value.translation_placeholders == {
@@ -437,7 +437,7 @@ async def test_flush_times_out_while_a_slow_service_still_works(
         "delivered": "0",
         "pending": "1",
     }
-    answer = await call(hass, SERVICE_FLUSH, {"timeout": 10}, response=True)
+    answer = await call(hass, ACTION_FLUSH, {"timeout": 10}, response=True)
     assert answer == {"delivered": 1, "waiting": 0}
     await unload(hass, entry)
 
@@ -455,7 +455,7 @@ async def test_replay_and_purge_dead_letters(
         hass.states.async_set(f"test.bad_{number}", "on")
     hass.states.async_set("test.good", "on")
     await hass.async_block_till_done()
-    await call(hass, SERVICE_FLUSH)
+    await call(hass, ACTION_FLUSH)
     ids = await dead_letter_ids(entry)
     assert len(ids) == 4
     assert len(storage_server.stored_ids) == 1
@@ -463,29 +463,29 @@ async def test_replay_and_purge_dead_letters(
     # Replay two of them once the receiver accepts them.
     storage_server.reject_if = None
     assert await call(
-        hass, SERVICE_REPLAY_DEAD_LETTERS, {"ids": [str(ids[0]), ids[1]]}, response=True
+        hass, ACTION_REPLAY_DEAD_LETTERS, {"ids": [str(ids[0]), ids[1]]}, response=True
     ) == {"replayed": 2}
-    await call(hass, SERVICE_FLUSH)
+    await call(hass, ACTION_FLUSH)
     assert len(storage_server.stored_ids) == 3
     assert await dead_letter_ids(entry) == ids[2:]
     assert entry.runtime_data.coordinator.data.dead_letters == 2
 
     # Unknown ids count nothing; purge one, then all.
-    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS, {"ids": [999]}, response=True) == {
+    assert await call(hass, ACTION_PURGE_DEAD_LETTERS, {"ids": [999]}, response=True) == {
         "purged": 0
     }
-    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS, {"ids": ids[2]}, response=True) == {
+    assert await call(hass, ACTION_PURGE_DEAD_LETTERS, {"ids": ids[2]}, response=True) == {
         "purged": 1
     }
-    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS, response=True) == {"purged": 1}
+    assert await call(hass, ACTION_PURGE_DEAD_LETTERS, response=True) == {"purged": 1}
     assert await dead_letter_ids(entry) == []
-    assert await call(hass, SERVICE_REPLAY_DEAD_LETTERS, response=True) == {"replayed": 0}
-    assert await call(hass, SERVICE_PURGE_DEAD_LETTERS) is None
+    assert await call(hass, ACTION_REPLAY_DEAD_LETTERS, response=True) == {"replayed": 0}
+    assert await call(hass, ACTION_PURGE_DEAD_LETTERS) is None
 
     with pytest.raises(vol.Invalid):
-        await call(hass, SERVICE_PURGE_DEAD_LETTERS, {"ids": ["x"]})
+        await call(hass, ACTION_PURGE_DEAD_LETTERS, {"ids": ["x"]})
     with pytest.raises(vol.Invalid):
-        await call(hass, SERVICE_REPLAY_DEAD_LETTERS, {"ids": [0]})
+        await call(hass, ACTION_REPLAY_DEAD_LETTERS, {"ids": [0]})
     await unload(hass, entry)
 
 
