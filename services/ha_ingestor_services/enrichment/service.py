@@ -44,7 +44,6 @@ from ha_ingestor_pipeline.envelope import (
     HEALTH_PATH,
     PAYLOAD_TOO_LARGE,
     STATS_PATH,
-    STORAGE_SERVICE_NAME,
     EventResult,
     parse_results,
     utc_now_iso,
@@ -174,7 +173,7 @@ class EnrichmentService:
                 connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=300, ssl=storage_context)
             )
         storage = ServiceHTTPClient(
-            STORAGE_SERVICE_NAME,
+            "storage",  # its name in logs and errors ("data-storage" is its wire name)
             settings.storage_urls,
             storage_session or session,
             token=settings.storage_token,
@@ -245,7 +244,7 @@ class EnrichmentService:
             self._counters.unavailable_answers += 1
             raise ServiceUnavailable(
                 "these events are enriched already: the sender's storage_urls points at an "
-                "enrichment pipeline, not at the data storage",
+                "enrichment, not at storage",
                 retry_after=CONFIG_RETRY_AFTER_S,
             )
         started = time.perf_counter()
@@ -387,7 +386,7 @@ class EnrichmentService:
         if parsed is None:
             self._storage_problem = (
                 f"storage at {response.endpoint} answered HTTP {response.status} without "
-                "per-event results; is storage_urls the data storage service?"
+                "per-event results; is storage_urls the storage service?"
             )
             raise self._answer_503(self._storage_problem, retry_after=CONFIG_RETRY_AFTER_S)
         results: list[EventResult] = []
@@ -422,7 +421,7 @@ class EnrichmentService:
         if response.status in (404, 405):
             self._storage_problem = (
                 f"{where} answered HTTP {response.status} to {BATCH_PATH}; "
-                "is storage_urls the data storage service?"
+                "is storage_urls the storage service?"
             )
             return self._answer_503(self._storage_problem, retry_after=CONFIG_RETRY_AFTER_S)
         self._last_storage_error = f"HTTP {response.status} {code}: {message[:200]}"
@@ -469,8 +468,7 @@ class EnrichmentService:
         if body.get("service") == ENRICHMENT_SERVICE_NAME:
             return DependencyHealth(
                 False,
-                f"{response.endpoint} is an enrichment pipeline, not the data storage "
-                "(check storage_urls)",
+                f"{response.endpoint} answers as the enrichment, not storage (check storage_urls)",
             )
         status = body.get("status") if isinstance(body.get("status"), str) else "unknown"
         detail = f"{response.endpoint}: HTTP {response.status}, {status}"

@@ -516,7 +516,7 @@ async def test_storage_urls_pointing_at_an_enrichment(
     async with client.get(first.url + "/api/v1/health", headers=AUTH) as response:
         health = await response.json()
     assert health["status"] == "unhealthy"
-    assert "is an enrichment pipeline" in health["dependencies"]["storage"]["detail"]
+    assert "answers as the enrichment, not storage" in health["dependencies"]["storage"]["detail"]
 
 
 async def test_storage_url_that_is_not_storage(
@@ -525,7 +525,7 @@ async def test_storage_url_that_is_not_storage(
     enrichment = await start_enrichment(storage_urls=(weather_api.url,))
     status, answer, _ = await post(client, enrichment.url, batch(envelope()))
     assert status == 503
-    assert "is storage_urls the data storage service?" in answer["error"]["message"]
+    assert "is storage_urls the storage service?" in answer["error"]["message"]
 
 
 # -- the HTTP surface ------------------------------------------------------------------
