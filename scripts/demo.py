@@ -2,7 +2,7 @@
 
 A real Home Assistant process with the integration set up (a pre-seeded config entry)
 sends the state changes of a few demo helpers, which automations change every second or
-few seconds, through the enrichment pipeline into the data storage service on SQLite;
+few seconds, through the enrichment into the storage service on SQLite;
 the two services run as two processes, so either can be stopped and started again
 while Home Assistant runs on (the outage drill). The demo finishes Home Assistant's
 onboarding itself and prints the login. Everything lives in one work folder (default
@@ -71,8 +71,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/demo",
         description=(
-            "Run Home Assistant with HA Ingestor, the enrichment pipeline and the storage "
-            "service on SQLite, and show the events arriving. Ctrl-C stops it."
+            "Run Home Assistant with HA Ingestor, the enrichment and storage services "
+            "on SQLite, and show the events arriving. Ctrl-C stops it."
         ),
     )
     parser.add_argument(
