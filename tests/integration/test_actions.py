@@ -53,14 +53,14 @@ async def entry(hass: HomeAssistant, storage_server: FaultServer) -> MockConfigE
 
 async def call(
     hass: HomeAssistant,
-    service: str,
+    action: str,
     data: dict[str, Any] | None = None,
     *,
     response: bool = False,
     context: Context | None = None,
 ) -> Any:
     return await hass.services.async_call(
-        DOMAIN, service, data or {}, blocking=True, return_response=response, context=context
+        DOMAIN, action, data or {}, blocking=True, return_response=response, context=context
     )
 
 
@@ -495,11 +495,11 @@ async def test_actions_are_registered_once_for_every_entry(
 ) -> None:
     server = await fault_server_factory(token=TOKEN)
     entry = await setup_entry(hass, make_entry(server.url))
-    services = hass.services.async_services_for_domain(DOMAIN)
-    assert set(services) == ACTIONS
+    registered = hass.services.async_services_for_domain(DOMAIN)
+    assert set(registered) == ACTIONS
     await unload(hass, entry)
     # Actions stay registered after the entry unloads (and say why they cannot act).
-    assert set(hass.services.async_services_for_domain(DOMAIN)) == set(services)
+    assert set(hass.services.async_services_for_domain(DOMAIN)) == set(registered)
 
 
 # -- strings, services.yaml and icons in step ---------------------------------------------
