@@ -1,61 +1,106 @@
 """The enrichment pipeline's settings: one flat, frozen record the CLI fills in.
 
-Every field maps onto one command-line flag and environment variable; the comment above
-each field is its help text. `__post_init__` refuses a bad value with a one-line
+Every field with a help text in its metadata is one command-line flag and environment
+variable (options.py). `__post_init__` refuses a bad value with a one-line
 ``ValueError`` the CLI prints as is.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import urlsplit
 
 from ha_ingestor_services import tls
+from ha_ingestor_services.options import option
 
-WEATHER_PROVIDERS = ("none", "openweathermap")
+ProviderName = Literal["none", "openweathermap"]
+
+WEATHER_PROVIDERS: tuple[ProviderName, ...] = ("none", "openweathermap")
 DEFAULT_STORAGE_URL = "http://127.0.0.1:8004"
 DEFAULT_OPENWEATHERMAP_URL = "https://api.openweathermap.org"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EnrichmentSettings:
-    # Base URL(s) of the data storage service; several (comma-separated) fail over in order.
-    storage_urls: tuple[str, ...] = (DEFAULT_STORAGE_URL,)
-    # Bearer token the storage service expects (defaults to this service's own token).
-    storage_token: str
-    # PEM certificate(s) trusted for https:// storage URLs on top of the system's CAs
-    # (storage's self-signed certificate, or a private CA).
-    storage_ca_file: str | None = None
+    # Several URLs fail over in order.
+    storage_urls: tuple[str, ...] = field(
+        default=(DEFAULT_STORAGE_URL,),
+        metadata=option(
+            "storage base URL; several, comma-separated, fail over in order (default {default})",
+            flag="--storage-url",
+            metavar="URL[,URL...]",
+        ),
+    )
+    # The CLI gives this service's own token when none is set.
+    storage_token: str = field(metadata=option("bearer token storage expects (default: --token)"))
+    # Trusted on top of the system's CAs (storage's self-signed certificate, or a private CA).
+    storage_ca_file: str | None = field(
+        default=None,
+        metadata=option(
+            "PEM certificate(s) to trust for https:// storage URLs, e.g. storage's self-signed one",
+            metavar="FILE",
+        ),
+    )
     # Whether the storage certificate must name the URL's host; False only for `stack`,
-    # which trusts exactly its own storage's certificate on 127.0.0.1.
+    # which trusts exactly its own storage's certificate on 127.0.0.1. No flag.
     storage_check_hostname: bool = True
-    # Seconds to wait for storage to take a batch before answering 503 (keep it under the
-    # integration's own 30 s timeout, so the integration hears why).
-    storage_timeout_s: float = 20.0
-    # Seconds to wait for a TCP connection to storage.
-    storage_connect_timeout_s: float = 3.0
-    # Tries per request before answering 503 (a refused connection or a 5xx without
-    # Retry-After is tried again after a short pause; the integration retries after that).
-    storage_attempts: int = 2
-    # Where weather comes from when Home Assistant sends none: "none" or "openweathermap".
-    weather_provider: str = "none"
-    # OpenWeatherMap API key (required with --weather-provider openweathermap).
-    openweathermap_api_key: str | None = None
-    # OpenWeatherMap API base URL (the current weather API lives under /data/2.5/weather).
-    openweathermap_url: str = DEFAULT_OPENWEATHERMAP_URL
-    # Seconds a provider answer is reused for the same rounded location.
-    weather_cache_ttl_s: float = 900.0
-    # Seconds a failed provider call is remembered, so a dead provider is not hammered.
-    weather_failure_ttl_s: float = 60.0
-    # Decimals latitude and longitude are rounded to before the lookup (2 ≈ 1 km): one
-    # cache entry and one provider call per rounded location.
-    weather_location_precision: int = 2
-    # Seconds one provider call may take; events never wait longer for weather.
-    weather_timeout_s: float = 2.0
-    # Most distinct uncached locations one batch may look up; events at the others go
-    # on without weather (weather_status "too_many_locations").
-    weather_max_lookups: int = 20
+    # Keep it under the integration's own 30 s timeout, so the integration hears why.
+    storage_timeout_s: float = field(
+        default=20.0,
+        metadata=option(
+            "seconds storage gets to take a batch before the answer is 503 (default {default})"
+        ),
+    )
+    storage_connect_timeout_s: float = field(
+        default=3.0, metadata=option("seconds to connect to storage (default {default})")
+    )
+    # A refused connection or a 5xx without Retry-After is tried again after a short
+    # pause; the integration retries after that.
+    storage_attempts: int = field(
+        default=2, metadata=option("tries per request before answering 503 (default {default})")
+    )
+    weather_provider: ProviderName = field(
+        default="none",
+        metadata=option("weather when Home Assistant sends none (default {default})"),
+    )
+    openweathermap_api_key: str | None = field(
+        default=None,
+        metadata=option("OpenWeatherMap API key (for --weather-provider openweathermap)"),
+    )
+    # The current weather API lives under /data/2.5/weather.
+    openweathermap_url: str = field(
+        default=DEFAULT_OPENWEATHERMAP_URL,
+        metadata=option("OpenWeatherMap API base URL (default {default})"),
+    )
+    weather_cache_ttl_s: float = field(
+        default=900.0,
+        metadata=option("seconds a weather answer is reused per location (default {default})"),
+    )
+    # So a dead provider is not hammered.
+    weather_failure_ttl_s: float = field(
+        default=60.0,
+        metadata=option("seconds a failed weather call is remembered (default {default})"),
+    )
+    # One cache entry and one provider call per rounded location.
+    weather_location_precision: int = field(
+        default=2,
+        metadata=option(
+            "decimals locations are rounded to for weather (default {default}, about 1 km)"
+        ),
+    )
+    # Events never wait longer for weather.
+    weather_timeout_s: float = field(
+        default=2.0, metadata=option("seconds one weather call may take (default {default})")
+    )
+    # Events at the others go on with weather_status "too_many_locations".
+    weather_max_lookups: int = field(
+        default=20,
+        metadata=option(
+            "most uncached locations one batch looks up; the rest go without (default {default})"
+        ),
+    )
 
     def __post_init__(self) -> None:
         urls = tuple(_check_url(url, "storage_urls") for url in self.storage_urls)
@@ -102,33 +147,28 @@ class EnrichmentSettings:
         return self.weather_provider != "none"
 
 
-def parse_url_list(text: str) -> tuple[str, ...]:
-    """``"http://a:8004, http://b:8004"`` (a flag or env var) as ``storage_urls``."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _check_url(url: object, field: str) -> str:
+def _check_url(url: object, setting: str) -> str:
     """An http(s) base URL without query or fragment, trailing slash removed."""
     if not isinstance(url, str):
-        raise ValueError(f"{field}: {url!r} is not a URL")
+        raise ValueError(f"{setting}: {url!r} is not a URL")
     if "@" in url:
         # A password there would be shown wherever the URL is (health, stats, logs).
-        raise ValueError(f"{field}: must not hold a user name or password (user:password@)")
+        raise ValueError(f"{setting}: must not hold a user name or password (user:password@)")
     try:
         parts = urlsplit(url.strip())
         port = parts.port  # reading it checks it: "http://host:99999" raises here
     except ValueError as err:
-        raise ValueError(f"{field}: {url!r} is not a valid URL ({err})") from None
+        raise ValueError(f"{setting}: {url!r} is not a valid URL ({err})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field}: {url!r} is not an http:// or https:// URL with a host")
+        raise ValueError(f"{setting}: {url!r} is not an http:// or https:// URL with a host")
     if port == 0:
-        raise ValueError(f"{field}: {url!r} has port 0")
+        raise ValueError(f"{setting}: {url!r} has port 0")
     if parts.query or parts.fragment:
-        raise ValueError(f"{field}: {url!r} must not have a query or fragment")
+        raise ValueError(f"{setting}: {url!r} must not have a query or fragment")
     return url.strip().rstrip("/")
 
 
-def _check_positive(value: float, field: str) -> None:
+def _check_positive(value: float, setting: str) -> None:
     # Written so that NaN (which fails every comparison) is refused too.
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{field}: {value!r} is not a positive number of seconds")
+        raise ValueError(f"{setting}: {value!r} is not a positive number of seconds")

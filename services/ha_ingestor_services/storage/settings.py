@@ -1,16 +1,18 @@
 """The storage service's settings: one flat, frozen dataclass the CLI fills in.
 
-Each field's comment is its ``--help`` text. `__post_init__` checks the values and
-raises `ValueError` with a one-line message naming the setting, so a bad flag or
-environment variable stops the service before it binds its port.
+Each field's metadata holds its ``--help`` text (options.py). `__post_init__` checks
+the values and raises `ValueError` with a one-line message naming the setting, so a bad
+flag or environment variable stops the service before it binds its port.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
+
+from ha_ingestor_services.options import option
 
 Backend = Literal["sqlite", "influxdb"]
 InfluxApi = Literal["v1", "v2"]
@@ -28,43 +30,84 @@ MAX_FLUSH_INTERVAL_MS = 1_000.0
 class StorageSettings:
     """Where and how the storage service keeps events."""
 
-    # Where events are kept: "sqlite" (a local file, the default) or "influxdb".
-    backend: Backend = "sqlite"
-    # SQLite: the database file (created when missing; its folder must exist).
-    sqlite_path: str = "ha_ingestor_events.db"
-    # SQLite: "full" syncs every commit to disk (survives a power cut, the default);
-    # "normal" syncs at WAL checkpoints only (survives a crash of the service, not of the OS).
-    sqlite_synchronous: Synchronous = "full"
-    # Days to keep events; older ones are deleted (SQLite) or expire through the retention
-    # policy (InfluxDB 1.x); events older than this are rejected on arrival. 0 keeps forever.
-    retention_days: int = 0
-    # InfluxDB: base URL of the server, e.g. http://127.0.0.1:8086.
-    influx_url: str = "http://127.0.0.1:8086"
-    # InfluxDB: "v1" for InfluxDB 1.x (/write, InfluxQL), "v2" for 2.x, 3.x and Cloud (Flux).
-    influx_api: InfluxApi = "v1"
-    # InfluxDB 1.x: database, created at start when missing.
-    influx_database: str = "ha_ingestor"
-    # InfluxDB 1.x: retention policy, created (or altered) at start as the database's
-    # default, with a duration of retention_days (INF when 0).
-    influx_retention_policy: str = "ha_ingestor"
-    # InfluxDB 1.x: user name, when the server has authentication enabled.
-    influx_username: str | None = None
-    # InfluxDB 1.x: password of influx_username.
-    influx_password: str | None = None
-    # InfluxDB 2.x+: organization (name or ID).
-    influx_org: str | None = None
-    # InfluxDB 2.x+: bucket; it must exist (its retention is set in InfluxDB).
-    influx_bucket: str | None = None
-    # InfluxDB 2.x+: API token with write and read access to the bucket.
-    influx_token: str | None = None
-    # Most events written in one flush (group commit); concurrent requests share a flush.
-    flush_max_events: int = 5000
-    # Milliseconds a flush waits for more requests to join it; 0 writes at once.
-    flush_interval_ms: float = 2.0
-    # Seconds one backend call (write, query, probe) may take before storage answers 503.
-    timeout_s: float = 10.0
-    # Retry-After seconds sent with a 503 when the backend cannot take events.
-    retry_after_s: float = 5.0
+    backend: Backend = field(
+        default="sqlite", metadata=option("where events are kept (default {default})")
+    )
+    # Its folder must exist.
+    sqlite_path: str = field(
+        default="ha_ingestor_events.db",
+        metadata=option("SQLite database file, created when missing (default {default})"),
+    )
+    # "full" survives a power cut; "normal" syncs at WAL checkpoints only.
+    sqlite_synchronous: Synchronous = field(
+        default="full",
+        metadata=option(
+            "full: each commit synced to disk (default); normal: safe from a service crash only"
+        ),
+    )
+    # Older events are deleted (SQLite) or expire through the retention policy (InfluxDB
+    # 1.x), and are rejected on arrival.
+    retention_days: int = field(
+        default=0,
+        metadata=option("days to keep events; 0 keeps them forever (default {default})"),
+    )
+    influx_url: str = field(
+        default="http://127.0.0.1:8086",
+        metadata=option("InfluxDB base URL (default {default})"),
+    )
+    # v1: /write and InfluxQL; v2: Flux.
+    influx_api: InfluxApi = field(
+        default="v1",
+        metadata=option("v1 for InfluxDB 1.x; v2 for 2.x, 3.x and Cloud (default {default})"),
+    )
+    influx_database: str = field(
+        default="ha_ingestor",
+        metadata=option("InfluxDB 1.x database, created at start (default {default})"),
+    )
+    # Created (or altered) at start with a duration of retention_days (INF when 0).
+    influx_retention_policy: str = field(
+        default="ha_ingestor",
+        metadata=option("InfluxDB 1.x retention policy, made the default (default {default})"),
+    )
+    influx_username: str | None = field(
+        default=None, metadata=option("InfluxDB 1.x user, when authentication is on")
+    )
+    influx_password: str | None = field(
+        default=None, metadata=option("InfluxDB 1.x password (prefer the env var)")
+    )
+    # Name or ID.
+    influx_org: str | None = field(
+        default=None, metadata=option("InfluxDB 2.x+ organization")
+    )
+    # Its retention is set in InfluxDB.
+    influx_bucket: str | None = field(
+        default=None, metadata=option("InfluxDB 2.x+ bucket (must exist)")
+    )
+    # With write and read access to the bucket.
+    influx_token: str | None = field(
+        default=None, metadata=option("InfluxDB 2.x+ API token (prefer the env var)")
+    )
+    # Concurrent requests share a flush (group commit).
+    flush_max_events: int = field(
+        default=5000, metadata=option("most events in one group commit (default {default})")
+    )
+    # 0 writes at once.
+    flush_interval_ms: float = field(
+        default=2.0,
+        metadata=option("milliseconds a write waits for others to join it (default {default})"),
+    )
+    # Writes, queries and probes.
+    timeout_s: float = field(
+        default=10.0,
+        metadata=option(
+            "seconds a backend call may take before the answer is 503 (default {default})",
+            flag="--backend-timeout",
+        ),
+    )
+    # Sent when the backend cannot take events.
+    retry_after_s: float = field(
+        default=5.0, metadata=option("Retry-After seconds sent with a 503 (default {default})")
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from ha_ingestor_services.enrichment.settings import EnrichmentSettings, parse_url_list
+from ha_ingestor_services.enrichment.settings import EnrichmentSettings
+from ha_ingestor_services.options import comma_list
 
 
 def test_defaults() -> None:
@@ -22,7 +23,7 @@ def test_defaults() -> None:
 def test_urls_are_tidied() -> None:
     settings = EnrichmentSettings(
         storage_token="t",
-        storage_urls=parse_url_list(" http://a:8004/ , https://b.example/storage/,"),
+        storage_urls=comma_list(" http://a:8004/ , https://b.example/storage/,"),
         weather_provider="openweathermap",
         openweathermap_api_key="k",
         openweathermap_url="http://127.0.0.1:9999/",
