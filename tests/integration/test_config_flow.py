@@ -360,12 +360,12 @@ def test_translations_in_step() -> None:
     }
     # The errors say what to do: which service answered and where each one listens...
     assert config["error"]["answers_as_enrichment"].startswith(
-        "This URL answers as the enrichment pipeline (port 8002 by default). "
-        "The data storage service listens on port 8004 by default"
+        "This URL answers as the enrichment service (port 8002 by default). "
+        "The storage service listens on port 8004 by default"
     )
     assert config["error"]["answers_as_storage"].startswith(
-        "This URL answers as the data storage service (port 8004 by default). "
-        "The enrichment pipeline listens on port 8002 by default"
+        "This URL answers as the storage service (port 8004 by default). "
+        "The enrichment service listens on port 8002 by default"
     )
     # ... and how to change the entry that has the URL.
     for text in (config["error"]["storage_url_in_use"], config["abort"]["already_configured"]):
