@@ -19,6 +19,9 @@ async def make_outbox(tmp_path: Path) -> AsyncIterator[OutboxFactory]:
 
     def factory(path: Path | None = None, **kwargs: Any) -> Outbox[str]:
         kwargs.setdefault("encode", encode)
+        # Memory written as soon as it is due, at once: these tests check where records
+        # go; test_write_delay.py checks the delay itself.
+        kwargs.setdefault("write_delay", 0.0)
         outbox: Outbox[str] = Outbox(path or tmp_path / "outbox.db", **kwargs)
         made.append(outbox)
         return outbox

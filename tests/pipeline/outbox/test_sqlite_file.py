@@ -5,6 +5,7 @@ SIGKILL losing nothing committed (outbox/sqlite_file.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -184,3 +185,69 @@ async def test_sigkill_loses_nothing_committed(tmp_path: Path, make_outbox: Outb
     assert numbers[0] > acked
     assert numbers[-1] >= committed
     assert [r.seq for r in records] == sorted({r.seq for r in records})
+
+
+# -- the stored payloads and schema version 1 ------------------------------------------
+
+_VERSION_1_OUTBOX = """CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    first_failure REAL,
+    last_failure REAL
+)"""
+
+
+def test_payloads_are_packed_when_that_is_smaller() -> None:
+    envelope = (
+        b'{"event_id":"0b9d7c1e-5f7a-4a58-9d7e-3c1f2b6a8e90","timestamp":"2026-11-27T10:00:00'
+        b'.123456Z","source":"ha_ingestor","data":{"event_type":"state_changed","context":{"id'
+        b'":"01JDXYZABCDEFGHJKMNPQRSTVW","user_id":null,"parent_id":null},"entity_id":"sensor'
+        b'.kitchen_temperature","state":"21.5","attributes":{"state_class":"measurement","unit'
+        b'_of_measurement":"\xc2\xb0C","device_class":"temperature","friendly_name":"Kitchen"},'
+        b'"old_state":"21.4"},"context":{}}'
+    )
+    packed = sqlite_file.pack(envelope)
+    assert len(packed) < len(envelope) / 2.5  # the dictionary holds what repeats
+    assert sqlite_file.unpack(packed) == envelope
+    tiny = b'[7]'
+    assert sqlite_file.pack(tiny) is tiny  # packing would not make it smaller
+    assert sqlite_file.unpack(tiny) is tiny
+
+
+async def test_a_version_1_file_is_brought_to_version_2_with_its_rows(
+    make_outbox: OutboxFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(";".join([_VERSION_1_OUTBOX, sqlite_file._SCHEMA[1]]))
+    conn.execute(f"PRAGMA application_id={sqlite_file.APPLICATION_ID}")
+    conn.execute("PRAGMA user_version=1")
+    old = [(seq, f"old{seq}", b'{"id":"old%d","pad":"%s"}' % (seq, b"x" * 300)) for seq in (1, 2)]
+    conn.executemany("INSERT INTO outbox VALUES (?, ?, ?, 1, 5.0, 4.0, 4.5)", old)
+    conn.commit()
+    conn.close()
+
+    caplog.set_level(logging.INFO)
+    outbox = await opened(make_outbox, path=path)
+    assert "brought from schema version 1 to 2" in caplog.text
+    assert list(tmp_path.glob("*.corrupt-*")) == []
+    stats = await outbox.stats()
+    assert (stats.pending, stats.pending_bytes) == (2, sum(len(row[2]) for row in old))
+    outbox.append("new:500")
+    await outbox.sync()
+    records = await outbox.take(10)
+    assert [(r.event_id, r.payload, r.attempts) for r in records[:2]] == [
+        (event_id, payload, 1) for _, event_id, payload in old
+    ]
+    assert records[2].event_id == "new" and len(records[2].payload) == 500
+    await outbox.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT seq, size FROM outbox ORDER BY seq").fetchall() == [
+            (1, None),
+            (2, None),
+            (3, 500),
+        ]

@@ -13,10 +13,13 @@ crash or a restart every row in the file is ready again. Records are ordered by 
 
 Where records live:
 
-- the file (``outbox`` table): everything in ``always`` mode, and in ``on_backlog`` mode
-  once a target is down, the memory buffer is full, on ``persist()`` and on close;
-- memory: new records in ``on_backlog`` mode while delivery keeps up, and in ``always``
-  mode only while the file refuses writes (disk full), so no event is lost to that.
+- memory: every new record first. In ``always`` mode a record still there after
+  ``write_delay`` (1 s) is written to the file, so what is delivered and acked within
+  that window is never written, and what is not is on disk within it; in
+  ``on_backlog`` mode only while a target is down or the file holds a backlog. Memory
+  is also written when it is over ``memory_limit_events``, on ``persist()``, ``sync()``
+  (``always``) and on close, and stays there while the file refuses writes (disk full);
+- the file (``outbox`` table): what memory wrote, until acked.
 
 Every in-memory record is newer than every record in the file (memory is always written
 out as a whole), so FIFO holds across both: ready records in the file go first.

@@ -18,8 +18,8 @@ type DeadRow = tuple[str, bytes, str, str, str, int, float, float]
 class Durability(StrEnum):
     """When records are written to the file."""
 
-    ALWAYS = "always"  # every record, committed within ~commit_interval
-    ON_BACKLOG = "on_backlog"  # only while delivery does not keep up, and on close
+    ALWAYS = "always"  # every record not acked within write_delay, written then
+    ON_BACKLOG = "on_backlog"  # only while a target is down or behind, and on close
 
 
 class OutboxClosedError(RuntimeError):

@@ -1,16 +1,21 @@
 """The outbox's records across memory, the file and the recent tail (`Store`).
 
-Records are ordered by ``seq`` (FIFO). The file holds everything in ``always`` mode,
-and in ``on_backlog`` mode once a target is down, the memory buffer is full, on
-``persist()`` and on close; memory holds the rest, all newer than the file. Rows just
-written are also kept in a bounded tail, from which `take` hands them out without
-reading them back. Caps by count and bytes drop the oldest ready records.
+Records are ordered by ``seq`` (FIFO). New records wait in memory. In ``always`` mode
+memory is written to the file once its oldest record has waited ``write_delay``, so a
+record delivered and acked before then is never written; in ``on_backlog`` mode only
+while a target is down or the file already holds records (then also after
+``write_delay``, so writes come in groups). Memory is also written when it is over its
+limit, on ``persist()`` and on close. Memory is always written as a whole, so it stays
+newer than the file. Rows just written are also kept in a bounded tail, from which
+`take` hands them out without reading them back. Caps by count and bytes drop the
+oldest ready records.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 import sqlite3
 import sys
 import time
@@ -32,12 +37,13 @@ from .records import (
 from .sqlite_file import (
     DELETE,
     DELETE_RANGE,
-    INSERT,
     SCAN,
+    SIZE,
     insert_rows,
     open_file,
     runs,
     transaction,
+    unpack,
 )
 
 _TAIL_EVENTS = 5_000  # rows just written kept in memory too, so take() need not read them
@@ -57,6 +63,7 @@ class Store:
         max_events: int,
         max_bytes: int,
         memory_limit_events: int,
+        write_delay: float,
         max_dead_letters: int,
         max_dead_bytes: int,
         on_drop: Callable[[int], None] | None,
@@ -69,6 +76,7 @@ class Store:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.memory_limit_events = memory_limit_events
+        self.write_delay = write_delay
         self.on_drop = on_drop
         self.clock = clock
         self.logger = logger
@@ -104,6 +112,10 @@ class Store:
         self.mem_ready: deque[Row] = deque()
         self.mem_inflight: dict[int, Row] = {}
         self.mem_bytes = 0
+        # (first seq, time.monotonic()) of each group of records added to memory, oldest
+        # first: when memory's oldest record arrived, so when memory is due to be written.
+        self.arrivals: deque[tuple[int, float]] = deque()
+        self.inflight_low: int | None = None  # lowest seq in mem_inflight, when known
         # Counters since open.
         self.appended = 0
         self.acked = 0
@@ -120,7 +132,7 @@ class Store:
     def open(self) -> None:
         self.conn = conn = open_file(self.path, self.logger)
         count, total, max_seq = conn.execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(seq), 0) FROM outbox"
+            f"SELECT count(*), coalesce(sum({SIZE}), 0), coalesce(max(seq), 0) FROM outbox"
         ).fetchone()
         self.disk_count, self.disk_bytes = count, total
         self.next_seq = max_seq + 1
@@ -201,46 +213,79 @@ class Store:
     # -- adding ------------------------------------------------------------------------
 
     def add(self, rows: list[Row], nbytes: int) -> None:
-        """New records: the newest of all, so they join the memory tail, then maybe the file."""
+        """New records: the newest of all, so they join memory, to be written when due."""
         self.mem_ready.extend(rows)
         self.mem_bytes += nbytes
         self.appended += len(rows)
+        self.arrivals.append((rows[0][0], time.monotonic()))
         self.enforce_caps()  # before writing, so records dropped at once cost no I/O
-        if self._should_spill():
-            try:
-                self.spill()
-            except sqlite3.Error as err:
-                # Keep them in memory (delivery goes on from there) and try again soon.
-                self.disk_retry_at = time.monotonic() + _DISK_RETRY
-                self.log_limited(
-                    "write",
-                    logging.ERROR,
-                    "Outbox %s: cannot write to the file (%s); keeping %d events in memory",
-                    self.path,
-                    err,
-                    self.mem_count,
-                )
+        self.write_if_due()
 
-    def retry_write(self) -> None:
-        """Write memory out once the file accepts writes again (``always`` mode, disk full)."""
-        if not self.disk_retry_at or time.monotonic() < self.disk_retry_at:
+    def write_if_due(self, *, now: bool = False) -> None:
+        """Write memory to the file when it is due (see the module docstring), or ``now``.
+
+        A refused write keeps memory as it is and is tried again after `_DISK_RETRY`.
+        """
+        if not (now and self.mem_count) and not self._should_spill():
             return
-        self.disk_retry_at = 0.0
-        if self._should_spill():
-            try:
-                self.spill()
-            except sqlite3.Error:
-                self.disk_retry_at = time.monotonic() + _DISK_RETRY
+        try:
+            self.spill()
+        except sqlite3.Error as err:
+            # Keep them in memory (delivery goes on from there) and try again soon.
+            self.disk_retry_at = time.monotonic() + _DISK_RETRY
+            self.log_limited(
+                "write",
+                logging.ERROR,
+                "Outbox %s: cannot write to the file (%s); keeping %d events in memory",
+                self.path,
+                err,
+                self.mem_count,
+            )
+
+    def next_write_at(self) -> float | None:
+        """The ``time.monotonic()`` at which `write_if_due` has work, None if never."""
+        if not self.mem_count:
+            return None
+        due = self._write_due_at() if self._writes_memory() else math.inf
+        if self.mem_count > self.memory_limit_events:
+            due = 0.0
+        due = max(due, self.disk_retry_at)
+        return None if due == math.inf else due
 
     def _should_spill(self) -> bool:
-        if not self.mem_count or time.monotonic() < self.disk_retry_at:
-            return False
+        due = self.next_write_at()
+        return due is not None and time.monotonic() >= due
+
+    def _writes_memory(self) -> bool:
+        """Whether memory is written once due; otherwise only when over its limit."""
         return (
             self.durability is Durability.ALWAYS
             or self.backlogged
-            or self.disk_count > 0  # keep memory newer than the file
-            or self.mem_count > self.memory_limit_events
+            or self.disk_count > 0  # the file holds a backlog: keep new records there too
         )
+
+    def _write_due_at(self) -> float:
+        """When memory's oldest record has waited `write_delay` (inf when memory is empty)."""
+        oldest = self._oldest_memory_seq()
+        if oldest is None:
+            return math.inf
+        arrivals = self.arrivals
+        while len(arrivals) > 1 and arrivals[1][0] <= oldest:
+            arrivals.popleft()
+        return arrivals[0][1] + self.write_delay
+
+    def _oldest_memory_seq(self) -> int | None:
+        heads: list[int] = []
+        if self.mem_returned:
+            heads.append(self.mem_returned[0][0])
+        if self.mem_ready:
+            heads.append(self.mem_ready[0][0])
+        if self.mem_inflight:
+            low = self.inflight_low
+            if low is None or low not in self.mem_inflight:
+                low = self.inflight_low = min(self.mem_inflight)
+            heads.append(low)
+        return min(heads) if heads else None
 
     def _memory_rows(self) -> list[Row]:
         return [*self.mem_returned, *self.mem_ready, *self.mem_inflight.values()]
@@ -254,6 +299,8 @@ class Store:
         self.mem_ready.clear()
         self.mem_inflight.clear()
         self.mem_bytes = 0
+        self.arrivals.clear()
+        self.inflight_low = None
         self.oldest_dirty = True
         self.disk_retry_at = 0.0
 
@@ -302,7 +349,7 @@ class Store:
             freed = 0
             last = self.cursor
             cursor = self.db.execute(
-                "SELECT seq, length(payload) FROM outbox WHERE seq > ? ORDER BY seq",
+                f"SELECT seq, {SIZE} FROM outbox WHERE seq > ? ORDER BY seq",
                 (self.cursor,),
             )
             try:
@@ -386,6 +433,8 @@ class Store:
             else:
                 self.mem_ready.popleft()
             self.mem_inflight[row[0]] = row
+            if self.inflight_low is not None and row[0] < self.inflight_low:
+                self.inflight_low = row[0]  # a returned row, older than those in flight
             taken.append(OutboxRecord(row[0], row[1], row[2], row[3], row[4]))
             total += size
             if len(taken) >= max_events:
@@ -401,7 +450,10 @@ class Store:
                 seq = row[0]
                 if seq in self.disk_inflight:
                     continue
-                size = len(row[2])
+                payload = unpack(row[2])
+                if payload is not row[2]:
+                    row = (seq, row[1], payload, row[3], row[4], row[5], row[6])
+                size = len(payload)
                 if taken and total + size > budget:
                     return -1
                 self.disk_inflight[seq] = row
@@ -542,8 +594,8 @@ class Store:
             ]
             memory = self._memory_rows()
             with transaction(self.db) as conn:
-                conn.executemany(INSERT, memory)  # first, so memory stays the newest
-                conn.executemany(INSERT, new)
+                insert_rows(conn, memory)  # first, so memory stays the newest
+                insert_rows(conn, new)
                 conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
             self._forget_tail()
             if memory:

@@ -80,6 +80,7 @@ class Outbox(Generic[T]):
         max_events: int = 1_000_000,
         max_bytes: int = 512 * 1024 * 1024,
         memory_limit_events: int = 10_000,
+        write_delay: float = 1.0,
         commit_interval: float = 0.1,
         busy_rest: float = 10.0,
         max_rest_lag: float = 5.0,
@@ -116,6 +117,7 @@ class Outbox(Generic[T]):
             max_events=max_events,
             max_bytes=max_bytes,
             memory_limit_events=memory_limit_events,
+            write_delay=write_delay,
             max_dead_letters=max_dead_letters,
             max_dead_bytes=max_dead_bytes,
             on_drop=on_drop,
@@ -324,12 +326,14 @@ class Outbox(Generic[T]):
         await self._call(self._store.spill)
 
     async def sync(self) -> int:
-        """Return once everything appended before the call is stored (committed to the
-        file in ``always`` mode); returns the number of pending records."""
+        """Return once everything appended before the call is stored (written to the
+        file now in ``always`` mode); returns the number of pending records."""
         return await self._call(self._drained_pending)
 
     def _drained_pending(self) -> int:
         self._drain()
+        if self._store.durability is Durability.ALWAYS:
+            self._store.write_if_due(now=True)
         return self._store.pending
 
     async def stats(self) -> OutboxStats:
@@ -363,8 +367,9 @@ class Outbox(Generic[T]):
                 if self._intake:  # left over by a drain that gave way or rests
                     rest = self._resume_at - time.monotonic()
                     command = get(timeout=rest) if rest > 0 else self._commands.get_nowait()
-                elif store.disk_retry_at:  # after a refused write, try again by ourselves
-                    command = get(timeout=max(0.0, store.disk_retry_at - time.monotonic()))
+                elif (due := store.next_write_at()) is not None:
+                    # Memory is to be written then (or the file refused a write: retry).
+                    command = get(timeout=max(0.0, due - time.monotonic()))
                 else:
                     command = get()
             except queue.Empty:
@@ -378,7 +383,7 @@ class Outbox(Generic[T]):
                 # Give way to waiting commands between transactions, so a take or an ack
                 # is not held up behind a long stream of arrivals.
                 self._drain(give_way=True)
-                store.retry_write()
+                store.write_if_due()
             except Exception:  # never let the thread die: every caller would hang
                 self._logger.exception("Outbox %s: unexpected error", self.path)
             if command is None:
