@@ -145,7 +145,7 @@ async def _fire(hass: HomeAssistant, rate: float, seconds: float) -> int:
 
 
 async def _subscribe(
-    hass: HomeAssistant, scenario: Scenario, target: str
+    hass: HomeAssistant, scenario: Scenario, target: str, options: dict[str, Any]
 ) -> MockConfigEntry | None:
     if scenario.subscriber == "recorder":
         # What Home Assistant's bootstrap does before any integration is set up.
@@ -162,7 +162,7 @@ async def _subscribe(
     assert await async_setup_component(hass, "http", {"http": http})
     data = {CONF_STORAGE_URL: target, CONF_API_TOKEN: "bench", CONF_VERIFY_SSL: True}
     entry = MockConfigEntry(
-        domain=DOMAIN, data=data, options={CONF_DURABILITY: scenario.durability}
+        domain=DOMAIN, data=data, options={**options, CONF_DURABILITY: scenario.durability}
     )
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
@@ -170,11 +170,13 @@ async def _subscribe(
     return entry
 
 
-async def run_scenario(scenario: Scenario, target: str, seconds: float) -> dict[str, Any]:
+async def run_scenario(
+    scenario: Scenario, target: str, seconds: float, options: dict[str, Any]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as config_dir:
         async with async_test_home_assistant(config_dir=config_dir) as hass:
             hass.data.pop(loader.DATA_CUSTOM_COMPONENTS)
-            entry = await _subscribe(hass, scenario, target)
+            entry = await _subscribe(hass, scenario, target, options)
             await asyncio.sleep(2.0)  # set-up writes and start-up work settle first
             fsyncs = _Fsyncs()
             written, cpu = _write_bytes(), time.process_time()
@@ -202,7 +204,9 @@ async def run_scenario(scenario: Scenario, target: str, seconds: float) -> dict[
     return figures
 
 
-def _in_subprocess(scenario: Scenario, target: str, seconds: float) -> dict[str, Any]:
+def _in_subprocess(
+    scenario: Scenario, target: str, seconds: float, options: list[str]
+) -> dict[str, Any]:
     output = subprocess.run(
         [
             sys.executable,
@@ -213,6 +217,7 @@ def _in_subprocess(scenario: Scenario, target: str, seconds: float) -> dict[str,
             target,
             "--seconds",
             str(seconds),
+            *(f"--option={option}" for option in options),
         ],
         check=True,
         capture_output=True,
@@ -223,20 +228,23 @@ def _in_subprocess(scenario: Scenario, target: str, seconds: float) -> dict[str,
     return figures
 
 
-def run(seconds: float) -> dict[str, dict[str, Any]]:
+def run(seconds: float, only: set[str], options: list[str]) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with running_sink(free_port()) as healthy, running_sink(free_port(), delay=0.2) as slow:
         targets = {"healthy": healthy, "slow": slow, "down": down}
         for scenario in SCENARIOS:
-            results[scenario.name] = _in_subprocess(scenario, targets[scenario.target], seconds)
+            if only and scenario.name not in only:
+                continue
+            target = targets[scenario.target]
+            results[scenario.name] = _in_subprocess(scenario, target, seconds, options)
             print(f"{scenario.name}: {results[scenario.name]}", flush=True)
     return results
 
 
 def summary(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     def figure(name: str, key: str) -> float:
-        value = results[name][key]
+        value = results.get(name, {}).get(key)
         return float("nan") if value is None else float(value)
 
     return {
@@ -292,15 +300,27 @@ def _print(results: dict[str, dict[str, Any]], figures: dict[str, float]) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=SECONDS, help="firing time per scenario")
+    parser.add_argument(
+        "--only", default="", help="comma-separated scenarios to run (default: all)"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an HA Ingestor option for its scenarios, e.g. linger_ms=5 (repeatable)",
+    )
     parser.add_argument("--scenario", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.scenario:
         name, target = args.scenario
         scenario = next(s for s in SCENARIOS if s.name == name)
-        print(json.dumps(asyncio.run(run_scenario(scenario, target, args.seconds))))
+        options = {key: int(value) for key, _, value in (o.partition("=") for o in args.option)}
+        print(json.dumps(asyncio.run(run_scenario(scenario, target, args.seconds, options))))
         return
-    results = run(args.seconds)
+    only = {name for name in args.only.split(",") if name}
+    results = run(args.seconds, only, args.option)
     figures = summary(results)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "

@@ -57,7 +57,10 @@ class Route:
 class ForwarderConfig:
     batch_size: int = 500
     batch_bytes: int = 4 * 1024 * 1024
-    linger: float = 0.005  # wait this long for a batch to fill when fewer are ready
+    # A batch that is not full goes once its oldest event has waited this long: one
+    # request, transaction and wake-up for many events (CPU per event, see
+    # docs/ARCHITECTURE.md), at a latency nobody sees on a dashboard.
+    linger: float = 0.2
     use_fallback: bool = True
     backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base=1.0, cap=300.0))
     stop_timeout: float = 5.0  # how long stop() lets the batch in flight finish
@@ -296,7 +299,8 @@ class EventForwarder:
                 self._retry_at = None
 
     async def _wait_for_events(self) -> None:
-        """Wait for work, then linger briefly so a batch can fill."""
+        """Wait for work, then linger so a batch can fill: until the oldest waiting event
+        has waited ``linger`` (events that waited while a batch was in flight go at once)."""
         ready = asyncio.ensure_future(self._outbox.wait_ready())
         woken = asyncio.ensure_future(self._wake.wait())
         try:
@@ -307,8 +311,11 @@ class EventForwarder:
         if self._wake.is_set():
             self._wake.clear()
             return
-        if self.config.linger > 0 and self._outbox.ready_hint() < self._batch_limit:
-            await self._sleep(self.config.linger)
+        linger = self.config.linger
+        if linger > 0 and self._outbox.ready_hint() < self._batch_limit:
+            oldest = self._outbox.stats_nowait().oldest_enqueued_at
+            waited = 0.0 if oldest is None else self._clock() - oldest
+            await self._sleep(min(linger, linger - waited))
 
     async def _sleep(self, delay: float) -> None:
         """Sleep, but wake early for flush, resume, reauth or stop."""

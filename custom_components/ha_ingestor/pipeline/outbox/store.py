@@ -272,7 +272,7 @@ class Store:
         arrivals = self.arrivals
         while len(arrivals) > 1 and arrivals[1][0] <= oldest:
             arrivals.popleft()
-        return arrivals[0][1] + self.write_delay
+        return arrivals[0][1] + self.write_delay if arrivals else 0.0
 
     def _oldest_memory_seq(self) -> int | None:
         heads: list[int] = []
