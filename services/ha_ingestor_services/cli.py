@@ -223,13 +223,15 @@ Plan = list[tuple[str, web.Application, int]]
 def _plan_enrichment(args: argparse.Namespace, server: _Server) -> Plan:
     service = EnrichmentService(_enrichment_settings(args, server))
     app = create_app(service, token=server.token, limits=server.limits)
-    return [("enrichment", app, *_ports(args))]
+    (port,) = _ports(args)
+    return [("enrichment", app, port)]
 
 
 def _plan_storage(args: argparse.Namespace, server: _Server) -> Plan:
     service = StorageService(_storage_settings(args))
     app = create_app(service, token=server.token, limits=server.limits)
-    return [("storage", app, *_ports(args))]
+    (port,) = _ports(args)
+    return [("storage", app, port)]
 
 
 def _plan_stack(args: argparse.Namespace, server: _Server) -> Plan:

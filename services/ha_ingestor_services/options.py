@@ -31,7 +31,7 @@ def option(
 ) -> dict[str, Any]:
     """A settings field's metadata: its ``--help`` text; a flag, metavar or reader
     only where the derived one will not do."""
-    given = {_FLAG: flag, _METAVAR: metavar, _PARSE: parse}
+    given: dict[str, Any] = {_FLAG: flag, _METAVAR: metavar, _PARSE: parse}
     return {_HELP: help} | {key: value for key, value in given.items() if value is not None}
 
 

@@ -76,9 +76,7 @@ class StorageSettings:
         default=None, metadata=option("InfluxDB 1.x password (prefer the env var)")
     )
     # Name or ID.
-    influx_org: str | None = field(
-        default=None, metadata=option("InfluxDB 2.x+ organization")
-    )
+    influx_org: str | None = field(default=None, metadata=option("InfluxDB 2.x+ organization"))
     # Its retention is set in InfluxDB.
     influx_bucket: str | None = field(
         default=None, metadata=option("InfluxDB 2.x+ bucket (must exist)")
