@@ -11,11 +11,11 @@ from homeassistant.core import Event, HomeAssistant
 from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
 
+from .actions import async_setup_actions
 from .const import DOMAIN, LOGGER
-from .coordinator import IngestorConfigEntry, IngestorData, IngestorCoordinator
+from .coordinator import IngestorConfigEntry, IngestorCoordinator, IngestorData
 from .http import async_register_views
 from .runtime import IngestorRuntime, outbox_path
-from .actions import async_setup_actions
 
 if TYPE_CHECKING:
     from homeassistant.config_entries import ConfigEntry

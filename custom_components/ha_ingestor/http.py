@@ -30,12 +30,12 @@ from homeassistant.core import HomeAssistant, callback
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.helpers.http import KEY_HASS, HomeAssistantView
 
+from .actions import ATTR_CONFIG_ENTRY_ID, FORWARD_EVENT_SCHEMA, async_get_loaded_entry
 from .const import DOMAIN
 from .coordinator import build_snapshot
 from .forward import ATTR_EVENT_DATA, ATTR_EVENT_TYPE, ForwardError, async_forward_event
 from .pipeline.envelope import PAYLOAD_TOO_LARGE, VALIDATION_ERROR, error_response, utc_now_iso
 from .pipeline.forwarder import ForwarderState
-from .actions import ATTR_CONFIG_ENTRY_ID, FORWARD_EVENT_SCHEMA, async_get_loaded_entry
 
 if TYPE_CHECKING:
     from homeassistant.auth.models import User

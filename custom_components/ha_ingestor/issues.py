@@ -168,9 +168,7 @@ def _service_issue(snapshot: IngestorSnapshot, service: ServiceHealth) -> _Issue
     )
 
 
-def _create(
-    hass: HomeAssistant, entry: IngestorConfigEntry, issue_id: str, issue: _Issue
-) -> None:
+def _create(hass: HomeAssistant, entry: IngestorConfigEntry, issue_id: str, issue: _Issue) -> None:
     ir.async_create_issue(
         hass,
         DOMAIN,

@@ -43,9 +43,7 @@ class DeadLettersRepairFlow(RepairsFlow):
         return await self._async_act(replay=False)
 
     async def _async_act(self, *, replay: bool) -> FlowResult:
-        entry: IngestorConfigEntry | None = self.hass.config_entries.async_get_entry(
-            self._entry_id
-        )
+        entry: IngestorConfigEntry | None = self.hass.config_entries.async_get_entry(self._entry_id)
         if entry is None or entry.state is not ConfigEntryState.LOADED:
             return self.async_abort(reason="entry_not_loaded")  # type: ignore[return-value, unused-ignore]
         outbox = entry.runtime_data.runtime.outbox

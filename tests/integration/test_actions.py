@@ -14,10 +14,6 @@ from homeassistant.exceptions import HomeAssistantError, ServiceValidationError
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 import custom_components.ha_ingestor
-from custom_components.ha_ingestor.const import (
-    DOMAIN,
-)
-from custom_components.ha_ingestor.pipeline.forwarder import ForwarderState
 from custom_components.ha_ingestor.actions import (
     ACTION_FLUSH,
     ACTION_FORWARD_EVENT,
@@ -26,6 +22,10 @@ from custom_components.ha_ingestor.actions import (
     ACTION_REPLAY_DEAD_LETTERS,
     ACTION_RESUME,
 )
+from custom_components.ha_ingestor.const import (
+    DOMAIN,
+)
+from custom_components.ha_ingestor.pipeline.forwarder import ForwarderState
 from tests.integration.common import make_entry, refuse, setup_entry, unload
 from tests.integration.conftest import TOKEN
 from tests.pipeline.fault_server import BATCH_PATH, EVENT_PATH, REJECT_MARKER, Fault, FaultServer

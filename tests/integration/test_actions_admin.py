@@ -11,7 +11,6 @@ import pytest
 from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import Unauthorized
 
-from custom_components.ha_ingestor.const import DOMAIN
 from custom_components.ha_ingestor.actions import (
     ACTION_FLUSH,
     ACTION_FORWARD_EVENT,
@@ -21,6 +20,7 @@ from custom_components.ha_ingestor.actions import (
     ACTION_RESUME,
     AdminRequired,
 )
+from custom_components.ha_ingestor.const import DOMAIN
 from tests.integration.common import flush, make_entry, setup_entry, unload
 
 if TYPE_CHECKING:

@@ -19,6 +19,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from homeassistant.config_entries import ConfigEntryState
 
+from custom_components.ha_ingestor.actions import (
+    ACTION_FLUSH,
+    ACTION_FORWARD_EVENT,
+    ACTION_PAUSE,
+    ACTION_PURGE_DEAD_LETTERS,
+    ACTION_REPLAY_DEAD_LETTERS,
+    ACTION_RESUME,
+)
 from custom_components.ha_ingestor.const import (
     ALL_EVENTS,
     CONF_BATCH_SIZE,
@@ -28,14 +36,6 @@ from custom_components.ha_ingestor.const import (
     CONF_EXCLUDE_DOMAINS,
     CONF_WEATHER_ENTITY,
     DOMAIN,
-)
-from custom_components.ha_ingestor.actions import (
-    ACTION_FLUSH,
-    ACTION_FORWARD_EVENT,
-    ACTION_PAUSE,
-    ACTION_PURGE_DEAD_LETTERS,
-    ACTION_REPLAY_DEAD_LETTERS,
-    ACTION_RESUME,
 )
 from tests.integration.common import flush, make_entry, setup_entry, tick, unload
 from tests.pipeline.fault_server import REJECT_MARKER
