@@ -9,8 +9,9 @@ moment:
 - a plan of faults, one per request, in order: ``add_faults(Fault.answer(503), ...)`` or
   the shortcut ``fail_next(3, 503, retry_after=2)``; the kinds are ``Fault.answer``
   (any status, Retry-After as seconds or a datetime), ``Fault.slow`` (answer late),
-  ``Fault.reset`` (drop the connection mid-request) and ``Fault.fail_after_store``
-  (store, then answer an error); a fault without ``path`` hits the events paths only;
+  ``Fault.reset`` (drop the connection mid-request), ``Fault.fail_after_store``
+  (store, then answer an error) and ``Fault.slow_after_store`` (store, then answer
+  late); a fault without ``path`` hits the events paths only;
 - random faults with a seeded RNG: ``set_random_faults(0.3, Fault.answer(500), ...)``;
 - per-event rejection: ``reject(event_id, ...)``, or events whose ``data`` (or
   ``data.attributes``) holds the key `REJECT_MARKER`;
@@ -64,6 +65,7 @@ class FaultKind(StrEnum):
     DELAY = "delay"  # wait `delay` seconds, then answer normally
     RESET = "reset"  # read a little of the request, then drop the connection
     FAIL_AFTER_STORE = "fail_after_store"  # store the events, then answer `status`
+    SLOW_AFTER_STORE = "slow_after_store"  # store the events, answer after `delay`
 
 
 RetryAfter = float | int | str | datetime | None
@@ -108,6 +110,12 @@ class Fault:
     ) -> Fault:
         """Store the events, then answer an error: the at-least-once case."""
         return cls(FaultKind.FAIL_AFTER_STORE, status, _retry_after(retry_after), path=path)
+
+    @classmethod
+    def slow_after_store(cls, seconds: float, *, path: str | None = None) -> Fault:
+        """Store the events, then answer normally after ``seconds``: a sender that dies
+        meanwhile sends them again."""
+        return cls(FaultKind.SLOW_AFTER_STORE, delay=seconds, path=path)
 
     def applies_to(self, path: str) -> bool:
         return path in EVENT_PATHS if self.path is None else path == self.path
@@ -345,6 +353,9 @@ class FaultServer:
         results = [self._store(event) for event in events]
         if fault is not None and fault.kind is FaultKind.FAIL_AFTER_STORE:
             return self._fault_answer(record, fault)
+        if fault is not None and fault.kind is FaultKind.SLOW_AFTER_STORE:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), fault.delay)
         return self._json(
             record,
             {

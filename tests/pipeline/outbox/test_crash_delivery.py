@@ -6,10 +6,11 @@ New records wait in memory and reach the file only once the oldest has waited
 ``write_delay``, and nothing older: it was either delivered or in the file. A child
 process (outbox_forwarder_child.py) appends events at a steady rate to an outbox with
 its defaults (durability ``always``, ``write_delay`` 1.0 s) and forwards them, small
-batches, to a receiver here that answers each batch after 0.3-0.5 s, so a backlog
-builds up: the oldest records are in the file, the newest in memory, one batch in
-flight. The child is killed with SIGKILL; an outbox and a forwarder here open the same
-file and drain it to the receiver, now fast.
+batches, to a receiver here that stores each batch at once and answers 0.3-0.5 s later,
+so a backlog builds up: the oldest records are in the file, the newest in memory, one
+batch in flight (already stored: the restart sends it again). The child is killed with
+SIGKILL; an outbox and a forwarder here open the same file and drain it to the receiver,
+now fast.
 
 Timing is only ever asserted with a margin on the safe side: an event counts as "must
 arrive" only when it was appended more than ``write_delay`` + `MARGIN` before the kill
@@ -71,8 +72,8 @@ async def test_sigkill_loses_nothing_older_than_the_write_delay(
     path = tmp_path / "outbox.db"
     report = tmp_path / "appended.txt"
     log = tmp_path / "child.log"
-    # Every batch is answered after 0.3, 0.4 or 0.5 s (seeded).
-    slow = (Fault.slow(0.3), Fault.slow(0.4), Fault.slow(0.5))
+    # Every batch is stored, then answered after 0.3, 0.4 or 0.5 s (seeded).
+    slow = tuple(Fault.slow_after_store(seconds) for seconds in (0.3, 0.4, 0.5))
     fault_server.set_random_faults(1.0, *slow, seed=12)
     with log.open("wb") as output:
         arguments = [str(path), fault_server.url, str(report), str(RATE), str(BATCH)]
@@ -94,7 +95,7 @@ async def test_sigkill_loses_nothing_older_than_the_write_delay(
         await asyncio.to_thread(child.wait, 30)
     assert child.returncode == -signal.SIGKILL, log.read_text()
 
-    # The batch in flight may still be stored by its slow answer; let it end.
+    # Let the slow answer to the batch in flight end; from now on answers come at once.
     fault_server.clear_faults()
     await asyncio.sleep(1.0)
     stored_before = len(fault_server.stored_ids)
