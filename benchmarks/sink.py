@@ -2,7 +2,10 @@
 
 Runs in its own process (`python -m benchmarks.sink PORT`) so its work does not share
 the sender's event loop or GIL. Prints "ready" once listening. `GET /api/v1/health`
-answers how many events arrived and how many distinct event ids among them.
+answers how many events arrived and how many distinct event ids among them
+(`distinct_ids` reads the latter): the benchmarks count what was delivered here, at the
+receiver, not from the sender's own metrics. An event is counted before its batch is
+answered, so once the sender has its answer the count holds it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -65,6 +69,13 @@ async def main(port: int, delay: float = 0.0) -> None:
     await runner.cleanup()
     counts = app[COUNTS]
     print(orjson.dumps({"received": counts.received, "unique": len(counts.ids)}).decode())
+
+
+def distinct_ids(url: str) -> int:
+    """How many distinct event ids the sink at ``url`` has received so far."""
+    with urllib.request.urlopen(url + HEALTH_PATH, timeout=10) as answer:
+        count: int = orjson.loads(answer.read())["unique"]
+        return count
 
 
 @contextlib.contextmanager
