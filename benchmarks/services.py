@@ -4,7 +4,9 @@
 - the enrichment (warm weather cache, from a local stand-in for OpenWeatherMap) in front
   of storage on SQLite: events/s end to end;
 - p99 per batch of 500 (the enrichment path: it includes the storage write) and the
-  services' peak RSS.
+  services' peak RSS;
+- checks: the rows in each SQLite file and the points in influxd must equal the events
+  sent (warm-up included); the run fails otherwise. They are in the JSON line too.
 
 The services run as separate processes (``python -m ha_ingestor_services.cli``), as they
 do for users; this process only posts pre-encoded batches, several at once, the way a
@@ -51,6 +53,8 @@ TARGETS = {
     "storage_influxdb_v1_per_s": 10_000,
     "enrichment_per_s": 15_000,
 }
+WARM_UP = BATCH * 4  # events posted before each measurement
+STORED_CHECKS = ("sqlite_rows", "influxdb_points", "enriched_rows")  # each = events sent
 
 
 def batches(count: int, start: int) -> list[bytes]:
@@ -147,9 +151,9 @@ def p99(latencies: list[float]) -> float:
 async def measure(
     session: aiohttp.ClientSession, url: str, count: int, start: int
 ) -> tuple[float, list[float]]:
-    """Warm up with a few batches, then measure ``count`` events."""
-    await drive(session, url, batches(BATCH * 4, start))
-    return await drive(session, url, batches(count, start + BATCH * 4))
+    """Warm up with `WARM_UP` events, then measure ``count`` events."""
+    await drive(session, url, batches(WARM_UP, start))
+    return await drive(session, url, batches(count, start + WARM_UP))
 
 
 @contextlib.asynccontextmanager
@@ -203,7 +207,7 @@ async def run(count: int, folder: Path) -> tuple[dict[str, float], dict[str, flo
             peak_rss.append(storage.peak_rss_mb())
         checks["sqlite_rows"] = sqlite_rows(database)
         # The file after the service stopped (its WAL checkpointed): disk per stored event.
-        checks["sqlite_bytes_per_event"] = database.stat().st_size / checks["sqlite_rows"]
+        checks["sqlite_bytes_per_event"] = database.stat().st_size / max(1, checks["sqlite_rows"])
 
         with running_influxd() as influxd:
             figures["storage_influxdb_v1_per_s"], latencies = await _influx_round(
@@ -268,6 +272,16 @@ async def _influx_round(
         return result
 
 
+def failed_checks(checks: dict[str, float], count: int) -> list[str]:
+    """The stored counts that differ from the events sent to that service."""
+    sent = count + WARM_UP
+    return [
+        f"{name} {checks[name]:,.0f}, expected {sent:,}"
+        for name in STORED_CHECKS
+        if checks[name] != sent
+    ]
+
+
 def print_table(figures: dict[str, float], checks: dict[str, float], count: int) -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -283,8 +297,13 @@ def print_table(figures: dict[str, float], checks: dict[str, float], count: int)
             "" if target is None else f">= {target:,} " + ("met" if value >= target else "MISSED")
         )
         print(f"{name:<36}{value:>14,.1f}  {verdict}")
+    sent = count + WARM_UP
     for name, value in checks.items():
-        print(f"{name:<36}{value:>14,.0f}  (check)")
+        if name in STORED_CHECKS:
+            verdict = f"== {sent:,} sent " + ("met" if value == sent else "MISSED")
+        else:
+            verdict = "(check)"
+        print(f"{name:<36}{value:>14,.0f}  {verdict}")
 
 
 def main() -> None:
@@ -296,7 +315,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-services-") as folder:
         figures, checks = asyncio.run(run(args.events, Path(folder)))
     print_table(figures, checks, args.events)
-    print(json.dumps({name: round(value, 2) for name, value in figures.items()}))
+    print(json.dumps({name: round(value, 2) for name, value in (figures | checks).items()}))
+    if failed := failed_checks(checks, args.events):
+        sys.exit("stored counts differ from the events sent: " + "; ".join(failed))
 
 
 if __name__ == "__main__":
