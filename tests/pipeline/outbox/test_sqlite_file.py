@@ -212,7 +212,7 @@ def test_payloads_are_packed_when_that_is_smaller() -> None:
     packed = sqlite_file.pack(envelope)
     assert len(packed) < len(envelope) / 2.5  # the dictionary holds what repeats
     assert sqlite_file.unpack(packed) == envelope
-    tiny = b'[7]'
+    tiny = b"[7]"
     assert sqlite_file.pack(tiny) is tiny  # packing would not make it smaller
     assert sqlite_file.unpack(tiny) is tiny
 
@@ -242,7 +242,7 @@ async def test_a_version_1_file_is_brought_to_version_2_with_its_rows(
     assert [(r.event_id, r.payload, r.attempts) for r in records[:2]] == [
         (event_id, payload, 1) for _, event_id, payload in old
     ]
-    assert records[2].event_id == "new" and len(records[2].payload) == 500
+    assert (records[2].event_id, len(records[2].payload)) == ("new", 500)
     await outbox.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -446,13 +446,12 @@ class Store:
         total = 0
         cursor = self.db.execute(SCAN, (self.cursor,))  # read lazily, never the whole file
         try:
-            for row in cursor:
-                seq = row[0]
+            for stored in cursor:
+                seq = stored[0]
                 if seq in self.disk_inflight:
                     continue
-                payload = unpack(row[2])
-                if payload is not row[2]:
-                    row = (seq, row[1], payload, row[3], row[4], row[5], row[6])
+                payload = unpack(stored[2])
+                row = stored if payload is stored[2] else (seq, stored[1], payload, *stored[3:])
                 size = len(payload)
                 if taken and total + size > budget:
                     return -1
