@@ -209,12 +209,12 @@ def test_payloads_are_packed_when_that_is_smaller() -> None:
         b'_of_measurement":"\xc2\xb0C","device_class":"temperature","friendly_name":"Kitchen"},'
         b'"old_state":"21.4"},"context":{}}'
     )
-    packed = sqlite_file.pack(envelope)
+    packed = sqlite_file.pack_payload(envelope)
     assert len(packed) < len(envelope) / 2.5  # the dictionary holds what repeats
-    assert sqlite_file.unpack(packed) == envelope
+    assert sqlite_file.unpack_payload(packed) == envelope
     tiny = b"[7]"
-    assert sqlite_file.pack(tiny) is tiny  # packing would not make it smaller
-    assert sqlite_file.unpack(tiny) is tiny
+    assert sqlite_file.pack_payload(tiny) is tiny  # packing would not make it smaller
+    assert sqlite_file.unpack_payload(tiny) is tiny
 
 
 async def test_a_version_1_file_is_brought_to_version_2_with_its_rows(

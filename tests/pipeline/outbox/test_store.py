@@ -242,10 +242,10 @@ async def test_write_failure_keeps_records_in_memory(
     real_spill = store.Store.spill
     failures: list[Exception] = []
 
-    def flaky_spill(the_store: Any) -> None:
+    def flaky_spill(the_store: Any, **kwargs: Any) -> None:
         if failures:
             raise failures.pop()
-        real_spill(the_store)
+        real_spill(the_store, **kwargs)
 
     monkeypatch.setattr(store.Store, "spill", flaky_spill)
     failures.append(sqlite3.OperationalError("database or disk is full"))

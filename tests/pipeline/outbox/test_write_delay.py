@@ -8,13 +8,17 @@ writes later, never earlier) and "written" by polling with a generous bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
 from custom_components.ha_ingestor.pipeline.outbox import Durability, Outbox
 from tests.pipeline.outbox.helpers import (
     OutboxFactory,
+    drain_ids,
     ids_of,
     opened,
     rows_in_file,
@@ -144,3 +148,24 @@ async def test_close_writes_memory_before_it_is_due(
     await outbox.take(1)
     await outbox.close()
     assert rows_in_file(outbox.path) == 2
+
+
+def _stored_payloads(path: Path) -> list[bytes]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [row[0] for row in conn.execute("SELECT payload FROM outbox ORDER BY seq")]
+
+
+async def test_what_waited_is_packed_a_burst_over_the_memory_limit_is_not(
+    make_outbox: OutboxFactory,
+) -> None:
+    outbox = await opened(make_outbox, write_delay=0.1, memory_limit_events=10)
+    outbox.append_many(f"burst{i}:300" for i in range(11))  # over the limit: at once
+    assert (await outbox.stats()).on_disk == 11
+    assert all(stored[:1] == b"{" for stored in _stored_payloads(outbox.path))
+    await drain_ids(outbox)
+    outbox.append_many(["waited:300", "too:300"])
+    await _on_disk_when(outbox, 2)  # after the delay: packed
+    stored = _stored_payloads(outbox.path)
+    assert [len(payload) < 300 for payload in stored] == [True, True]
+    records = await outbox.take(10)
+    assert [(r.event_id, len(r.payload)) for r in records] == [("waited", 300), ("too", 300)]

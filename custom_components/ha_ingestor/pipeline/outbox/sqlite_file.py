@@ -8,7 +8,7 @@ schema version 1 is brought to version 2 in place (one ``ALTER TABLE``).
 
 Payloads are stored packed: deflated with a preset dictionary of the envelope's usual
 keys (a ~450-byte envelope takes ~100), behind a marker byte, and only when that is
-smaller; ``size`` keeps the payload's own length (NULL in rows of version 1, which are
+smaller (the store writes a burst that only overflows memory as it is); ``size`` keeps the payload's own length (NULL in rows of version 1, which are
 stored as they are). An envelope is JSON text, so it never starts with a marker byte.
 """
 
@@ -120,25 +120,27 @@ _DICTIONARY_V1: Final = (
 )
 
 
-def pack(payload: bytes) -> bytes:
+def pack_payload(payload: bytes) -> bytes:
     """A payload as stored: packed when that is smaller, else as it is."""
     packer = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=_DICTIONARY_V1)
     packed = _PACKED_V1 + packer.compress(payload) + packer.flush()
     return packed if len(packed) < len(payload) else payload
 
 
-def unpack(stored: bytes) -> bytes:
-    """The payload of a stored one (`pack` undone; old rows are as they are)."""
+def unpack_payload(stored: bytes) -> bytes:
+    """The payload of a stored one (`pack_payload` undone; others are as they are)."""
     if stored[:1] != _PACKED_V1:
         return stored
     unpacker = zlib.decompressobj(-15, zdict=_DICTIONARY_V1)
     return unpacker.decompress(stored[1:]) + unpacker.flush()
 
 
-def insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
-    """Insert rows, payloads packed, many per statement: one SQLite step (and one release
-    of the GIL) per _INSERT_ROWS rows instead of one per row."""
-    stored = [(*row[:2], pack(row[2]), *row[3:], len(row[2])) for row in rows]
+def insert_rows(conn: sqlite3.Connection, rows: list[Row], *, pack: bool = True) -> None:
+    """Insert rows, payloads packed (with ``pack``), many per statement: one SQLite step
+    (and one release of the GIL) per _INSERT_ROWS rows instead of one per row."""
+    stored = [
+        (*row[:2], pack_payload(row[2]) if pack else row[2], *row[3:], len(row[2])) for row in rows
+    ]
     full = len(stored) - len(stored) % _INSERT_ROWS
     for start in range(0, full, _INSERT_ROWS):
         conn.execute(

@@ -43,7 +43,7 @@ from .sqlite_file import (
     open_file,
     runs,
     transaction,
-    unpack,
+    unpack_payload,
 )
 
 _TAIL_EVENTS = 5_000  # rows just written kept in memory too, so take() need not read them
@@ -226,10 +226,15 @@ class Store:
 
         A refused write keeps memory as it is and is tried again after `_DISK_RETRY`.
         """
-        if not (now and self.mem_count) and not self._should_spill():
+        if not self.mem_count or (not now and time.monotonic() < self.disk_retry_at):
+            return
+        waited = self._writes_memory() and time.monotonic() >= self._write_due_at()
+        if not (now or waited or self.mem_count > self.memory_limit_events):
             return
         try:
-            self.spill()
+            # Records that waited (a target slow or down) may stay a while: packed. A
+            # burst that only overflows memory is about to be delivered: not worth it.
+            self.spill(pack=now or waited)
         except sqlite3.Error as err:
             # Keep them in memory (delivery goes on from there) and try again soon.
             self.disk_retry_at = time.monotonic() + _DISK_RETRY
@@ -251,10 +256,6 @@ class Store:
             due = 0.0
         due = max(due, self.disk_retry_at)
         return None if due == math.inf else due
-
-    def _should_spill(self) -> bool:
-        due = self.next_write_at()
-        return due is not None and time.monotonic() >= due
 
     def _writes_memory(self) -> bool:
         """Whether memory is written once due; otherwise only when over its limit."""
@@ -304,7 +305,7 @@ class Store:
         self.oldest_dirty = True
         self.disk_retry_at = 0.0
 
-    def spill(self) -> None:
+    def spill(self, *, pack: bool = True) -> None:
         """Write every in-memory record to the file, in one transaction."""
         if not self.mem_count:
             return
@@ -314,7 +315,7 @@ class Store:
         # the file when nacked.
         ready = [*sorted(self.mem_returned), *self.mem_ready]
         with transaction(self.db) as conn:
-            insert_rows(conn, rows)
+            insert_rows(conn, rows, pack=pack)
         self._memory_written()
         if ready:
             self._extend_tail(ready)
@@ -450,7 +451,7 @@ class Store:
                 seq = stored[0]
                 if seq in self.disk_inflight:
                     continue
-                payload = unpack(stored[2])
+                payload = unpack_payload(stored[2])
                 row = stored if payload is stored[2] else (seq, stored[1], payload, *stored[3:])
                 size = len(payload)
                 if taken and total + size > budget:
