@@ -1,4 +1,4 @@
-"""HA Ingestor's companion services: the enrichment pipeline and the data storage.
+"""HA Ingestor's companion services: the enrichment service and the storage service.
 
 Both are aiohttp servers that speak the contracts of docs/ARCHITECTURE.md ("Contracts")
 and make every outbound call through the shared delivery core (`ha_ingestor_pipeline`).

@@ -309,12 +309,12 @@ class _Command:
 
 COMMANDS = {
     "enrichment": _Command(
-        "Run the enrichment pipeline (weather, normalization, metadata) in front of storage.",
+        "Run the enrichment service (weather, normalization, metadata) in front of storage.",
         _plan_enrichment,
         (("enrichment", ENRICHMENT_OPTIONS),),
     ),
     "storage": _Command(
-        "Run the data storage service (SQLite, InfluxDB 1.x or 2.x/3.x).",
+        "Run the storage service (SQLite, InfluxDB 1.x or 2.x/3.x).",
         _plan_storage,
         (("storage", STORAGE_OPTIONS),),
     ),
@@ -329,7 +329,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ha-ingestor-services",
-        description="HA Ingestor's companion services: enrichment pipeline and data storage.",
+        description="HA Ingestor's companion services: enrichment and storage.",
         epilog=f"Every flag can also be set by its environment variable ({ENV_PREFIX}...).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -1,1 +1,1 @@
-"""The enrichment pipeline: validate, add weather, normalize, then store."""
+"""The enrichment service: validate, add weather, normalize, then store."""

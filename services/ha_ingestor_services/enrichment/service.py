@@ -1,4 +1,4 @@
-"""The enrichment pipeline: add weather, normalization and processing metadata to each
+"""The enrichment service: add weather, normalization and processing metadata to each
 event, then hand the batch to storage and answer with storage's per-event results.
 
 The enrichment keeps no queue. When storage cannot take the events (down, busy,
@@ -126,7 +126,7 @@ def _stored_in_order(envelopes: list[dict[str, Any]], body: object) -> list[Even
 
 
 class EnrichmentService:
-    """The `EventService` of the enrichment pipeline (see `ha_ingestor_services.contract`)."""
+    """The `EventService` of the enrichment service (see `ha_ingestor_services.contract`)."""
 
     name = ENRICHMENT_SERVICE_NAME
 

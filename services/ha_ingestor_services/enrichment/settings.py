@@ -1,4 +1,4 @@
-"""The enrichment pipeline's settings: one flat, frozen record the CLI fills in.
+"""The enrichment service's settings: one flat, frozen record the CLI fills in.
 
 Every field with a help text in its metadata is one command-line flag and environment
 variable (options.py). `__post_init__` refuses a bad value with a one-line

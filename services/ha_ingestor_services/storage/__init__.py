@@ -1,4 +1,4 @@
-"""The data storage service: idempotent, durable batches into SQLite or InfluxDB.
+"""The storage service: idempotent, durable batches into SQLite or InfluxDB.
 
 ``create_app(StorageService(StorageSettings(...)), token=...)`` serves it
 (`ha_ingestor_services.web`; the interface is `ha_ingestor_services.contract`). The

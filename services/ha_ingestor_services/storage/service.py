@@ -1,4 +1,4 @@
-"""The data storage service: checked envelopes in, durable idempotent records out.
+"""The storage service: checked envelopes in, durable idempotent records out.
 
 `create_app(StorageService(settings), token=...)` serves it. `process` maps each
 envelope to its record (a record no backend can keep is rejected on its own), hands
@@ -66,7 +66,7 @@ def create_backend(settings: StorageSettings) -> StorageBackend:
 
 
 class StorageService:
-    """The `EventService` of the data storage (see `ha_ingestor_services.contract`)."""
+    """The `EventService` of the storage service (see `ha_ingestor_services.contract`)."""
 
     name = STORAGE_SERVICE_NAME
     processing_steps = ["validation", "storage"]  # noqa: RUF012 (the protocol's plain list)
@@ -105,7 +105,7 @@ class StorageService:
             self._retention_task = asyncio.create_task(
                 self._retention_loop(), name="storage-retention"
             )
-        _LOGGER.info("data storage ready on %s", self.backend.name)
+        _LOGGER.info("storage ready on %s", self.backend.name)
 
     async def stop(self) -> None:
         if self._retention_task is not None:
