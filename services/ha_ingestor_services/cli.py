@@ -30,6 +30,7 @@ from .enrichment.service import EnrichmentService
 from .enrichment.settings import EnrichmentSettings
 from .limits import DEFAULT_MAX_BATCH_EVENTS, DEFAULT_MAX_BODY_BYTES, Limits
 from .logs import configure_logging
+from .migrate import command as migrate
 from .options import ENV_PREFIX, Option, option, options_of
 from .storage.service import StorageService
 from .storage.settings import StorageSettings
@@ -341,11 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_options(sub, PORT_OPTIONS[name])
         for title, options in command.groups:
             _add_options(sub.add_argument_group(title), options)
+    migrate.add_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "migrate":
+        return int(args.run(args))
     try:
         server = _server(args)
         plan = args.plan(args, server)
