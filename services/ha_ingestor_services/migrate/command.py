@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +29,15 @@ from ha_ingestor_services.storage.records import MAX_TIME_NS, MIN_TIME_NS, ns_to
 
 from . import report
 from .compare import EntityResult, Point, Value, compare_entity
-from .readers import HOME_ASSISTANT_SKIPS, LAYOUTS, Reader, Source, SourceError, reader
+from .readers import (
+    HOME_ASSISTANT_SKIPS,
+    LAYOUTS,
+    Layout,
+    Reader,
+    Source,
+    SourceError,
+    reader,
+)
 
 PROG = "ha-ingestor-services migrate verify"
 ENV_PREFIX = "HA_INGESTOR_MIGRATE_"
@@ -36,22 +45,32 @@ SIDES = ("from", "to")
 DEFAULT_LAYOUT = {"from": "home_assistant", "to": "ha_ingestor"}
 PRECISIONS = {"ns": 1, "us": 1000, "ms": 10**6, "s": 10**9}
 DEFAULT_PAGE_SIZE = 5000
+_RELATIVE_TIME = re.compile(r"^-\d+(\.\d+)?[a-z]*$|^-\d*\.\d+$")
 
 # name, metavar, help ({side} is "from" or "to")
 _SIDE_FLAGS = (
-    ("url", "URL", "InfluxDB URL of the {side} side (1.x with --{side}-database, 2.x with "
-     "--{side}-bucket)"),
+    (
+        "url",
+        "URL",
+        "InfluxDB URL of the {side} side (1.x with --{side}-database, 2.x with --{side}-bucket)",
+    ),
     ("api", "URL", "or: a storage service's URL; the {side} side is read from its query API"),
-    ("layout", "{" + ",".join(LAYOUTS) + "}", "how the {side} InfluxDB holds states "
-     "(default {default})"),
+    (
+        "layout",
+        "{" + ",".join(LAYOUTS) + "}",
+        "how the {side} InfluxDB holds states (default {default})",
+    ),
     ("database", "NAME", "InfluxDB 1.x database"),
     ("retention_policy", "NAME", "InfluxDB 1.x retention policy (default: the database's)"),
     ("username", "NAME", "InfluxDB 1.x user"),
     ("password", "TEXT", "InfluxDB 1.x password (prefer the env var)"),
     ("org", "NAME", "InfluxDB 2.x organization (name or id)"),
     ("bucket", "NAME", "InfluxDB 2.x bucket"),
-    ("token", "TEXT", "InfluxDB 2.x token, or the storage service's bearer token "
-     "(prefer the env var)"),
+    (
+        "token",
+        "TEXT",
+        "InfluxDB 2.x token, or the storage service's bearer token (prefer the env var)",
+    ),
 )
 
 
@@ -66,7 +85,8 @@ def _env(side: str, name: str) -> str:
 def add_command(commands: Any) -> None:
     """Add ``migrate`` (with ``verify``) to the program's subcommands."""
     migrate = commands.add_parser(
-        "migrate", help="Tools for moving from Home Assistant's influxdb integration.",
+        "migrate",
+        help="Tools for moving from Home Assistant's influxdb integration.",
         description="Tools for moving from Home Assistant's influxdb integration.",
     )
     tools = migrate.add_subparsers(dest="migrate_command", required=True, metavar="TOOL")
@@ -79,33 +99,66 @@ def add_command(commands: Any) -> None:
         f"({ENV_PREFIX}FROM_TOKEN, {ENV_PREFIX}TO_URL, ...).",
     )
     verify.set_defaults(run=run)
-    verify.add_argument("--start", default="-24h",
-                        help="window start: RFC 3339 or relative like -24h, '2d ago' "
-                        "(default -24h)")
+    # "-24h" is a value, not an option (argparse only lets negative numbers through).
+    verify._negative_number_matcher = _RELATIVE_TIME
+    verify.add_argument(
+        "--start",
+        default="-24h",
+        help="window start: RFC 3339 or relative like -24h, '2d ago' (default -24h)",
+    )
     verify.add_argument("--end", default="now", help="window end, excluded (default now)")
-    verify.add_argument("--entity", action="append", default=[], metavar="ENTITY_ID",
-                        help="compare only this entity (repeatable; default: every entity "
-                        "found on either side)")
-    verify.add_argument("--precision", choices=tuple(PRECISIONS), default="us",
-                        help="times are equal when equal to this precision (default us; "
-                        "s, ms if Home Assistant's influxdb 'precision' was set)")
-    verify.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, metavar="N",
-                        help=f"points per query (default {DEFAULT_PAGE_SIZE})")
-    verify.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="seconds one query may take (default 30)")
+    verify.add_argument(
+        "--entity",
+        action="append",
+        default=[],
+        metavar="ENTITY_ID",
+        help="compare only this entity (repeatable; default: every entity found on either side)",
+    )
+    verify.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="us",
+        help="times are equal when equal to this precision (default us; "
+        "s, ms if Home Assistant's influxdb 'precision' was set)",
+    )
+    verify.add_argument(
+        "--page-size",
+        type=int,
+        default=DEFAULT_PAGE_SIZE,
+        metavar="N",
+        help=f"points per query (default {DEFAULT_PAGE_SIZE})",
+    )
+    verify.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds one query may take (default 30)",
+    )
     verify.add_argument("--json", action="store_true", help="print one JSON document")
-    verify.add_argument("--verbose", action="store_true",
-                        help="also list agreeing entities and the first differences of each")
-    verify.add_argument("--progress", action="store_true",
-                        help="show the progress bar even when stderr is not a terminal")
+    verify.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also list agreeing entities and the first differences of each",
+    )
+    verify.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the progress bar even when stderr is not a terminal",
+    )
     for side in SIDES:
-        group = verify.add_argument_group(f"the {side} side"
-                                          + (" (the reference)" if side == "from" else ""))
+        group = verify.add_argument_group(
+            f"the {side} side" + (" (the reference)" if side == "from" else "")
+        )
         for name, metavar, help_text in _SIDE_FLAGS:
             flag = f"--{side}-{name.replace('_', '-')}"
             shown = help_text.format(side=side, default=DEFAULT_LAYOUT[side])
-            group.add_argument(flag, dest=f"{side}_{name}", metavar=metavar,
-                               help=f"{shown} [env {_env(side, name)}]")
+            group.add_argument(
+                flag,
+                dest=f"{side}_{name}",
+                metavar=metavar,
+                help=f"{shown} [env {_env(side, name)}]",
+            )
 
 
 def _side_value(args: argparse.Namespace, side: str, name: str) -> str | None:
@@ -124,9 +177,10 @@ def source_of(args: argparse.Namespace, side: str) -> Source:
     url, api = given("url"), given("api")
     if bool(url) == bool(api):
         raise UsageError(f"the {side} side needs exactly one of --{side}-url and --{side}-api")
-    layout = given("layout") or DEFAULT_LAYOUT[side]
-    if layout not in LAYOUTS:
-        raise UsageError(f"--{side}-layout: {layout!r} is not one of {', '.join(LAYOUTS)}")
+    named = given("layout") or DEFAULT_LAYOUT[side]
+    if named not in LAYOUTS:
+        raise UsageError(f"--{side}-layout: {named!r} is not one of {', '.join(LAYOUTS)}")
+    layout: Layout = "home_assistant" if named == "home_assistant" else "ha_ingestor"
     common: dict[str, Any] = {"token": given("token"), "timeout_s": args.timeout}
     if api:
         return Source("api", api, **common)
@@ -137,14 +191,18 @@ def source_of(args: argparse.Namespace, side: str) -> Source:
         )
     if database:
         return Source(
-            "influxdb-v1", str(url), layout,  # type: ignore[arg-type]
-            database=database, retention_policy=given("retention_policy"),
-            username=given("username"), password=given("password"), **common,
+            "influxdb-v1",
+            str(url),
+            layout,
+            database=database,
+            retention_policy=given("retention_policy"),
+            username=given("username"),
+            password=given("password"),
+            **common,
         )
     if not given("org"):
         raise UsageError(f"--{side}-bucket needs --{side}-org")
-    return Source("influxdb-v2", str(url), layout,  # type: ignore[arg-type]
-                  org=given("org"), bucket=bucket, **common)
+    return Source("influxdb-v2", str(url), layout, org=given("org"), bucket=bucket, **common)
 
 
 def window(args: argparse.Namespace, now_ns: int) -> tuple[int, int]:
@@ -208,8 +266,7 @@ async def verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError("--page-size must be at least 2")
     sides = [_Side(side, source_of(args, side), args.page_size) for side in SIDES]
     skip: frozenset[Value] = frozenset()
-    if any(side.source.kind != "api" and side.source.layout == "home_assistant"
-           for side in sides):
+    if any(side.source.kind != "api" and side.source.layout == "home_assistant" for side in sides):
         skip = HOME_ASSISTANT_SKIPS
     progress = report.Progress(err, 0, args.progress or _terminal(err))
     try:
@@ -277,4 +334,3 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     except (UsageError, SourceError) as error:
         err.write(f"{PROG}: error: {error}\n")
         return 2
-

@@ -38,6 +38,7 @@ STATE_CHANGED = "state_changed"
 # States Home Assistant's influxdb integration never writes.
 HOME_ASSISTANT_SKIPS: frozenset[Value] = frozenset({"unknown", "unavailable", "", None})
 API_MAX_LIMIT = 10_000  # storage/query.py's MAX_LIMIT
+MICROSECOND = 1000  # the API's and influxdb-client's times: no digits below
 
 _UNQUOTABLE = re.compile(r"[\x00\n\r\t]")
 
@@ -85,8 +86,10 @@ Fetch = Callable[[str | None, int, int], Awaitable[tuple[list[Point], int | None
 
 
 async def _paged(
-    fetch: Fetch, entity_id: str | None, start_ns: int, end_ns: int
+    fetch: Fetch, entity_id: str | None, start_ns: int, end_ns: int, step: int = 1
 ) -> AsyncIterator[list[Point]]:
+    """Pages of ``fetch``; ``step``: the sources' time resolution (1000 when they answer
+    whole microseconds, though the points stored hold digits below)."""
     end = end_ns
     while end > start_ns:
         points, bound = await fetch(entity_id, start_ns, end)
@@ -98,7 +101,7 @@ async def _paged(
         newer = [point for point in points if point.time_ns > bound]
         if newer:
             yield newer
-            end = bound + 1
+            end = bound + step
         else:  # a whole page of one time: take it and go past it
             yield points
             end = bound
@@ -280,12 +283,14 @@ class InfluxV2Reader:
             org=self.source.org or "",
             timeout=int(self.source.timeout_s * 1000),
         )
+        from influxdb_client.rest import ApiException
+
         try:
-            alive = await self._client.ping()
-        except Exception as err:  # noqa: BLE001 (the client raises many kinds)
+            await self._client.ping()
+        except ApiException as err:
+            raise SourceError(f"answered /ping with HTTP {err.status}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
             raise SourceError(f"unreachable ({_describe(err)})") from None
-        if not alive:
-            raise SourceError("unreachable (no answer to /ping)")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -350,7 +355,7 @@ class InfluxV2Reader:
         return found
 
     def pages(self, entity_id: str, start_ns: int, end_ns: int) -> AsyncIterator[list[Point]]:
-        return _paged(self._fetch, entity_id, start_ns, end_ns)
+        return _paged(self._fetch, entity_id, start_ns, end_ns, MICROSECOND)
 
     async def _fetch(
         self, entity_id: str | None, start_ns: int, end_ns: int
@@ -417,8 +422,8 @@ class ApiReader:
             raise SourceError(f"refused the token (HTTP {status})")
         if status != 200 or not isinstance(document, dict):
             error = document.get("error") if isinstance(document, dict) else None
-            message = error.get("message") if isinstance(error, dict) else body[:200].decode(
-                "replace"
+            message = (
+                error.get("message") if isinstance(error, dict) else body[:200].decode("replace")
             )
             raise SourceError(f"answered HTTP {status}: {message}")
         events = document.get("events")
@@ -467,12 +472,12 @@ class ApiReader:
     async def entities(self, start_ns: int, end_ns: int) -> set[str]:
         # The API lists no entities: the window's events are read once for their ids.
         found: set[str] = set()
-        async for page in _paged(self._fetch_ids, None, start_ns, end_ns):
+        async for page in _paged(self._fetch_ids, None, start_ns, end_ns, MICROSECOND):
             found.update(str(point.value) for point in page if point.value)
         return found
 
     def pages(self, entity_id: str, start_ns: int, end_ns: int) -> AsyncIterator[list[Point]]:
-        return _paged(self._fetch, entity_id, start_ns, end_ns)
+        return _paged(self._fetch, entity_id, start_ns, end_ns, MICROSECOND)
 
 
 def reader(source: Source, page_size: int) -> Reader:

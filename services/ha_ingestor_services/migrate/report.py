@@ -94,7 +94,9 @@ def summary_table(results: Sequence[EntityResult]) -> list[str]:
     keys = ("from_points", "to_points", "missing", "extra", "differing")
 
     def row(name: str, values: Sequence[int]) -> str:
-        cells = "".join(f"  {value:>{max(9, len(head))}}" for value, head in zip(values, heads))
+        cells = "".join(
+            f"  {value:>{max(9, len(head))}}" for value, head in zip(values, heads, strict=True)
+        )
         return f"{name:<{width}}{cells}".rstrip()
 
     header = f"{'entity':<{width}}" + "".join(f"  {head:>9}" for head in heads)
@@ -122,9 +124,7 @@ def _example_json(example: dict[str, object]) -> dict[str, object]:
     return shown
 
 
-def document(
-    results: Sequence[EntityResult], header: dict[str, Any]
-) -> bytes:  # the --json output
+def document(results: Sequence[EntityResult], header: dict[str, Any]) -> bytes:  # the --json output
     entities = [
         {
             "entity_id": result.entity_id,

@@ -54,9 +54,7 @@ _values = st.one_of(
 def _edited(draw: st.DrawFn) -> tuple[list[Point], list[Point], tuple[int, int, int]]:
     """Points at distinct microseconds, and a copy with some deleted, changed and added."""
     micros = draw(st.lists(st.integers(0, 10_000), unique=True, max_size=40))
-    reference = [
-        Point(micro * 1000 + draw(st.integers(0, 999)), draw(_values)) for micro in micros
-    ]
+    reference = [Point(micro * 1000 + draw(st.integers(0, 999)), draw(_values)) for micro in micros]
     candidate: list[Point] = []
     missing = differing = 0
     for point in reference:

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from benchmarks.influxd import Influxd, free_port
+from ha_ingestor_services.envelopes import check_envelope
 from ha_ingestor_services.storage.backends.line_protocol import to_line
 from ha_ingestor_services.storage.records import to_record
 from tests.services.conftest import TOKEN, Serve
@@ -100,19 +101,22 @@ async def test_planted_differences_are_found(
     await store_all(client, url, events)
     candidate = influx_settings["influx_database"]
     records = {
-        (event["data"]["entity_id"], event["data"]["state"]): to_record(event) for event in events
+        (event["data"]["entity_id"], event["data"]["state"]): to_record(check_envelope(event))
+        for event in events
     }
     # A deleted point, a changed value and an extra point, in the candidate.
     deleted = records[("sensor.mode", "comfort")]
     execute(
         influxd_server,
         candidate,
-        f"DELETE FROM \"state_changed\" WHERE \"entity_id\" = 'sensor.mode' "
+        f'DELETE FROM "state_changed" WHERE "entity_id" = \'sensor.mode\' '
         f"AND time >= {deleted.time_ns} AND time <= {deleted.time_ns}",
     )
     changed = records[("binary_sensor.door", "off")]
     write_lines(influxd_server, candidate, to_line(changed._replace(state="on")), "ha_ingestor")
-    extra = to_record(events[0])._replace(time_ns=records[("sensor.power", "0")].time_ns - 5 * 10**8)
+    extra = to_record(check_envelope(events[0]))._replace(
+        time_ns=records[("sensor.power", "0")].time_ns - 5 * 10**8
+    )
     extra = extra._replace(event_id="planted", entity_id="sensor.power", state="5", value=5.0)
     write_lines(influxd_server, candidate, to_line(extra), "ha_ingestor")
 
@@ -248,8 +252,16 @@ async def test_the_token_of_the_api_side_from_the_environment(
             "--from-bucket needs --from-org",
         ),
         (
-            ["--from-api", "http://a", "--to-url", "http://c", "--to-database", "d"]
-            + ["--to-layout", "influx"],
+            [
+                "--from-api",
+                "http://a",
+                "--to-url",
+                "http://c",
+                "--to-database",
+                "d",
+                "--to-layout",
+                "influx",
+            ],
             "--to-layout: 'influx' is not one of ha_ingestor, home_assistant",
         ),
         (["--start", "yesterday"], "--start: "),
