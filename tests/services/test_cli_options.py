@@ -66,6 +66,7 @@ STORAGE = [
     ("--retention-days", "HA_INGESTOR_RETENTION_DAYS", 0),
     ("--influx-url", "HA_INGESTOR_INFLUX_URL", "http://127.0.0.1:8086"),
     ("--influx-api", "HA_INGESTOR_INFLUX_API", "v1"),
+    ("--influx-layout", "HA_INGESTOR_INFLUX_LAYOUT", "ha_ingestor"),  # issue 13
     ("--influx-database", "HA_INGESTOR_INFLUX_DATABASE", "ha_ingestor"),
     ("--influx-retention-policy", "HA_INGESTOR_INFLUX_RETENTION_POLICY", "ha_ingestor"),
     ("--influx-username", "HA_INGESTOR_INFLUX_USERNAME", None),

@@ -26,7 +26,12 @@ from ha_ingestor_pipeline.envelope import (
     EventResult,
     ValidationError,
 )
-from ha_ingestor_services.contract import DependencyHealth, RequestError, ServiceUnavailable
+from ha_ingestor_services.contract import (
+    BAD_REQUEST,
+    DependencyHealth,
+    RequestError,
+    ServiceUnavailable,
+)
 from ha_ingestor_services.responses import json_response
 
 from .backends.base import BackendUnavailable, BadQuery, StorageBackend
@@ -44,6 +49,11 @@ RETENTION_INTERVAL_S = 3600.0
 HEALTH_CACHE_S = 2.0
 # Events waiting for the group-commit writer, in flushes: past it, 503 with Retry-After.
 WAITING_FLUSHES = 4
+LAYOUT_NOT_QUERYABLE = (
+    "GET /api/v1/events reads the ha_ingestor layout only; this storage writes "
+    "influx_layout home_assistant (--influx-layout, HA_INGESTOR_INFLUX_LAYOUT): "
+    "query InfluxDB itself, as for Home Assistant's influxdb integration"
+)
 
 
 def create_backend(settings: StorageSettings) -> StorageBackend:
@@ -235,6 +245,8 @@ class StorageService:
         return openapi_paths()
 
     async def _get_events(self, request: web.Request) -> web.Response:
+        if self.settings.backend == "influxdb" and self.settings.influx_layout != "ha_ingestor":
+            raise RequestError(400, BAD_REQUEST, LAYOUT_NOT_QUERYABLE)
         params = request.query
         repeated = {key: len(params.getall(key)) for key in params}
         query = parse_query(params, repeated, self._clock_ns)

@@ -17,10 +17,12 @@ from ha_ingestor_services.options import option
 Backend = Literal["sqlite", "influxdb"]
 InfluxApi = Literal["v1", "v2"]
 Synchronous = Literal["full", "normal"]
+InfluxLayout = Literal["ha_ingestor", "home_assistant"]
 
 BACKENDS: tuple[Backend, ...] = ("sqlite", "influxdb")
 INFLUX_APIS: tuple[InfluxApi, ...] = ("v1", "v2")
 SYNCHRONOUS_MODES: tuple[Synchronous, ...] = ("full", "normal")
+INFLUX_LAYOUTS: tuple[InfluxLayout, ...] = ("ha_ingestor", "home_assistant")
 
 MAX_FLUSH_EVENTS = 100_000
 MAX_FLUSH_INTERVAL_MS = 1_000.0
@@ -59,6 +61,15 @@ class StorageSettings:
     influx_api: InfluxApi = field(
         default="v1",
         metadata=option("v1 for InfluxDB 1.x; v2 for 2.x, 3.x and Cloud (default {default})"),
+    )
+    # home_assistant: what Home Assistant's influxdb integration writes with its
+    # defaults, state changes only (docs/ARCHITECTURE.md, "Storage schema").
+    influx_layout: InfluxLayout = field(
+        default="ha_ingestor",
+        metadata=option(
+            "InfluxDB points: ha_ingestor (measurement = event type, default) or "
+            "home_assistant (as Home Assistant's influxdb integration writes them)"
+        ),
     )
     influx_database: str = field(
         default="ha_ingestor",
@@ -120,7 +131,16 @@ class StorageSettings:
         _check_number("flush_interval_ms", self.flush_interval_ms, 0, MAX_FLUSH_INTERVAL_MS)
         _check_number("timeout_s", self.timeout_s, 0.1, 3600)
         _check_number("retry_after_s", self.retry_after_s, 1, 3600)
+        if self.influx_layout not in INFLUX_LAYOUTS:
+            raise ValueError(
+                f"influx_layout: {self.influx_layout!r} is not one of {', '.join(INFLUX_LAYOUTS)}"
+            )
         if self.backend == "sqlite":
+            if self.influx_layout != "ha_ingestor":
+                raise ValueError(
+                    "influx_layout: home_assistant is a layout of InfluxDB points; "
+                    "give --backend influxdb with it"
+                )
             if not self.sqlite_path.strip():
                 raise ValueError("sqlite_path: is empty; give the SQLite file to use")
             return

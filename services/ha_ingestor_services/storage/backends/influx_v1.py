@@ -1,7 +1,9 @@
 """InfluxDB 1.x backend (API v1): line protocol to ``/write``, InfluxQL from ``/query``.
 
 At start the database is created and the retention policy created (or altered) as the
-database's default, with a duration of ``retention_days`` (INF when 0).
+database's default, with a duration of ``retention_days`` (INF when 0). In the
+``home_assistant`` layout an existing policy is left as it is: that database is most
+likely the one Home Assistant's influxdb integration fills, with its own retention.
 
 InfluxDB answers a write with 204 once the points are in its write-ahead log (fsynced);
 a 400 ("partial write") becomes `Refused` for `influx_writes`, which finds the refused
@@ -45,7 +47,7 @@ class InfluxV1Backend:
         self.settings = settings
         self._url = settings.influx_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
-        self._writes = InfluxWrites(self._post)
+        self._writes = InfluxWrites(self._post, settings.influx_layout)
         self._auth = (
             aiohttp.BasicAuth(settings.influx_username, settings.influx_password or "")
             if settings.influx_username is not None
@@ -94,6 +96,8 @@ class InfluxV1Backend:
         policies = await self._execute(f"SHOW RETENTION POLICIES ON {database}")
         names = {row[0] for series in policies for row in series.get("values") or []}
         verb = "ALTER" if settings.influx_retention_policy in names else "CREATE"
+        if verb == "ALTER" and settings.influx_layout == "home_assistant":
+            return  # a database Home Assistant's integration wrote: its policy stays as it is
         replication = "" if verb == "ALTER" else " REPLICATION 1"
         await self._execute(
             f"{verb} RETENTION POLICY {policy} ON {database} DURATION {duration}"
@@ -232,6 +236,8 @@ class InfluxV1Backend:
             "retention_policy": self.settings.influx_retention_policy,
             "recent_ids": len(self._writes.recent),
             "bisections": self._writes.bisections,
+            "layout": self.settings.influx_layout,
+            "skipped_by_layout": dict(self._writes.skipped),
             "last_error": self._last_error,
         }
 

@@ -82,7 +82,7 @@ class InfluxV2Backend:
         self._org: str = settings.influx_org or ""
         self._client: InfluxDBClientAsync | None = None
         self._write_api: WriteApiAsync | None = None
-        self._writes = InfluxWrites(self._post)
+        self._writes = InfluxWrites(self._post, settings.influx_layout)
         self._last_error: str | None = None
 
     def _live(self) -> InfluxDBClientAsync:
@@ -210,6 +210,8 @@ class InfluxV2Backend:
             "bucket": self._bucket,
             "recent_ids": len(self._writes.recent),
             "bisections": self._writes.bisections,
+            "layout": self.settings.influx_layout,
+            "skipped_by_layout": dict(self._writes.skipped),
             "last_error": self._last_error,
         }
 

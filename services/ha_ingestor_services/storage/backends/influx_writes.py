@@ -6,16 +6,23 @@ event is recognised by a bounded memory of recently written ids and answered
 overwrites its own point (same series, same time). When InfluxDB refuses some lines of
 a write (400: it wrote the others), the lines are halved until each refused one is
 found and rejected on its own; rewriting the good ones changes nothing.
+
+In the ``home_assistant`` layout (`ha_layout`) a record that has no point there (an
+event other than a state change, an unknown or unavailable state) is not written and
+answered ``stored``: the storage took it and did what its layout says; `skipped`
+counts them by reason.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
 from ha_ingestor_services.storage.records import Record
+from ha_ingestor_services.storage.settings import InfluxLayout
 
 from .base import DUPLICATE, STORED, Outcome
+from .ha_layout import ha_line, ha_point, ha_problem
 from .line_protocol import influx_problem, to_line
 
 INFLUX_REJECTED = "INFLUX_REJECTED"
@@ -54,10 +61,26 @@ def rejected(message: str) -> Outcome:
 class InfluxWrites:
     """Turns a flush into writes through ``post`` (which raises `Refused` on a 400)."""
 
-    def __init__(self, post: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(
+        self, post: Callable[[str], Awaitable[None]], layout: InfluxLayout = "ha_ingestor"
+    ) -> None:
         self._post = post
+        self._home_assistant = layout == "home_assistant"
         self.recent = RecentIds()
         self.bisections = 0
+        self.skipped: Counter[str] = Counter()
+
+    def _line(self, record: Record) -> tuple[str | None, str | None]:
+        """(the record's line, None), (None, why it is refused), or (None, None): skipped."""
+        if not self._home_assistant:
+            problem = influx_problem(record)
+            return (None, problem) if problem is not None else (to_line(record), None)
+        point = ha_point(record)
+        if isinstance(point, str):
+            self.skipped[point] += 1
+            return None, None
+        problem = ha_problem(point)
+        return (None, problem) if problem is not None else (ha_line(point), None)
 
     async def write(self, records: Sequence[Record]) -> list[Outcome]:
         outcomes: list[Outcome | None] = []
@@ -68,12 +91,15 @@ class InfluxWrites:
             if record.event_id in self.recent or record.event_id in seen:
                 outcomes.append(DUPLICATE)
                 continue
-            problem = influx_problem(record)
+            line, problem = self._line(record)
             if problem is not None:
                 outcomes.append(rejected(problem))
                 continue
+            if line is None:
+                outcomes.append(STORED)
+                continue
             seen.add(record.event_id)
-            lines.append(to_line(record))
+            lines.append(line)
             positions.append(index)
             outcomes.append(None)
         refused = await self._write_lines(lines, 0)
