@@ -281,6 +281,7 @@ async def verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             entities = sorted(found[0] | found[1])
         progress.total = len(entities)
         results: list[EntityResult] = []
+        printed = False
         for entity_id in entities:
             result = await compare_entity(
                 entity_id,
@@ -298,6 +299,7 @@ async def verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     err.write("\r\x1b[K")
                 out.write("\n".join(report.entity_lines(result, verbose=args.verbose)) + "\n")
                 out.flush()
+                printed = True
         progress.finish()
     finally:
         for side in sides:
@@ -311,7 +313,8 @@ async def verify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         }
         out.write(report.document(results, header).decode())
     else:
-        out.write("\n".join(report.summary_table(results)) + "\n")
+        blank = [""] if printed else []
+        out.write("\n".join([*blank, *report.summary_table(results)]) + "\n")
     out.flush()
     return 0 if all(result.agrees for result in results) else 1
 

@@ -109,12 +109,12 @@ def summary_table(results: Sequence[EntityResult]) -> list[str]:
         verdict = f"the stores differ: {summed['entities_differing']} of {count} entities"
     else:
         verdict = f"the stores agree: {count} entities, {summed['matched']} points"
-    if summed["skipped"]:
-        verdict += (
-            f" ({summed['skipped']} unknown/unavailable states not compared: "
-            "Home Assistant's layout does not keep them)"
-        )
     lines.append(verdict)
+    if summed["skipped"]:
+        lines.append(
+            f"{summed['skipped']} unknown/unavailable states not compared "
+            "(Home Assistant's layout does not keep them)"
+        )
     return lines
 
 

@@ -73,6 +73,16 @@ async def test_the_same_states_in_both_layouts_agree(
     # The retention policy named (the storage service's own): the same.
     named = await verify(*argv, "--to-retention-policy", "ha_ingestor")
     assert named.status == 0, named
+    # A storage service writing Home Assistant's layout (--influx-layout home_assistant).
+    mirror = {**influx_settings, "influx_database": f"{candidate}_ha"}
+    mirror_url, _ = await start_storage(**mirror, influx_layout="home_assistant")
+    await store_all(client, mirror_url, envelopes(states))
+    mirrored = list(argv)
+    mirrored[argv.index(candidate)] = mirror["influx_database"]
+    mirrored[argv.index("ha_ingestor")] = "home_assistant"
+    outcome = await verify(*mirrored, "--page-size", "3")
+    assert outcome.status == 0, outcome
+    assert "the stores agree: 5 entities" in outcome.out
     # Paged in twos (the power readings span two measurements): the same verdict.
     document = json.loads((await verify(*argv, "--json", "--page-size", "2")).out)
     assert document["agree"] is True
