@@ -359,3 +359,19 @@ async def test_an_influxdb_2_bucket_as_one_side(
         assert document["to"]["kind"] == "influxdb-v2"
         assert [entity["matched"] for entity in document["entities"]] == [4, 5]
     assert 'r.entity_id == "sensor.power"' in standin.queries[-1]
+
+
+async def test_progress_goes_to_stderr_when_asked(
+    start_storage: StartStorage, client: aiohttp.ClientSession
+) -> None:
+    states = sample_states()
+    url, _ = await start_storage()
+    await store_all(client, url, envelopes(states))
+    sides = ["--from-api", url, "--from-token", TOKEN, "--to-api", url, "--to-token", TOKEN]
+    quiet = await verify(*sides, *window(states), "--json")
+    assert quiet.err == ""  # stderr is no terminal here
+    shown = await verify(*sides, *window(states), "--json", "--progress", "--page-size", "2")
+    assert shown.status == 0
+    assert shown.err.startswith("listing the entities of both sides...\n")
+    assert shown.err.endswith("] 4/4 entities, 38 points read\n")
+    assert json.loads(shown.out)["totals"]["matched"] == len(states) == 19
