@@ -202,6 +202,10 @@ def openapi_paths() -> dict[str, Any]:
         EVENTS_PATH: {
             "get": {
                 "summary": "Stored events in a time range, newest first",
+                "description": (
+                    "Answers a store in the ha_ingestor layout; with influx_layout "
+                    "home_assistant it is refused with 400 (query InfluxDB itself)."
+                ),
                 "parameters": [
                     _parameter(
                         "start_time",
