@@ -87,11 +87,13 @@ async def _fire(hass: HomeAssistant, count: int, first: int = 0) -> float:
     return time.perf_counter() - start
 
 
-async def _setup_influxdb(hass: HomeAssistant, influxd: Influxd) -> Callable[[], int]:
+async def _setup_influxdb(
+    hass: HomeAssistant, influxd: Influxd, database: str | None = None
+) -> Callable[[], int]:
     """Home Assistant's influxdb integration (API v1); returns a counter of stored points."""
     # A fresh database for every round (each round is its own process), so points of an
     # earlier round are never counted again.
-    database = f"{DATABASE}_{os.getpid()}"
+    database = database or f"{DATABASE}_{os.getpid()}"
     influxd.create_database(database)
     config = {"host": "127.0.0.1", "port": influxd.port, "database": database}
     # Newer releases (2026.x) import this YAML into a config entry, whose set-up reads
