@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+import urllib.parse
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -151,3 +155,20 @@ async def test_v2_writes_the_same_lines(
     _, body = await post_batch(client, url, batch)
     assert statuses(body) == ["stored"] * 5
     assert len(server.points) == 3  # the same measurement, tags and time: overwritten
+
+
+async def test_v1_warns_before_changing_the_default_policy_of_a_database_with_data(
+    start_storage: StartStorage,
+    influx_settings: dict[str, Any],
+    influxd_server: Influxd,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database = influx_settings["influx_database"]
+    influxd_server.execute(f'CREATE DATABASE "{database}"')
+    params = urllib.parse.urlencode({"db": database})
+    line = f"°C,domain=sensor,entity_id=t value=20 {time.time_ns()}"
+    await asyncio.to_thread(
+        urllib.request.urlopen, f"{influxd_server.url}/write?{params}", line.encode(), 10
+    )
+    await start_storage(**influx_settings, influx_layout="home_assistant")
+    assert "give --influx-retention-policy autogen to write where they do" in caplog.text

@@ -13,6 +13,7 @@ lines and handles idempotency (see there).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from ha_ingestor_services.storage.settings import StorageSettings
 from .base import BackendUnavailable, BadQuery, EventQuery, Outcome
 from .influx_writes import InfluxWrites, Refused
 
+_LOGGER = logging.getLogger(__name__)
 _UNQUOTABLE = re.compile(r"[\x00\n\r\t]")
 
 
@@ -96,8 +98,18 @@ class InfluxV1Backend:
         policies = await self._execute(f"SHOW RETENTION POLICIES ON {database}")
         names = {row[0] for series in policies for row in series.get("values") or []}
         verb = "ALTER" if settings.influx_retention_policy in names else "CREATE"
-        if verb == "ALTER" and settings.influx_layout == "home_assistant":
-            return  # a database Home Assistant's integration wrote: its policy stays as it is
+        if settings.influx_layout == "home_assistant":
+            if verb == "ALTER":
+                return  # a database Home Assistant's integration wrote: its policy stays
+            if await self._execute(f"SHOW MEASUREMENTS ON {database} LIMIT 1"):
+                _LOGGER.warning(
+                    "InfluxDB database %s holds data; retention policy %s is created as its "
+                    "default, so queries (and Home Assistant's influxdb integration) naming no "
+                    "policy now use it: give --influx-retention-policy %s to write where they do",
+                    settings.influx_database,
+                    settings.influx_retention_policy,
+                    " or ".join(sorted(names)) or "autogen",
+                )
         replication = "" if verb == "ALTER" else " REPLICATION 1"
         await self._execute(
             f"{verb} RETENTION POLICY {policy} ON {database} DURATION {duration}"
