@@ -129,7 +129,10 @@ async def test_v1_writes_home_assistants_points(
 
 
 async def test_v2_writes_the_same_lines(
-    start_storage: StartStorage, client: aiohttp.ClientSession, serve: Serve
+    start_storage: StartStorage,
+    client: aiohttp.ClientSession,
+    serve: Serve,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = InfluxV2StandIn()
     influx_url = await serve(server.app())
@@ -147,6 +150,8 @@ async def test_v2_writes_the_same_lines(
         "no_state": 1,
         "not_state_changed": 1,
     }
+    assert "events other than state_changed are not written" in caplog.text
+    assert "unknown, unavailable and empty states are not written" in caplog.text
     status, answer = await get_events(client, url)
     assert status == 400
     assert "--influx-layout" in answer["error"]["message"]

@@ -15,6 +15,7 @@ counts them by reason.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -22,9 +23,19 @@ from ha_ingestor_services.storage.records import Record
 from ha_ingestor_services.storage.settings import InfluxLayout
 
 from .base import DUPLICATE, STORED, Outcome
-from .ha_layout import ha_line, ha_point, ha_problem
+from .ha_layout import NO_FIELDS, NO_STATE, NOT_A_STATE_CHANGE, ha_line, ha_point, ha_problem
 from .line_protocol import influx_problem, to_line
 
+_LOGGER = logging.getLogger(__name__)
+_SKIPPED_FIRST = (
+    "influx_layout home_assistant: %s are not written; they are answered stored and "
+    "counted in stats (skipped_by_layout.%s). The first: %s of %s"
+)
+_SKIPPED_WHAT = {
+    NOT_A_STATE_CHANGE: "events other than state_changed",
+    NO_STATE: "unknown, unavailable and empty states",
+    NO_FIELDS: "states with nothing to write",
+}
 INFLUX_REJECTED = "INFLUX_REJECTED"
 # Enough to recognise resends of the last minutes; ids are kept as text (no hash
 # collisions that could call a new event a duplicate).
@@ -77,6 +88,9 @@ class InfluxWrites:
             return (None, problem) if problem is not None else (to_line(record), None)
         point = ha_point(record)
         if isinstance(point, str):
+            if not self.skipped[point]:
+                what = _SKIPPED_WHAT.get(point, point)
+                _LOGGER.info(_SKIPPED_FIRST, what, point, record.event_type, record.entity_id)
             self.skipped[point] += 1
             return None, None
         problem = ha_problem(point)
