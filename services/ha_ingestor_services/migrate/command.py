@@ -64,7 +64,7 @@ _SIDE_FLAGS = (
     ("retention_policy", "NAME", "InfluxDB 1.x retention policy (default: the database's)"),
     ("username", "NAME", "InfluxDB 1.x user"),
     ("password", "TEXT", "InfluxDB 1.x password (prefer the env var)"),
-    ("org", "NAME", "InfluxDB 2.x organization (name or id)"),
+    ("org", "NAME", "InfluxDB 2.x organization"),
     ("bucket", "NAME", "InfluxDB 2.x bucket"),
     (
         "token",
