@@ -77,6 +77,51 @@ def _their_conversion() -> Any:
     return influxdb._generate_event_to_json(influxdb.CONFIG_SCHEMA({"influxdb": {}})["influxdb"])
 
 
+def _both(
+    entity_id: str, state: str, attributes: dict[str, Any], when: datetime
+) -> tuple[dict[str, Any] | None, HaPoint | str]:
+    """Home Assistant's point of the state change, and ours."""
+    new_state = core.State(entity_id, state, attributes)
+    event = core.Event(
+        "state_changed",
+        {"entity_id": entity_id, "old_state": None, "new_state": new_state},
+        time_fired_timestamp=when.timestamp(),
+    )
+    theirs: dict[str, Any] | None = _their_conversion()(event)
+    # What the integration sends: the same state, as JSON.
+    ours_event = envelope(entity_id, state, event_id="e-1")
+    ours_event["timestamp"] = orjson.dumps(event.time_fired, option=orjson.OPT_UTC_Z).decode()[1:-1]
+    ours_event["data"]["attributes"] = orjson.loads(
+        orjson.dumps(new_state.attributes, default=str, option=orjson.OPT_NON_STR_KEYS)
+    )
+    return theirs, ha_point(to_record(check_envelope(ours_event)))
+
+
+def test_line_breaks_and_time_as_newer_releases_write_them() -> None:
+    """On a release that keeps them (2025.4), the documented differences and no other."""
+    attributes = {"unit_of_measurement": "°C\n", "note": "a\nb", "time": "07:00"}
+    theirs, ours = _both("sensor.t", "x\r\ny", attributes, datetime(2025, 1, 1, tzinfo=UTC))
+    assert theirs is not None
+    assert isinstance(ours, HaPoint)
+    expected = {
+        key: one_line(value) if isinstance(value, str) else value
+        for key, value in theirs["fields"].items()
+    }
+    if "time" in expected:
+        expected["time_"] = expected.pop("time")
+    assert (
+        ours.fields
+        == expected
+        == {
+            "state": "x y",
+            "note_str": "a b",
+            "time_str": "07:00",
+            "time_": 700.0,
+        }
+    )
+    assert ours.measurement == one_line(theirs["measurement"]) == "°C"
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     entity_id=st.from_regex(r"\A[a-z][a-z0-9]{0,5}\.[a-z0-9]{1,8}\Z"),
@@ -94,20 +139,7 @@ def test_the_same_points_as_home_assistant(
         attributes = {"unit_of_measurement": unit, **attributes}
     if not _SINGLE_LINE:
         assume(_one_line_everywhere(state, attributes))
-    new_state = core.State(entity_id, state, attributes)
-    event = core.Event(
-        "state_changed",
-        {"entity_id": entity_id, "old_state": None, "new_state": new_state},
-        time_fired_timestamp=when.timestamp(),
-    )
-    theirs: dict[str, Any] | None = _their_conversion()(event)
-    # What the integration sends: the same state, as JSON.
-    ours_event = envelope(entity_id, state, event_id="e-1")
-    ours_event["timestamp"] = orjson.dumps(event.time_fired, option=orjson.OPT_UTC_Z).decode()[1:-1]
-    ours_event["data"]["attributes"] = orjson.loads(
-        orjson.dumps(new_state.attributes, default=str, option=orjson.OPT_NON_STR_KEYS)
-    )
-    ours = ha_point(to_record(check_envelope(ours_event)))
+    theirs, ours = _both(entity_id, state, attributes, when)
     if theirs is None:
         assert ours == NO_STATE
         return
