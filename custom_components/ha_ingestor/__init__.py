@@ -10,8 +10,10 @@ from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE, Platform
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers.storage import Store
 
 from .actions import async_setup_actions
+from .backfill import MARK_VERSION, mark_key
 from .const import DOMAIN, LOGGER
 from .coordinator import IngestorConfigEntry, IngestorCoordinator, IngestorData
 from .http import async_register_views
@@ -79,7 +81,7 @@ async def async_unload_entry(hass: HomeAssistant, entry: IngestorConfigEntry) ->
 
 
 async def async_remove_entry(hass: HomeAssistant, entry: ConfigEntry) -> None:
-    """The entry is gone for good: delete its outbox file."""
+    """The entry is gone for good: delete its outbox file and its capture mark."""
     path = outbox_path(hass, entry.entry_id)
 
     def _remove() -> None:
@@ -88,6 +90,7 @@ async def async_remove_entry(hass: HomeAssistant, entry: ConfigEntry) -> None:
                 file.unlink()
 
     await hass.async_add_executor_job(_remove)
+    await Store[dict[str, Any]](hass, MARK_VERSION, mark_key(entry.entry_id)).async_remove()
 
 
 async def async_migrate_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:

@@ -1,4 +1,5 @@
-"""Actions of HA Ingestor: forward one event now, flush, dead letters, pause and resume.
+"""Actions of HA Ingestor: forward one event now, flush, dead letters, pause and resume,
+backfill from the recorder and cancel a backfill.
 
 Every action takes an optional ``config_entry_id``; without it the action acts on the
 only loaded entry. Every action changes or reveals data, so a user who is not an
@@ -25,7 +26,9 @@ from homeassistant.core import (
 )
 from homeassistant.exceptions import HomeAssistantError, ServiceValidationError, Unauthorized
 from homeassistant.helpers import config_validation as cv
+from homeassistant.util import dt as dt_util
 
+from .backfill import recorder_loaded
 from .const import DOMAIN
 from .forward import ATTR_EVENT_DATA, ATTR_EVENT_TYPE, ForwardError, async_forward_event
 
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 ATTR_CONFIG_ENTRY_ID: Final = "config_entry_id"
 ATTR_TIMEOUT: Final = "timeout"
 ATTR_IDS: Final = "ids"
+ATTR_START: Final = "start"
+ATTR_END: Final = "end"
 
 ACTION_FORWARD_EVENT: Final = "forward_event"
 ACTION_FLUSH: Final = "flush"
@@ -44,6 +49,8 @@ ACTION_REPLAY_DEAD_LETTERS: Final = "replay_dead_letters"
 ACTION_PURGE_DEAD_LETTERS: Final = "purge_dead_letters"
 ACTION_PAUSE: Final = "pause"
 ACTION_RESUME: Final = "resume"
+ACTION_BACKFILL: Final = "backfill"
+ACTION_CANCEL_BACKFILL: Final = "cancel_backfill"
 
 DEFAULT_FLUSH_TIMEOUT: Final = 30.0
 MAX_FLUSH_TIMEOUT: Final = 3600.0
@@ -77,6 +84,14 @@ DEAD_LETTERS_SCHEMA: Final = vol.Schema(
     }
 )
 ENTRY_ONLY_SCHEMA: Final = vol.Schema(_ENTRY_SCHEMA)
+BACKFILL_SCHEMA: Final = vol.Schema(
+    {
+        **_ENTRY_SCHEMA,
+        vol.Required(ATTR_START): cv.datetime,
+        vol.Optional(ATTR_END): cv.datetime,
+        vol.Optional(ATTR_ENTITY_ID): cv.entity_ids,
+    }
+)
 
 
 # -- which entry -------------------------------------------------------------------------
@@ -230,6 +245,37 @@ async def _async_resume(call: ServiceCall) -> None:
     await entry.runtime_data.coordinator.async_refresh()
 
 
+async def _async_backfill(call: ServiceCall) -> ServiceResponse:
+    """Replay the recorder's states of [start, end) in the background (backfill.py)."""
+    entry = _entry(call)
+    if not recorder_loaded(call.hass):
+        raise ServiceValidationError(translation_domain=DOMAIN, translation_key="no_recorder")
+    now = dt_util.utcnow()
+    # A time without a zone is in Home Assistant's time zone; the end is at most now.
+    start = dt_util.as_utc(call.data[ATTR_START])
+    end = min(dt_util.as_utc(call.data.get(ATTR_END) or now), now)
+    if start >= end:
+        raise ServiceValidationError(
+            translation_domain=DOMAIN,
+            translation_key="backfill_window",
+            translation_placeholders={"start": start.isoformat(), "end": end.isoformat()},
+        )
+    entity_ids: list[str] | None = call.data.get(ATTR_ENTITY_ID)
+    runtime = entry.runtime_data.runtime
+    runtime.backfill.async_start(start, end, sorted(set(entity_ids)) if entity_ids else None)
+    await entry.runtime_data.coordinator.async_refresh()
+    return {"start": start.isoformat(), "end": end.isoformat()}
+
+
+async def _async_cancel_backfill(call: ServiceCall) -> None:
+    entry = _entry(call)
+    if not await entry.runtime_data.runtime.backfill.async_cancel():
+        raise ServiceValidationError(
+            translation_domain=DOMAIN, translation_key="no_backfill_running"
+        )
+    await entry.runtime_data.coordinator.async_refresh()
+
+
 @callback
 def async_setup_actions(hass: HomeAssistant) -> None:
     """Register the actions (once, from async_setup)."""
@@ -240,6 +286,8 @@ def async_setup_actions(hass: HomeAssistant) -> None:
         (ACTION_PURGE_DEAD_LETTERS, _async_purge_dead_letters, DEAD_LETTERS_SCHEMA, True),
         (ACTION_PAUSE, _async_pause, ENTRY_ONLY_SCHEMA, False),
         (ACTION_RESUME, _async_resume, ENTRY_ONLY_SCHEMA, False),
+        (ACTION_BACKFILL, _async_backfill, BACKFILL_SCHEMA, True),
+        (ACTION_CANCEL_BACKFILL, _async_cancel_backfill, ENTRY_ONLY_SCHEMA, False),
     )
     for action, handler, schema, responds in actions:
         # The `unused-ignore` mark: types that differ between the supported Home Assistant

@@ -63,6 +63,8 @@ from .const import (
     CONF_EXCLUDE_ENTITIES,
     CONF_EXCLUDE_ENTITY_GLOBS,
     CONF_FALLBACK_TO_STORAGE,
+    CONF_GAP_FILL,
+    CONF_GAP_FILL_MAX_HOURS,
     CONF_HEALTH_INTERVAL,
     CONF_INCLUDE_DOMAINS,
     CONF_INCLUDE_ENTITIES,
@@ -79,6 +81,8 @@ from .const import (
     DEFAULT_DURABILITY,
     DEFAULT_EVENT_TYPES,
     DEFAULT_FALLBACK_TO_STORAGE,
+    DEFAULT_GAP_FILL,
+    DEFAULT_GAP_FILL_MAX_HOURS,
     DEFAULT_HEALTH_INTERVAL,
     DEFAULT_LINGER_MS,
     DEFAULT_MAX_EVENTS,
@@ -103,6 +107,7 @@ MAX_EVENTS_RANGE = (1_000, 10_000_000)
 MAX_MEGABYTES_RANGE = (1, 10_000)
 HEALTH_INTERVAL_RANGE = (5, 3600)
 PROBLEM_AFTER_RANGE = (10, 86_400)
+GAP_FILL_MAX_HOURS_RANGE = (1, 720)
 
 _FILTER_LIST_KEYS = (
     CONF_INCLUDE_DOMAINS,
@@ -120,6 +125,7 @@ _WHOLE_NUMBER_KEYS = (
     CONF_MAX_MEGABYTES,
     CONF_HEALTH_INTERVAL,
     CONF_PROBLEM_AFTER,
+    CONF_GAP_FILL_MAX_HOURS,
 )
 # The options form's collapsed section with the delivery tuning. Only the form nests
 # them: the options are stored flat, as they always were.
@@ -133,6 +139,8 @@ ADVANCED_DELIVERY_KEYS = (
     CONF_FALLBACK_TO_STORAGE,
     CONF_HEALTH_INTERVAL,
     CONF_PROBLEM_AFTER,
+    CONF_GAP_FILL,
+    CONF_GAP_FILL_MAX_HOURS,
 )
 
 
@@ -145,7 +153,7 @@ def default_options() -> dict[str, Any]:
     ``batch_size``, ``linger_ms``, ``max_events``, ``max_megabytes``,
     ``health_check_interval`` and ``problem_after`` (both seconds) int; ``durability``
     ``"always"`` or ``"on_backlog"``; ``fallback_to_storage`` bool; ``weather_entity``
-    str or None.
+    str or None; ``gap_fill`` bool and ``gap_fill_max_hours`` int (backfill.py).
     """
     return {
         CONF_EVENT_TYPES: list(DEFAULT_EVENT_TYPES),
@@ -159,6 +167,8 @@ def default_options() -> dict[str, Any]:
         CONF_HEALTH_INTERVAL: DEFAULT_HEALTH_INTERVAL,
         CONF_PROBLEM_AFTER: DEFAULT_PROBLEM_AFTER,
         CONF_WEATHER_ENTITY: None,
+        CONF_GAP_FILL: DEFAULT_GAP_FILL,
+        CONF_GAP_FILL_MAX_HOURS: DEFAULT_GAP_FILL_MAX_HOURS,
     }
 
 
@@ -504,6 +514,10 @@ def _options_schema(hass: HomeAssistant, current: Mapping[str, Any]) -> vol.Sche
                         vol.Required(CONF_FALLBACK_TO_STORAGE): BooleanSelector(),
                         vol.Required(CONF_HEALTH_INTERVAL): _number(HEALTH_INTERVAL_RANGE, "s"),
                         vol.Required(CONF_PROBLEM_AFTER): _number(PROBLEM_AFTER_RANGE, "s"),
+                        vol.Required(CONF_GAP_FILL): BooleanSelector(),
+                        vol.Required(CONF_GAP_FILL_MAX_HOURS): _number(
+                            GAP_FILL_MAX_HOURS_RANGE, "h"
+                        ),
                     }
                 ),
                 {"collapsed": True},
@@ -580,6 +594,7 @@ def _parse_options(user_input: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
         options[key] = int(number)
     options[CONF_DURABILITY] = str(user_input[CONF_DURABILITY])
     options[CONF_FALLBACK_TO_STORAGE] = bool(user_input[CONF_FALLBACK_TO_STORAGE])
+    options[CONF_GAP_FILL] = bool(user_input.get(CONF_GAP_FILL, DEFAULT_GAP_FILL))
     options[CONF_WEATHER_ENTITY] = user_input.get(CONF_WEATHER_ENTITY) or None
     return options, errors
 

@@ -36,6 +36,10 @@ CONF_HEALTH_INTERVAL: Final = "health_check_interval"
 CONF_WEATHER_ENTITY: Final = "weather_entity"
 # Seconds the oldest waiting event may age before "Delivery problem" turns on.
 CONF_PROBLEM_AFTER: Final = "problem_after"
+# Backfill at start what the recorder kept while the integration was not running, and
+# from at most how many hours back.
+CONF_GAP_FILL: Final = "gap_fill"
+CONF_GAP_FILL_MAX_HOURS: Final = "gap_fill_max_hours"
 
 ALL_EVENTS: Final = "*"  # in CONF_EVENT_TYPES: every event type
 # The options flow's select offers ALL_EVENTS under this value: select values are
@@ -51,6 +55,8 @@ DEFAULT_MAX_MEGABYTES: Final = 512
 DEFAULT_FALLBACK_TO_STORAGE: Final = True
 DEFAULT_HEALTH_INTERVAL: Final = 30
 DEFAULT_PROBLEM_AFTER: Final = 60
+DEFAULT_GAP_FILL: Final = True
+DEFAULT_GAP_FILL_MAX_HOURS: Final = 24
 
 # The services' own names, as used for routes, devices and translations.
 SERVICE_ENRICHMENT: Final = "enrichment"

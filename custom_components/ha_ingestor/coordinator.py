@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 from homeassistant.config_entries import ConfigEntry
 from homeassistant.helpers.update_coordinator import DataUpdateCoordinator
 
+from .backfill import BackfillProgress
 from .const import DOMAIN, LOGGER
 from .issues import async_update_issues
 from .pipeline.circuit_breaker import BreakerState
@@ -62,6 +63,8 @@ class IngestorSnapshot:
     # The oldest waiting event is older than the entry's "problem after" option.
     delivery_problem: bool = False
     services: dict[str, ServiceHealth] = field(default_factory=dict)
+    # The current or last backfill (backfill.py): the Backfill sensor.
+    backfill: BackfillProgress = field(default_factory=BackfillProgress)
     # For the repair issues (issues.py) only: no entity shows them, so a change in them
     # alone does not make the entities write (not compared), and diagnostics show them
     # under "settings" and "outbox" instead (ISSUE_FIGURES).
@@ -130,6 +133,7 @@ def build_snapshot(runtime: IngestorRuntime, now: float) -> IngestorSnapshot:
         problem_error=None if problem is None else problem.error,
         delivery_problem=oldest_age is not None and oldest_age >= runtime.settings.problem_after,
         services=services,
+        backfill=runtime.backfill.progress,
         pending_bytes=stats.pending_bytes,
         max_events=runtime.settings.max_events,
         max_megabytes=runtime.settings.max_megabytes,

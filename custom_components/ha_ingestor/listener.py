@@ -8,8 +8,8 @@ later, on the outbox's worker thread, in `EventEncoder`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from datetime import UTC
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeIs
 
 import orjson
@@ -32,6 +32,7 @@ from .pipeline.envelope import (
     EventValidator,
     Weather,
     new_event_id,
+    state_event_id,
 )
 
 if TYPE_CHECKING:
@@ -47,6 +48,26 @@ def _state_as_raw(state: State | None) -> dict[str, Any] | None:
 
 def _is_state(value: object) -> TypeIs[State | None]:
     return value is None or type(value) is State
+
+
+_NO_CONTEXT = {"id": None, "user_id": None, "parent_id": None}
+
+
+# A state change read back from the recorder (a backfill), for the outbox: entity id,
+# state, attributes as JSON, last_updated (epoch seconds, the recorder's float), and the
+# entity's previous state in the window when known. A plain tuple of text and numbers:
+# the garbage collector stops tracking those, so a backfill's hundreds of thousands of
+# waiting changes add nothing to its full passes (which then took up to half a second
+# on the event loop). The recorder keeps no context: the envelope's context ids are null.
+type RecordedChange = tuple[str, str, bytes, float, str | None]
+
+# What the outbox holds before encoding: events from the bus, changes from the recorder.
+type Captured = Event[Any] | RecordedChange
+
+
+def _state_id(entity_id: str, updated_json: bytes, state: str) -> str:
+    # updated_json is orjson's JSON text of the time, quotes included.
+    return state_event_id(entity_id, updated_json[1:-1].decode(), state)
 
 
 class EventEncoder:
@@ -72,12 +93,22 @@ class EventEncoder:
     def set_context(self, context: EnvelopeContext) -> None:
         self.validator.envelope_context = context
 
-    def __call__(self, event: Event[Any]) -> EncodedEvent:
+    def __call__(self, event: Event[Any] | RecordedChange) -> EncodedEvent:
+        if isinstance(event, tuple):
+            return self._encode_recorded(event)
         if event.event_type == EVENT_STATE_CHANGED:
             encoded = self._encode_state_changed(event)
             if encoded is not None:
                 return encoded
         return self._encode_generic(event)
+
+    def _current_context_json(self) -> orjson.Fragment:
+        context_of, context_json = self._context_json
+        if context_of is not self.validator.envelope_context:
+            context_of, context_json = self._context_json = _context_json(
+                self.validator.envelope_context
+            )
+        return context_json
 
     def _encode_state_changed(self, event: Event[Any]) -> EncodedEvent | None:
         """The direct path; None when the event needs the validator's judgement."""
@@ -94,19 +125,26 @@ class EventEncoder:
             and time_fired.tzinfo is UTC
         ):
             return None
-        context_of, context_json = self._context_json
-        if context_of is not self.validator.envelope_context:
-            context_of, context_json = self._context_json = _context_json(
-                self.validator.envelope_context
-            )
+        context_json = self._current_context_json()
         context = event.context
-        event_id = new_event_id()
+        time_json = orjson.dumps(time_fired, option=orjson.OPT_UTC_Z)
+        if new_state is None:
+            event_id = new_event_id()
+        else:
+            # The id is derived from the change (state_event_id). last_updated is
+            # time_fired for every change Home Assistant makes: formatted once then.
+            updated_json = (
+                time_json
+                if new_state.last_updated_timestamp == event.time_fired_timestamp
+                else orjson.dumps(new_state.last_updated, option=orjson.OPT_UTC_Z)
+            )
+            event_id = _state_id(entity_id, updated_json, new_state.state)
         # Keys in the order EventValidator.build writes them: the same bytes either way.
         return self.validator.serialize(
             event_id,
             {
                 "event_id": event_id,
-                "timestamp": orjson.Fragment(orjson.dumps(time_fired, option=orjson.OPT_UTC_Z)),
+                "timestamp": orjson.Fragment(time_json),
                 "source": SOURCE,
                 "data": {
                     "event_type": EVENT_STATE_CHANGED,
@@ -124,14 +162,46 @@ class EventEncoder:
             },
         )
 
+    def _encode_recorded(self, change: RecordedChange) -> EncodedEvent:
+        """A state change from the recorder: the envelope a live one gets, its id too."""
+        entity_id, state, attributes, last_updated, old_state = change
+        # The datetime Home Assistant makes of the same float (dt_util.utc_from_timestamp).
+        time_json = orjson.dumps(
+            datetime.fromtimestamp(last_updated, tz=UTC), option=orjson.OPT_UTC_Z
+        )
+        event_id = _state_id(entity_id, time_json, state)
+        return self.validator.serialize(
+            event_id,
+            {
+                "event_id": event_id,
+                "timestamp": orjson.Fragment(time_json),
+                "source": SOURCE,
+                "data": {
+                    "event_type": EVENT_STATE_CHANGED,
+                    "context": _NO_CONTEXT,
+                    "entity_id": entity_id,
+                    "state": state,
+                    "attributes": orjson.Fragment(attributes),
+                    "old_state": old_state,
+                },
+                "context": self._current_context_json(),
+            },
+        )
+
     def _encode_generic(self, event: Event[Any]) -> EncodedEvent:
         data: Mapping[str, Any] = event.data
+        event_id: str | None = None
         if event.event_type == EVENT_STATE_CHANGED:
+            new_state = data.get("new_state")
+            entity_id = data.get("entity_id")
             raw_data: dict[str, Any] = {
-                "entity_id": data.get("entity_id"),
-                "new_state": _state_as_raw(data.get("new_state")),
+                "entity_id": entity_id,
+                "new_state": _state_as_raw(new_state),
                 "old_state": _state_as_raw(data.get("old_state")),
             }
+            if isinstance(new_state, State) and isinstance(entity_id, str):
+                updated_json = orjson.dumps(new_state.last_updated, option=orjson.OPT_UTC_Z)
+                event_id = _state_id(entity_id, updated_json, str(new_state.state))
         else:
             raw_data = dict(data)
         context = event.context
@@ -145,7 +215,8 @@ class EventEncoder:
                     "parent_id": context.parent_id,
                 },
                 "data": raw_data,
-            }
+            },
+            event_id,
         )
 
 
@@ -204,7 +275,7 @@ class EventListener:
     def __init__(
         self,
         hass: HomeAssistant,
-        outbox: Outbox[Event[Any]],
+        outbox: Outbox[Captured],
         own_entities: set[str],
     ) -> None:
         self._hass = hass
@@ -212,8 +283,11 @@ class EventListener:
         self._own_entities = own_entities
         self._filter: Callable[[str], bool] | None = None
         self._unsubscribers: list[Callable[[], None]] = []
-        self._held: list[Event[Any]] | None = None
+        self._held: list[Captured] | None = None
         self.event_types: tuple[str, ...] = ()
+        # When (time_fired, epoch seconds) the last event was captured; the gap fill
+        # starts there next time (backfill.py). A float write per event, nothing more.
+        self.last_captured: float | None = None
 
     @callback
     def subscribe(self, event_types: list[str], entity_filter: EntityFilter) -> None:
@@ -237,12 +311,28 @@ class EventListener:
             self._held = []
 
     @callback
-    def release_to(self, outbox: Outbox[Event[Any]]) -> None:
+    def release_to(self, outbox: Outbox[Captured]) -> None:
         """Hand held events, then every new one, to ``outbox``."""
         held, self._held = self._held, None
         self._outbox = outbox
         if held:
             outbox.append_many(held)
+
+    @property
+    def own_entities(self) -> set[str]:
+        return self._own_entities
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self._unsubscribers)
+
+    @callback
+    def hand_over(self, items: Iterable[Captured]) -> None:
+        """Queue items that did not come from the bus (a backfill) behind what is queued."""
+        if self._held is not None:
+            self._held.extend(items)
+        else:
+            self._outbox.append_many(items)
 
     @callback
     def _handle(self, event: Event[Any]) -> None:
@@ -252,6 +342,7 @@ class EventListener:
                 return
             if self._filter is not None and not self._filter(entity_id):
                 return
+        self.last_captured = event.time_fired_timestamp
         if self._held is not None:
             self._held.append(event)
         else:

@@ -1,4 +1,5 @@
-"""What one config entry runs: outbox, registry, clients, forwarder and bus listener.
+"""What one config entry runs: outbox, registry, clients, forwarder, bus listener, and the
+backfiller with its capture mark (backfill.py: gaps filled from the recorder at start).
 
 `IngestorRuntime` builds the delivery core from the entry's data and options, starts and
 stops it in the right order (listener last on, first off; outbox last off, so everything
@@ -7,10 +8,12 @@ in memory reaches the file), and applies changed options live without losing eve
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from homeassistant.const import EVENT_STATE_CHANGED
 from homeassistant.core import Event, EventStateChangedData, HomeAssistant, callback
 from homeassistant.helpers import instance_id
 from homeassistant.helpers.aiohttp_client import async_get_clientsession
@@ -18,7 +21,9 @@ from homeassistant.helpers.entityfilter import EntityFilter
 from homeassistant.helpers.event import async_track_state_change_event
 from homeassistant.util.hass_dict import HassKey
 
+from .backfill import Backfiller, CaptureMark
 from .const import (
+    ALL_EVENTS,
     CONF_API_TOKEN,
     CONF_BATCH_SIZE,
     CONF_DURABILITY,
@@ -29,6 +34,8 @@ from .const import (
     CONF_EXCLUDE_ENTITIES,
     CONF_EXCLUDE_ENTITY_GLOBS,
     CONF_FALLBACK_TO_STORAGE,
+    CONF_GAP_FILL,
+    CONF_GAP_FILL_MAX_HOURS,
     CONF_HEALTH_INTERVAL,
     CONF_INCLUDE_DOMAINS,
     CONF_INCLUDE_ENTITIES,
@@ -45,6 +52,8 @@ from .const import (
     DEFAULT_DURABILITY,
     DEFAULT_EVENT_TYPES,
     DEFAULT_FALLBACK_TO_STORAGE,
+    DEFAULT_GAP_FILL,
+    DEFAULT_GAP_FILL_MAX_HOURS,
     DEFAULT_HEALTH_INTERVAL,
     DEFAULT_LINGER_MS,
     DEFAULT_MAX_EVENTS,
@@ -55,7 +64,7 @@ from .const import (
     SERVICE_ENRICHMENT,
     SERVICE_STORAGE,
 )
-from .listener import EventEncoder, EventListener, weather_from_state
+from .listener import Captured, EventEncoder, EventListener, weather_from_state
 from .pipeline.endpoint_health import ServiceRegistry
 from .pipeline.envelope import EnvelopeContext, EventValidator
 from .pipeline.forwarder import EventForwarder, ForwarderConfig, Route
@@ -119,6 +128,8 @@ class IngestorSettings:
     health_interval: int
     problem_after: int
     weather_entity: str | None
+    gap_fill: bool = DEFAULT_GAP_FILL
+    gap_fill_max_hours: int = DEFAULT_GAP_FILL_MAX_HOURS
 
     @classmethod
     def from_entry(cls, entry: ConfigEntry) -> IngestorSettings:
@@ -144,6 +155,10 @@ class IngestorSettings:
             health_interval=int(options.get(CONF_HEALTH_INTERVAL, DEFAULT_HEALTH_INTERVAL)),
             problem_after=int(options.get(CONF_PROBLEM_AFTER, DEFAULT_PROBLEM_AFTER)),
             weather_entity=options.get(CONF_WEATHER_ENTITY) or None,
+            gap_fill=bool(options.get(CONF_GAP_FILL, DEFAULT_GAP_FILL)),
+            gap_fill_max_hours=int(
+                options.get(CONF_GAP_FILL_MAX_HOURS, DEFAULT_GAP_FILL_MAX_HOURS)
+            ),
         )
 
     def entity_filter_object(self) -> EntityFilter:
@@ -190,6 +205,8 @@ class IngestorRuntime:
         self.listener = EventListener(hass, self.outbox, own_entities(hass))
         self._unsub_weather: Callable[[], None] | None = None
         self._base_context: EnvelopeContext = {}
+        self.backfill = Backfiller(hass, self)
+        self.mark = CaptureMark(hass, self)
 
     # -- wiring ----------------------------------------------------------------------
 
@@ -200,7 +217,7 @@ class IngestorRuntime:
             services[SERVICE_ENRICHMENT] = self.settings.enrichment_urls
         return services
 
-    def _new_outbox(self) -> Outbox[Event[Any]]:
+    def _new_outbox(self) -> Outbox[Captured]:
         return Outbox(
             outbox_path(self.hass, self.entry.entry_id),
             self.encoder,
@@ -235,19 +252,34 @@ class IngestorRuntime:
         try:
             self._base_context = await self._envelope_context()
             self._track_weather()
+            since = await self.mark.async_load() if self.settings.gap_fill else None
             await self.outbox.open()
             self.forwarder.start()
             self.registry.start()
             self.listener.subscribe(
                 list(self.settings.event_types), self.settings.entity_filter_object()
             )
+            if self.settings.gap_fill:
+                self.mark.async_start()
+                if since is not None and self._forwards_state_changes():
+                    # What the recorder kept while nothing listened (backfill.py).
+                    self.backfill.async_schedule_gap_fill(
+                        since, time.time(), self.settings.gap_fill_max_hours
+                    )
         except BaseException:
             await self.async_stop()
             raise
 
+    def _forwards_state_changes(self) -> bool:
+        return bool({EVENT_STATE_CHANGED, ALL_EVENTS} & set(self.settings.event_types))
+
     async def async_stop(self) -> None:
         """Stop listening, let the batch in flight settle, write everything to the file."""
+        # Events were captured until now (the gap fill starts here next time).
+        captured_until = time.time() if self.listener.subscribed else None
         self.listener.unsubscribe()
+        await self.backfill.async_shutdown()
+        await self.mark.async_stop(captured_until if self.settings.gap_fill else None)
         if self._unsub_weather is not None:
             self._unsub_weather()
             self._unsub_weather = None
@@ -272,6 +304,10 @@ class IngestorRuntime:
             self._track_weather()
         if (old.event_types, old.entity_filter) != (new.event_types, new.entity_filter):
             self.listener.subscribe(list(new.event_types), new.entity_filter_object())
+        if new.gap_fill and not old.gap_fill:
+            self.mark.async_start(time.time())
+        elif old.gap_fill and not new.gap_fill:
+            await self.mark.async_stop(None)
 
     async def _replace_outbox(self) -> None:
         """New durability or caps: reopen the file, holding new events meanwhile."""

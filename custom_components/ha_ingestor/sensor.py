@@ -57,6 +57,22 @@ def _status_attributes(data: IngestorSnapshot) -> dict[str, Any]:
     }
 
 
+def _backfill_attributes(data: IngestorSnapshot) -> dict[str, Any]:
+    """The backfill's state, window, how far it got and how many changes it queued."""
+    progress = data.backfill
+    attributes: dict[str, Any] = {
+        "state": progress.status.value,
+        "gap_fill": progress.gap_fill,
+        "events": progress.events,
+        "reached": progress.reached,
+        "start": progress.start,
+        "end": progress.end,
+    }
+    if progress.error is not None:
+        attributes["error"] = progress.error
+    return attributes
+
+
 def _oldest_pending_age(data: IngestorSnapshot) -> int | None:
     # Nothing waiting is an age of zero, not "unknown".
     return 0 if data.pending == 0 else data.oldest_pending_age_s
@@ -150,6 +166,17 @@ SENSORS: tuple[IngestorSensorEntityDescription, ...] = (
         state_class=SensorStateClass.MEASUREMENT,
         suggested_display_precision=1,
         value_fn=lambda data: data.p95_latency_ms,
+    ),
+    IngestorSensorEntityDescription(
+        # Percent of the window queued by the current (or last) backfill; unknown until
+        # the first one. The attributes say which, how far, and how it ended.
+        key="backfill",
+        translation_key="backfill",
+        entity_category=EntityCategory.DIAGNOSTIC,
+        native_unit_of_measurement=PERCENTAGE,
+        suggested_display_precision=0,
+        value_fn=lambda data: data.backfill.percent,
+        attributes_fn=_backfill_attributes,
     ),
 )
 

@@ -15,6 +15,8 @@ from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 import custom_components.ha_ingestor
 from custom_components.ha_ingestor.actions import (
+    ACTION_BACKFILL,
+    ACTION_CANCEL_BACKFILL,
     ACTION_FLUSH,
     ACTION_FORWARD_EVENT,
     ACTION_PAUSE,
@@ -43,6 +45,8 @@ ACTIONS = {
     ACTION_PURGE_DEAD_LETTERS,
     ACTION_PAUSE,
     ACTION_RESUME,
+    ACTION_BACKFILL,
+    ACTION_CANCEL_BACKFILL,
 }
 
 

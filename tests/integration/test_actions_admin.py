@@ -12,6 +12,8 @@ from homeassistant.core import Context, HomeAssistant
 from homeassistant.exceptions import Unauthorized
 
 from custom_components.ha_ingestor.actions import (
+    ACTION_BACKFILL,
+    ACTION_CANCEL_BACKFILL,
     ACTION_FLUSH,
     ACTION_FORWARD_EVENT,
     ACTION_PAUSE,
@@ -38,6 +40,8 @@ CALLS: dict[str, dict[str, Any]] = {
     ACTION_PURGE_DEAD_LETTERS: {},
     ACTION_PAUSE: {},
     ACTION_RESUME: {},
+    ACTION_BACKFILL: {"start": "2026-01-01T00:00:00+00:00"},
+    ACTION_CANCEL_BACKFILL: {},
 }
 
 

@@ -7,19 +7,24 @@ deprecated constant, a warning naming the integration. Libraries raise
 `DeprecationWarning`s. Either fails this test, so the next Home Assistant release cannot
 turn one of them into an error unnoticed. The entry runs on real receivers and goes through
 everything the integration does: set-up with every entity, events of all kinds, every
-action, live options, a reconfigure that drops a service, a reload and an unload.
+action (a backfill from the recorder among them), live options, a reconfigure that drops a
+service, reloads (each fills its gap from the recorder) and an unload.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from homeassistant.config_entries import ConfigEntryState
+from homeassistant.util import dt as dt_util
 
 from custom_components.ha_ingestor.actions import (
+    ACTION_BACKFILL,
+    ACTION_CANCEL_BACKFILL,
     ACTION_FLUSH,
     ACTION_FORWARD_EVENT,
     ACTION_PAUSE,
@@ -95,13 +100,18 @@ def our_deprecation_warnings(caught: list[warnings.WarningMessage]) -> list[str]
     ]
 
 
+@pytest.fixture
+def mock_recorder_before_hass(async_test_recorder: Any) -> None:
+    """The recorder's database is prepared before Home Assistant (the harness needs it)."""
+
+
 async def call(hass: HomeAssistant, action: str, data: dict[str, Any], *, response: bool) -> Any:
     return await hass.services.async_call(
         DOMAIN, action, data, blocking=True, return_response=response
     )
 
 
-@pytest.mark.usefixtures("entity_registry_enabled_by_default")
+@pytest.mark.usefixtures("entity_registry_enabled_by_default", "recorder_mock")
 async def test_a_whole_life_without_complaints(
     hass: HomeAssistant,
     storage_server: FaultServer,
@@ -137,6 +147,9 @@ async def test_a_whole_life_without_complaints(
         ACTION_PURGE_DEAD_LETTERS: ({}, True),
         ACTION_PAUSE: ({}, False),
         ACTION_RESUME: ({}, False),
+        # Started, then cancelled while it waits for the recorder.
+        ACTION_BACKFILL: ({"start": (dt_util.utcnow() - timedelta(hours=1)).isoformat()}, True),
+        ACTION_CANCEL_BACKFILL: ({}, False),
     }
     assert set(hass.services.async_services_for_domain(DOMAIN)) == set(actions)
     for action, (data, response) in actions.items():

@@ -7,6 +7,7 @@ event to the validator's judgement.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
@@ -15,14 +16,16 @@ import orjson
 import pytest
 from homeassistant.core import Context, Event, State
 
-from custom_components.ha_ingestor.listener import EventEncoder
+from custom_components.ha_ingestor.listener import EventEncoder, RecordedChange
 from custom_components.ha_ingestor.pipeline.envelope import (
     PAYLOAD_TOO_LARGE,
+    STATE_CHANGED_NAMESPACE,
     VALIDATION_ERROR,
     EncodedEvent,
     EnvelopeContext,
     EventValidator,
     ValidationError,
+    state_event_id,
 )
 
 CONTEXT: EnvelopeContext = {
@@ -94,10 +97,70 @@ def test_direct_path_gives_the_validators_bytes(
     assert envelope["data"]["old_state"] == (None if old is None else old.state)
 
 
-def test_event_ids_differ_per_event() -> None:
+def test_a_state_changes_id_is_derived_from_it() -> None:
+    """uuid5 over entity id, the new state's last_updated (as the envelope writes it) and
+    the state: the same change always gets the same id, on either path."""
     encoder = _encoder()
-    event = _state_changed(State("sensor.t", "1"), None)
-    assert len({encoder(event).event_id for _ in range(100)}) == 100
+    state = State("sensor.t", "1", last_updated=datetime(2026, 5, 1, 8, 0, 0, 5, tzinfo=UTC))
+    event = _state_changed(state, None, timestamp=state.last_updated_timestamp)
+    expected = str(
+        uuid.uuid5(uuid.UUID(STATE_CHANGED_NAMESPACE), "sensor.t\n2026-05-01T08:00:00.000005Z\n1")
+    )
+    assert state_event_id("sensor.t", "2026-05-01T08:00:00.000005Z", "1") == expected
+    assert {encoder(event).event_id for _ in range(3)} == {expected}
+    assert _generic(encoder, event).event_id == expected
+    assert orjson.loads(encoder(event).payload)["timestamp"] == "2026-05-01T08:00:00.000005Z"
+    assert (
+        str(
+            uuid.uuid5(
+                uuid.NAMESPACE_URL, "https://github.com/ha-ingestor/ha-ingestor/state_changed"
+            )
+        )
+        == STATE_CHANGED_NAMESPACE
+    )
+
+
+def test_other_changes_and_events_get_other_ids() -> None:
+    encoder = _encoder()
+    when = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    ids = {
+        encoder(
+            _state_changed(State(entity, value, last_updated=moment), None, entity_id=entity)
+        ).event_id
+        for entity, value, moment in [
+            ("sensor.t", "1", when),
+            ("sensor.t", "2", when),
+            ("sensor.u", "1", when),
+            ("sensor.t", "1", when + timedelta(microseconds=1)),
+        ]
+    }
+    assert len(ids) == 4
+    # A removal (no new state) and other event types: random ids.
+    removal = _state_changed(None, State("sensor.t", "1"))
+    assert len({encoder(removal).event_id for _ in range(10)}) == 10
+    other = Event("call_service", {"domain": "light"})
+    assert len({encoder(other).event_id for _ in range(10)}) == 10
+
+
+def test_a_recorded_change_is_encoded_as_the_live_one() -> None:
+    encoder = _encoder()
+    old = State("sensor.t", "22.4", ATTRIBUTES)
+    new = State("sensor.t", "22.5", ATTRIBUTES)
+    live = orjson.loads(
+        encoder(_state_changed(new, old, timestamp=new.last_updated_timestamp)).payload
+    )
+    change: RecordedChange = (
+        "sensor.t",
+        "22.5",
+        orjson.dumps(ATTRIBUTES),
+        new.last_updated_timestamp,
+        "22.4",
+    )
+    recorded = orjson.loads(encoder(change).payload)
+    # The recorder keeps no context: its ids are null; everything else is the same.
+    assert recorded["data"].pop("context") == {"id": None, "user_id": None, "parent_id": None}
+    live["data"].pop("context")
+    assert recorded == live
 
 
 @pytest.mark.parametrize("entity_id", [None, 5, "no_dot", ""])

