@@ -327,7 +327,8 @@ def _short(figures: dict[str, Any]) -> str:
 
 def plot(outages: dict[str, dict[str, Any]], path: Path) -> dict[str, float]:
     """Latency against the state change's time for both, across the outage; returns how
-    long each took to catch up after influxd came back (seconds from the 40th)."""
+    long each took to catch up after influxd came back (seconds from the 40th; -1 when
+    none of the state changes made while it was away ever arrived)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,8 +347,9 @@ def plot(outages: dict[str, dict[str, Any]], path: Path) -> dict[str, float]:
         axes.scatter(
             xs, ys, s=4, label=f"{labels[kind]}: lost {data['lost']:,} of {data['fired']:,}"
         )
-        arrivals = [x + y for x, y in points]
-        caught_up[kind] = (max(arrivals) - 40.0) if arrivals else float("nan")
+        # Caught up once the last state change made while influxd was away has arrived.
+        away = [x + y for x, y in points if 20.0 <= x < 40.0]
+        caught_up[kind] = (max(away) - 40.0) if away else -1.0  # -1: none of them came
     axes.axvspan(20, 40, color="grey", alpha=0.15, label="influxd away (20 s)")
     axes.set_yscale("log")
     axes.set_xlabel("state change time (s from the start)")

@@ -7,7 +7,7 @@ change's time, in the request's ``precision``) against the moment the point arri
 here gives its latency. ``GET /tap/points?db=NAME&since=T`` answers the points of that
 database that arrived since wall time ``T``: ``[[arrived, latency_s], ...]``.
 ``POST /tap/outage?seconds=S`` makes the tap refuse connections for S seconds, as if
-influxd were down (its listener closes; the requests in progress finish). The tap stops
+influxd were down (its listener closes, and a connection kept alive is reset). The tap stops
 when its stdin closes.
 """
 
@@ -28,7 +28,7 @@ ARRIVALS = web.AppKey("arrivals", defaultdict)
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 OUTAGE = web.AppKey("outage", asyncio.Event)
-OUTAGE_S = web.AppKey("outage_s", list)  # [seconds] of the outage asked for
+OUTAGE_S = web.AppKey("outage_s", list)  # [seconds asked for, monotonic end]
 
 
 def point_times(body: bytes, precision: str) -> list[float]:
@@ -46,6 +46,11 @@ def point_times(body: bytes, precision: str) -> list[float]:
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
+    if time.monotonic() < request.app[OUTAGE_S][1]:
+        # Away: a connection kept alive from before is reset, as a stopped influxd would.
+        if request.transport is not None:
+            request.transport.abort()
+        raise web.HTTPServiceUnavailable
     body = await request.read()
     session = request.app[SESSION]
     headers = {
@@ -84,7 +89,8 @@ async def _points(request: web.Request) -> web.Response:
 
 async def _outage(request: web.Request) -> web.Response:
     request.app[OUTAGE].set()
-    request.app[OUTAGE_S][0] = float(request.query.get("seconds", "20"))
+    seconds = float(request.query.get("seconds", "20"))
+    request.app[OUTAGE_S][:] = [seconds, time.monotonic() + 0.2 + seconds]
     return web.json_response({"ok": True})
 
 
@@ -93,7 +99,7 @@ async def main(port: int, upstream: str) -> None:
     app[ARRIVALS] = defaultdict(list)
     app[UPSTREAM] = upstream.rstrip("/")
     app[OUTAGE] = asyncio.Event()
-    app[OUTAGE_S] = [0.0]
+    app[OUTAGE_S] = [0.0, 0.0]
     app.router.add_get("/tap/points", _points)
     app.router.add_post("/tap/outage", _outage)
     app.router.add_route("*", "/{tail:.*}", _proxy)
