@@ -387,22 +387,24 @@ async def test_a_backfill_of_100000_states_keeps_the_loop_responsive(
     gc.callbacks.append(_gc)
     watcher = asyncio.create_task(_watch())
     started = loop.time()
-    await hass.services.async_call(
-        DOMAIN,
-        ACTION_BACKFILL,
-        {
-            "start": dt_util.utc_from_timestamp(first - 1).isoformat(),
-            "end": dt_util.utc_from_timestamp(last + 1).isoformat(),
-        },
-        blocking=True,
-    )
-    await wait_until(lambda: found, timeout=240)
-    await flush(entry)
-    took = loop.time() - started
-    running = False
-    await watcher
-    gc.callbacks.remove(_gc)
-    gc.unfreeze()
+    try:
+        await hass.services.async_call(
+            DOMAIN,
+            ACTION_BACKFILL,
+            {
+                "start": dt_util.utc_from_timestamp(first - 1).isoformat(),
+                "end": dt_util.utc_from_timestamp(last + 1).isoformat(),
+            },
+            blocking=True,
+        )
+        await wait_until(lambda: found, timeout=240)
+        await flush(entry)
+        took = loop.time() - started
+    finally:
+        running = False
+        await watcher
+        gc.callbacks.remove(_gc)
+        gc.unfreeze()
     lags.sort()
     worst, p99 = lags[-1], lags[int(len(lags) * 0.99)]
     print(
