@@ -95,6 +95,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--interval", type=float, default=5.0, help="seconds between progress lines (default 5)"
     )
+    parser.add_argument(
+        "--no-entry",
+        action="store_true",
+        help="start without the HA Ingestor entry, to add it in the UI (Add integration)",
+    )
     parser.add_argument("--ha-port", type=int, default=DEFAULT_HA_PORT, help="default 8123")
     parser.add_argument(
         "--enrichment-port", type=int, default=DEFAULT_ENRICHMENT_PORT, help="default 8002"
@@ -118,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = stop_leftovers(workdir)
     ports, port_notes = pick_ports(Ports(args.ha_port, args.enrichment_port, args.storage_port))
     notes += port_notes
-    demo = Demo(workdir=workdir, ports=ports)
+    demo = Demo(workdir=workdir, ports=ports, seed_entry=not args.no_entry)
     for note in notes:
         print(f"note: {note}")
     signal.signal(signal.SIGTERM, _raise_stop)

@@ -186,17 +186,29 @@ automation:
 """
 
 
-def write_config_folder(ha_dir: Path, *, host: str, port: int, integration_log_level: str) -> None:
+# Only with `history=True` (the UI walk's dashboard draws history graphs): the recorder
+# and history, which the demo otherwise leaves out.
+HISTORY_YAML = """
+# The recorder and history, for the history graphs of a dashboard.
+recorder:
+  commit_interval: 1
+history:
+"""
+
+
+def write_config_folder(
+    ha_dir: Path, *, host: str, port: int, integration_log_level: str, history: bool = False
+) -> None:
     """configuration.yaml and the files it names, the integration (a link to this
     checkout), the HTTP settings, and the core configuration unless Home Assistant
     already has one (a kept work folder keeps what was changed in the UI)."""
     ha_dir.mkdir(parents=True, exist_ok=True)
+    configuration = CONFIGURATION_YAML.format(
+        http=http_settings(ha_dir / ".storage", host, port),
+        integration_log_level=integration_log_level,
+    )
     (ha_dir / "configuration.yaml").write_text(
-        CONFIGURATION_YAML.format(
-            http=http_settings(ha_dir / ".storage", host, port),
-            integration_log_level=integration_log_level,
-        ),
-        encoding="utf-8",
+        configuration + (HISTORY_YAML if history else ""), encoding="utf-8"
     )
     for name in ("automations.yaml", "scripts.yaml", "scenes.yaml"):
         (ha_dir / name).touch()

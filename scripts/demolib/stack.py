@@ -54,6 +54,10 @@ class Demo:
     # so Home Assistant's resolver is part of every run (the services listen on HOST).
     entry_host: str = "localhost"
     integration_log_level: str = "info"  # custom_components.ha_ingestor in HA's log
+    # False: no HA Ingestor entry is written, to be added in the UI (tests/e2e's UI walk);
+    # entry_id stays "" until `find_entry` reads the entry made there.
+    seed_entry: bool = True
+    history: bool = False  # True: Home Assistant records history (dashboards' graphs)
     entry_id: str = ""
     hass: Child | None = None
     hass_exit_code: int | None = None
@@ -147,13 +151,29 @@ class Demo:
             host=HOST,
             port=self.ports.ha,
             integration_log_level=self.integration_log_level,
+            history=self.history,
         )
+        if not self.seed_entry:
+            return
         data, options = entry_data_and_options(
             f"http://{self.entry_host}:{self.ports.storage}",
             f"http://{self.entry_host}:{self.ports.enrichment}",
             self.token,
         )
         self.entry_id = seed_config_entry(self.ha_dir / ".storage", data, options)
+
+    def find_entry(self) -> str:
+        """The id of the HA Ingestor entry Home Assistant has (one made in the UI too);
+        "" when it has none."""
+        if self.session is None:
+            return ""
+        status, entries = self.session.get("/api/config/config_entries/entry")
+        if status == 200 and isinstance(entries, list):
+            for entry in entries:
+                if entry.get("domain") == "ha_ingestor":
+                    self.entry_id = str(entry["entry_id"])
+                    return self.entry_id
+        return ""
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
