@@ -18,13 +18,19 @@ import pytest
 from homeassistant.core import Event, HomeAssistant, State, callback
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.util import dt as dt_util
+from pytest_homeassistant_custom_component.common import async_fire_time_changed
 from pytest_homeassistant_custom_component.components.recorder.common import (
     async_wait_recording_done,
 )
 
 from custom_components.ha_ingestor import backfill
 from custom_components.ha_ingestor.actions import ACTION_BACKFILL, ACTION_CANCEL_BACKFILL
-from custom_components.ha_ingestor.backfill import EVENT_BACKFILL_FINISHED, MARK_KEY, mark_key
+from custom_components.ha_ingestor.backfill import (
+    EVENT_BACKFILL_FINISHED,
+    MARK_KEY,
+    SAVE_INTERVAL,
+    mark_key,
+)
 from custom_components.ha_ingestor.const import (
     CONF_GAP_FILL,
     CONF_GAP_FILL_MAX_HOURS,
@@ -229,6 +235,30 @@ async def test_changes_while_unloaded_are_filled_in_at_the_reload(
         assert expected_id(state) in storage_server.stored_ids, state
     assert len(storage_server.stored_ids) == len(set(storage_server.stored_ids))
     await unload(hass, entry)
+
+
+async def test_the_mark_is_written_only_while_events_flow(
+    hass: HomeAssistant, storage_server: FaultServer, hass_storage: dict[str, Any]
+) -> None:
+    """At most every SAVE_INTERVAL, and only when an event was captured since."""
+    entry = await setup_entry(hass, make_entry(storage_server.url))
+    key = mark_key(entry.entry_id)
+    later = dt_util.utcnow() + SAVE_INTERVAL + timedelta(seconds=1)
+    async_fire_time_changed(hass, later)
+    await hass.async_block_till_done()
+    await asyncio.sleep(0.05)
+    assert key not in hass_storage  # nothing captured: nothing written
+
+    hass.states.async_set("sensor.x", "1")
+    await hass.async_block_till_done()
+    captured = entry.runtime_data.runtime.listener.last_captured
+    assert captured is not None
+    async_fire_time_changed(hass, later + SAVE_INTERVAL + timedelta(seconds=1))
+    await hass.async_block_till_done()
+    await wait_until(lambda: key in hass_storage)
+    assert hass_storage[key]["data"] == {MARK_KEY: captured}
+    await unload(hass, entry)
+    assert hass_storage[key]["data"][MARK_KEY] > captured  # the stop time
 
 
 async def test_no_gap_fill_when_switched_off(
