@@ -8,8 +8,9 @@ schema version 1 is brought to version 2 in place (one ``ALTER TABLE``).
 
 Payloads are stored packed: deflated with a preset dictionary of the envelope's usual
 keys (a ~450-byte envelope takes ~100), behind a marker byte, and only when that is
-smaller (the store writes a burst that only overflows memory as it is); ``size`` keeps the payload's own length (NULL in rows of version 1, which are
-stored as they are). An envelope is JSON text, so it never starts with a marker byte.
+smaller (the store writes a burst that only overflows memory as it is); ``size`` keeps
+the payload's own length (NULL in rows of version 1, which are stored as they are). An
+envelope is JSON text, so it never starts with a marker byte.
 """
 
 from __future__ import annotations
