@@ -45,6 +45,7 @@ from pytest_homeassistant_custom_component.common import (
 import custom_components.ha_ingestor  # noqa: F401 - makes the integration importable
 from custom_components.ha_ingestor.const import (
     CONF_API_TOKEN,
+    CONF_GAP_FILL,
     CONF_STORAGE_URL,
     CONF_VERIFY_SSL,
     DOMAIN,
@@ -146,7 +147,7 @@ async def run(states: int) -> dict[str, float]:
             http = {"server_host": ["127.0.0.1"], "server_port": free_port()}
             assert await async_setup_component(hass, "http", {"http": http})
             data = {CONF_STORAGE_URL: sink, CONF_API_TOKEN: "bench", CONF_VERIFY_SSL: True}
-            entry = MockConfigEntry(domain=DOMAIN, data=data, options={"gap_fill": False})
+            entry = MockConfigEntry(domain=DOMAIN, data=data, options={CONF_GAP_FILL: False})
             entry.add_to_hass(hass)
             assert await hass.config_entries.async_setup(entry.entry_id)
             await hass.async_block_till_done()
