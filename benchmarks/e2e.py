@@ -60,7 +60,7 @@ from custom_components.ha_ingestor.const import (
 )
 from custom_components.ha_ingestor.pipeline.envelope import HEALTH_PATH
 
-from .ha import _setup_influxdb
+from .ha import setup_influxdb
 from .influxd import Influxd, free_port, running_influxd
 
 TOKEN = "bench-e2e"
@@ -199,7 +199,7 @@ async def scenario(kind: str, tap: str, database: str, mode: str, args: Any) -> 
             hass.data.pop(loader.DATA_CUSTOM_COMPONENTS)
             with contextlib.ExitStack() as stack:
                 if kind == "influxdb":
-                    await _setup_influxdb(hass, tapped, database)
+                    await setup_influxdb(hass, tapped, database)
                 else:
                     enrichment, storage = stack.enter_context(running_services(tap, database))
                     await _setup_ha_ingestor(hass, enrichment, storage)

@@ -87,7 +87,7 @@ async def _fire(hass: HomeAssistant, count: int, first: int = 0) -> float:
     return time.perf_counter() - start
 
 
-async def _setup_influxdb(
+async def setup_influxdb(
     hass: HomeAssistant, influxd: Influxd, database: str | None = None
 ) -> Callable[[], int]:
     """Home Assistant's influxdb integration (API v1); returns a counter of stored points."""
@@ -176,7 +176,7 @@ async def run_scenario(
             # As the test harness's enable_custom_integrations fixture does.
             hass.data.pop(loader.DATA_CUSTOM_COMPONENTS)
             subscribers: dict[str, Callable[[], Awaitable[Callable[[], int]]]] = {
-                "influxdb": lambda: _setup_influxdb(hass, influxd),
+                "influxdb": lambda: setup_influxdb(hass, influxd),
                 "ha_ingestor": lambda: _setup_ha_ingestor(hass, sink_url),
             }
             figures = await scenario(hass, subscribers.get(kind), events, sustained_events)

@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
-from homeassistant.config_entries import ConfigEntryState
-from homeassistant.setup import async_setup_component
 from homeassistant.util import dt as dt_util
 
+from benchmarks.ha import setup_influxdb
 from benchmarks.influxd import Influxd
 from custom_components.ha_ingestor.const import CONF_BATCH_SIZE
 from ha_ingestor_services.limits import Limits
@@ -81,21 +80,6 @@ async def _storage(influxd: Influxd, database: str) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
-
-
-async def _influxdb_integration(hass: HomeAssistant, influxd: Influxd, database: str) -> None:
-    """Home Assistant's own influxdb integration with its defaults, to ``database``."""
-    influxd.create_database(database)
-    config = {"host": "127.0.0.1", "port": influxd.port, "database": database}
-    # Newer releases import this YAML into a config entry whose set-up reads the file.
-    yaml = "".join(f"  {key}: {value}\n" for key, value in config.items())
-    await hass.async_add_executor_job(
-        Path(hass.config.path("configuration.yaml")).write_text, f"influxdb:\n{yaml}"
-    )
-    assert await async_setup_component(hass, "influxdb", {"influxdb": config})
-    await hass.async_block_till_done()
-    for entry in hass.config_entries.async_entries("influxdb"):
-        assert entry.state is ConfigEntryState.LOADED, f"influxdb entry: {entry.state}"
 
 
 def _points(influxd: Influxd, database: str) -> int:
@@ -169,7 +153,7 @@ async def test_side_by_side_agree_then_planted_differences_are_found(
     suffix = uuid.uuid4().hex[:8]
     old, new = f"home_assistant_{suffix}", f"home_assistant_ingestor_{suffix}"
     start = (dt_util.utcnow() - timedelta(seconds=5)).isoformat()
-    await _influxdb_integration(hass, influxd_server, old)
+    await setup_influxdb(hass, influxd_server, old)
     storage = _storage(influxd_server, new)
     url = await anext(storage)
     entry = make_entry(url, **{CONF_BATCH_SIZE: 500})
