@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from custom_components.ha_ingestor.const import (
 )
 
 from .influxd import free_port
+from .report import print_table
 from .sink import distinct_ids, running_sink
 
 STATES = 1_000_000
@@ -185,17 +185,8 @@ def main() -> None:
     figures = asyncio.run(run(args.states))
     python = platform.python_version()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {python}")
-    print(f"{'figure':<22}{'value':>14}  target")
-    for name, value in figures.items():
-        sign, limit = TARGETS.get(name, ("", None))
-        verdict = ""
-        if limit is not None:
-            ok = value >= limit if sign == ">=" else value <= limit
-            verdict = f"{sign} {limit:,}  {'ok' if ok else 'MISSED'}"
-        print(f"{name:<22}{value:>14,.1f}  {verdict}")
+    print_table(figures, TARGETS, width=22)
     print(json.dumps({name: round(value, 2) for name, value in figures.items()}))
-    with contextlib.suppress(Exception):
-        logging.shutdown()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ from custom_components.ha_ingestor.pipeline.envelope import HEALTH_PATH
 
 from .ha import setup_influxdb
 from .influxd import Influxd, free_port, running_influxd
+from .report import print_table
 
 TOKEN = "bench-e2e"
 EVENTS = 20_000
@@ -384,14 +385,7 @@ def main() -> None:
         for kind, seconds in plot(outages, args.plot).items():
             summary[f"{kind}_catch_up_s"] = seconds
             summary[f"{kind}_outage_lost"] = outages[kind]["lost"]
-    print(f"{'figure':<32}{'value':>14}  target")
-    for name, value in summary.items():
-        sign, limit = TARGETS.get(name, ("", None))
-        verdict = ""
-        if limit is not None:
-            ok = value >= limit if sign == ">=" else value <= limit
-            verdict = f"{sign} {limit:,}  {'ok' if ok else 'MISSED'}"
-        print(f"{name:<32}{value:>14,.1f}  {verdict}")
+    print_table(summary, TARGETS, width=32)
     print(json.dumps({name: round(value, 2) for name, value in summary.items()}))
 
 

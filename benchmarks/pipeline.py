@@ -47,6 +47,7 @@ from custom_components.ha_ingestor.pipeline.outbox import Durability, Outbox
 from .events import state_changed, stream
 from .influxd import free_port
 from .recovery import DEFAULT_OUTAGES_S, bench_recovery
+from .report import print_table
 from .sink import distinct_ids, running_sink
 
 APPEND_EVENTS = 100_000
@@ -238,19 +239,6 @@ TARGETS = {
 }
 
 
-def _print_table(figures: dict[str, float]) -> None:
-    print(f"{'figure':<28}{'value':>14}  target")
-    for name, value in figures.items():
-        target = TARGETS.get(name)
-        if target is None:
-            verdict = ""
-        else:
-            sign, limit = target
-            ok = value >= limit if sign == ">=" else value <= limit
-            verdict = f"{sign} {limit:,}  {'ok' if ok else 'MISSED'}"
-        print(f"{name:<28}{value:>14,.1f}  {verdict}")
-
-
 async def run(skip_backlog: bool, outages: tuple[float, ...]) -> dict[str, float]:
     figures: dict[str, float] = {}
     with (
@@ -293,7 +281,7 @@ def main() -> None:
     figures = asyncio.run(run(args.skip_backlog, outages))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     print(f"machine: {machine}, Python {platform.python_version()}")
-    _print_table(figures)
+    print_table(figures, TARGETS)
     print(json.dumps({name: round(value, 2) for name, value in figures.items()}))
     if figures["lost"] or figures.get("recovery_lost"):
         sys.exit(f"events lost: {figures['lost']:g} (recovery {figures.get('recovery_lost', 0):g})")
