@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from custom_components.ha_ingestor.pipeline.http_client import ServiceHTTPClient
 from custom_components.ha_ingestor.pipeline.retry import BackoffPolicy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import aiohttp
 
     from custom_components.ha_ingestor.pipeline.outbox import Outbox
@@ -65,8 +68,15 @@ class Harness:
         )
 
     def forwarder(
-        self, primary: Route, fallback: Route | None = None, **config: Any
+        self,
+        primary: Route,
+        fallback: Route | None = None,
+        *,
+        sleep_rng: Callable[[], float] = random.random,
+        **config: Any,
     ) -> EventForwarder:
+        """A started forwarder; a test that needs a backoff of known length passes
+        ``sleep_rng`` (full jitter can draw a delay near zero)."""
         config.setdefault("backoff", FAST_BACKOFF)
         config.setdefault("linger", 0.0)
         forwarder = EventForwarder(
@@ -75,6 +85,7 @@ class Harness:
             fallback,
             ForwarderConfig(**config),
             on_auth_failure=self.auth_failures.append,
+            sleep_rng=sleep_rng,
         )
         self.forwarders.append(forwarder)
         forwarder.start()

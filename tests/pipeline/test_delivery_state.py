@@ -36,8 +36,10 @@ if TYPE_CHECKING:
 
     from custom_components.ha_ingestor.pipeline.outbox import Outbox
 
-# What a long outage leaves behind: backoff and breaker grown to minutes.
+# What a long outage leaves behind: backoff and breaker grown to minutes. The backoff's
+# jitter is pinned to its ceiling (SLEEP_CEILING): a full-jitter draw can be near zero.
 LONG_BACKOFF = BackoffPolicy(base=60.0, cap=300.0)
+SLEEP_CEILING = lambda: 1.0  # noqa: E731
 LONG_BREAKER = BreakerConfig(failure_threshold=1, open_interval=60.0, max_open_interval=300.0)
 
 
@@ -212,7 +214,10 @@ class Pipeline:
             "storage", [url], session, breaker_config=LONG_BREAKER, registry=self.registry
         )
         self.forwarder = EventForwarder(
-            outbox, Route("storage", client), config=ForwarderConfig(linger=0, backoff=LONG_BACKOFF)
+            outbox,
+            Route("storage", client),
+            config=ForwarderConfig(linger=0, backoff=LONG_BACKOFF),
+            sleep_rng=SLEEP_CEILING,
         )
         self.registry.add_listener(self.forwarder.on_availability)
 
@@ -275,7 +280,9 @@ async def test_a_service_that_answers_errors_keeps_its_backoff(
 
 
 async def test_wake_cuts_a_backoff_short(harness: Harness, fault_server: FaultServer) -> None:
-    forwarder = harness.forwarder(harness.route("storage", fault_server), backoff=LONG_BACKOFF)
+    forwarder = harness.forwarder(
+        harness.route("storage", fault_server), backoff=LONG_BACKOFF, sleep_rng=SLEEP_CEILING
+    )
     fault_server.fail_next(1, 500)
     harness.outbox.append(event(0))
     await wait_for_state(forwarder, ForwarderState.BACKING_OFF)

@@ -281,7 +281,9 @@ async def test_pause_resume_and_flush(harness: Harness, fault_server: FaultServe
 async def test_flush_skips_a_long_backoff(harness: Harness, fault_server: FaultServer) -> None:
     fault_server.fail_next(1, 500)
     forwarder = harness.forwarder(
-        harness.route("storage", fault_server), backoff=BackoffPolicy(base=30.0, cap=60.0)
+        harness.route("storage", fault_server),
+        backoff=BackoffPolicy(base=30.0, cap=60.0),
+        sleep_rng=lambda: 1.0,  # the backoff's ceiling: a jittered draw can be near zero
     )
     harness.outbox.append(event(0))
     await fault_server.wait_for_requests(1)
