@@ -17,6 +17,7 @@ import os
 import signal
 import ssl
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,10 +29,11 @@ from .connections import ServiceRunner
 from .contract import StartupError
 from .enrichment.service import EnrichmentService
 from .enrichment.settings import EnrichmentSettings
+from .identity import DEFAULT_STATE_DIR, IdentitySource, Role, canonical_id
 from .limits import DEFAULT_MAX_BATCH_EVENTS, DEFAULT_MAX_BODY_BYTES, Limits
 from .logs import configure_logging
 from .migrate import command as migrate
-from .options import ENV_PREFIX, Option, option, options_of
+from .options import ENV_PREFIX, Option, option, options_of, parse_bool
 from .storage.service import StorageService
 from .storage.settings import StorageSettings
 from .web import create_app
@@ -89,6 +91,26 @@ class ServerSettings:
             "seconds requests in progress get to finish on SIGTERM (default {default})"
         ),
     )
+    # identity.py: SQLite storage keeps its id in its file; the others in the state dir.
+    service_id: str | None = field(
+        default=None,
+        metadata=option(
+            "this service's fixed id (a UUID) instead of the one it keeps; for stack, "
+            "storage's (the enrichment's is derived from it)",
+            metavar="UUID",
+        ),
+    )
+    state_dir: str = field(
+        default=DEFAULT_STATE_DIR,
+        metadata=option(
+            "folder for the id file of the enrichment and of InfluxDB storage, made when "
+            "missing (default {default})",
+            metavar="DIR",
+        ),
+    )
+    no_announce: bool = field(
+        default=False, metadata=option("do not announce the service over mDNS/zeroconf")
+    )
 
 
 def _port(text: str) -> int:
@@ -131,12 +153,17 @@ def _add_options(parser: argparse._ActionsContainer, options: Sequence[Option]) 
         metavar = setting.metavar or setting.flag.removeprefix("--").upper().replace("-", "_")
         if setting.choices:
             metavar = "{" + ",".join(setting.choices) + "}"
+        # A true/false flag alone means true: ``--no-announce`` as well as ``--no-announce true``.
+        flag_alone: dict[str, Any] = (
+            {"nargs": "?", "const": "true"} if setting.parse is parse_bool else {}
+        )
         parser.add_argument(
             setting.flag,
             dest=setting.dest,
             default=None,
             metavar=metavar,
             help=f"{setting.help} [env {setting.env}]",
+            **flag_alone,
         )
 
 
@@ -176,6 +203,17 @@ class _Server:
     shutdown_timeout: float
     tls_cert: str | None = None
     ssl_context: ssl.SSLContext | None = None  # None: plain HTTP
+    service_id: str | None = None
+    state_dir: str | None = None
+    announce: bool = True
+
+    def identity(self, role: Role, *, stack: bool = False) -> IdentitySource:
+        """Where the ``role`` service finds its id. In `stack` a given id is storage's
+        and the enrichment's is derived from it, so the two never share one."""
+        given = self.service_id
+        if given is not None and stack and role == "enrichment":
+            given = str(uuid.uuid5(uuid.UUID(given), "enrichment"))
+        return IdentitySource(role, given, self.state_dir)
 
 
 def _server(args: argparse.Namespace) -> _Server:
@@ -195,8 +233,24 @@ def _server(args: argparse.Namespace) -> _Server:
         context = tls.server_context(settings.tls_cert, settings.tls_key)
     except ValueError as err:
         raise SettingError(str(err)) from None
+    service_id = settings.service_id
+    if service_id is not None:
+        try:
+            service_id = canonical_id(service_id)
+        except ValueError as err:
+            raise SettingError(f"--service-id: {err}") from None
+    if not settings.state_dir.strip():
+        raise SettingError("--state-dir: is empty; give a folder for the service's id file")
     return _Server(
-        settings.host, token, limits, settings.shutdown_timeout, settings.tls_cert, context
+        settings.host,
+        token,
+        limits,
+        settings.shutdown_timeout,
+        settings.tls_cert,
+        context,
+        service_id=service_id,
+        state_dir=settings.state_dir,
+        announce=not settings.no_announce,
     )
 
 
@@ -222,14 +276,16 @@ Plan = list[tuple[str, web.Application, int]]
 
 
 def _plan_enrichment(args: argparse.Namespace, server: _Server) -> Plan:
-    service = EnrichmentService(_enrichment_settings(args, server))
+    service = EnrichmentService(
+        _enrichment_settings(args, server), identity=server.identity("enrichment")
+    )
     app = create_app(service, token=server.token, limits=server.limits)
     (port,) = _ports(args)
     return [("enrichment", app, port)]
 
 
 def _plan_storage(args: argparse.Namespace, server: _Server) -> Plan:
-    service = StorageService(_storage_settings(args))
+    service = StorageService(_storage_settings(args), identity=server.identity("storage"))
     app = create_app(service, token=server.token, limits=server.limits)
     (port,) = _ports(args)
     return [("storage", app, port)]
@@ -241,7 +297,9 @@ def _plan_stack(args: argparse.Namespace, server: _Server) -> Plan:
     if storage_port == enrichment_port:
         raise SettingError(f"--storage-port and --enrichment-port are both {storage_port}")
     local = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    storage = StorageService(_storage_settings(args))
+    storage = StorageService(
+        _storage_settings(args), identity=server.identity("storage", stack=True)
+    )
     fixed: dict[str, Any] = {"storage_urls": (f"http://{local}:{storage_port}",)}
     if server.ssl_context is not None:
         # Storage speaks HTTPS only: the enrichment trusts exactly its certificate.
@@ -250,7 +308,10 @@ def _plan_stack(args: argparse.Namespace, server: _Server) -> Plan:
             "storage_ca_file": server.tls_cert,
             "storage_check_hostname": False,
         }
-    enrichment = EnrichmentService(_enrichment_settings(args, server, **fixed))
+    enrichment = EnrichmentService(
+        _enrichment_settings(args, server, **fixed),
+        identity=server.identity("enrichment", stack=True),
+    )
     return [
         ("storage", create_app(storage, token=server.token, limits=server.limits), storage_port),
         (

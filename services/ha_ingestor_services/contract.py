@@ -75,7 +75,12 @@ class EventService(Protocol):
     """The part that differs between the enrichment and the storage."""
 
     name: str  # "enrichment-pipeline" or "data-storage", as in response metadata
+    role: str  # "enrichment" or "storage": health's "role", the announcement's TXT "role"
     processing_steps: list[str]
+
+    @property
+    def service_id(self) -> str:
+        """The stable id (identity.py), known once `start` has run."""
 
     async def start(self) -> None:
         """Open backends and clients; raise `StartupError` with a one-line message."""

@@ -9,7 +9,8 @@ an aiohttp application with
   input,
 - ``POST /api/v1/events`` and ``POST /api/v1/events/batch`` answering with one result
   per event, so one bad event never sinks its batch,
-- ``GET /api/v1/health`` (open: status and service name; with the token: details),
+- ``GET /api/v1/health`` (open: status, service name, id, role, API version and
+  whether a token is needed; with the token: details),
   ``GET /api/v1/stats``, ``GET /metrics`` (Prometheus text) and
   ``GET /api/v1/openapi.json``,
 - ``GET /``: a small HTML status page for people (status_page.py), open like health.
@@ -68,6 +69,7 @@ from .contract import (
     ServiceUnavailable,
 )
 from .envelopes import check_envelope
+from .identity import API_VERSION
 from .limits import BodyError, Limits, RequestGate, read_body
 from .openapi import build_document
 from .responses import error_body_response, json_response
@@ -437,13 +439,22 @@ async def _check_health(context: _Context) -> tuple[str, dict[str, DependencyHea
 
 
 async def _health(request: web.Request) -> web.Response:
-    """Open: the status and the service's name only (the config flow tells the services
-    apart by it). With the token: also the version, uptime and each dependency's detail,
+    """Open: the status, the service's name, and what discovery needs to know it by:
+    its stable id, role, API version and whether a token is needed (docs/ARCHITECTURE.md,
+    "Discovery"). With the token: also the version, uptime and each dependency's detail,
     which can hold file paths, URLs and upstream errors."""
     context = request.app[_CONTEXT]
+    service = context.service
     status, dependencies = await _check_health(context)
     required_down = status == "unhealthy"
-    body: dict[str, Any] = {"status": status, "service": context.service.name}
+    body: dict[str, Any] = {
+        "status": status,
+        "service": service.name,
+        "service_id": service.service_id,
+        "role": service.role,
+        "api_version": API_VERSION,
+        "token_required": bool(context.token),
+    }
     if _token_is_valid(request):
         body |= {
             "version": __version__,

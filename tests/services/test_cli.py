@@ -51,11 +51,14 @@ def rows(path: Path) -> int:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No HA_INGESTOR_* setting leaks in from the machine running the tests."""
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No HA_INGESTOR_* setting leaks in from the machine running the tests; ids are
+    kept in the test's folder and nothing is announced on the network."""
     for name in list(os.environ):
         if name.startswith(cli.ENV_PREFIX):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("HA_INGESTOR_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("HA_INGESTOR_NO_ANNOUNCE", "true")
     return monkeypatch
 
 
@@ -235,6 +238,7 @@ def run_cli(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
         key: value for key, value in os.environ.items() if not key.startswith(cli.ENV_PREFIX)
     }
     environment["HA_INGESTOR_TOKEN"] = TOKEN
+    environment["HA_INGESTOR_NO_ANNOUNCE"] = "true"
     return subprocess.Popen(
         [sys.executable, "-m", "ha_ingestor_services", *argv],
         stdout=subprocess.PIPE,

@@ -34,6 +34,10 @@ SERVER = [
     ("--max-body-bytes", "HA_INGESTOR_MAX_BODY_BYTES", 16 * 1024 * 1024),
     ("--max-batch-events", "HA_INGESTOR_MAX_BATCH_EVENTS", 5000),
     ("--shutdown-timeout", "HA_INGESTOR_SHUTDOWN_TIMEOUT", 30.0),
+    # issue 15: the service's id and its announcement
+    ("--service-id", "HA_INGESTOR_SERVICE_ID", None),
+    ("--state-dir", "HA_INGESTOR_STATE_DIR", "~/.local/state/ha-ingestor"),
+    ("--no-announce", "HA_INGESTOR_NO_ANNOUNCE", False),
 ]
 PORTS = {
     "enrichment": [("--port", "HA_INGESTOR_PORT", 8002)],

@@ -32,8 +32,10 @@ class RecordingService:
     """Stores what it is given; switches for the failures web.py must turn into answers."""
 
     name = "test-service"
+    role = "storage"
 
     def __init__(self) -> None:
+        self.service_id = "4f1c2a8e-0b7d-4c3e-9a51-6d2f8e7b1c90"
         self.processing_steps = ["validation", "recording"]
         self.received: list[dict[str, Any]] = []
         self.correlation_ids: list[str] = []
@@ -313,6 +315,12 @@ async def test_health(
     assert body["service"] == "test-service"
     assert set(body["dependencies"]) == set(dependencies)
     assert body["version"] == "0.1.0"
+    assert (body["service_id"], body["role"], body["api_version"], body["token_required"]) == (
+        service.service_id,
+        "storage",
+        1,
+        True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -320,16 +328,24 @@ async def test_health(
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}],
     ids=["no-token", "wrong-token", "other-scheme"],
 )
-async def test_open_health_says_only_the_status(
+async def test_open_health_says_only_the_status_and_identity(
     client: aiohttp.ClientSession,
     url: str,
     service: RecordingService,
     headers: dict[str, str],
 ) -> None:
+    """Without the token: no details, but what discovery tells services apart by."""
     service.health_state = {"backend": DependencyHealth(False, "/srv/secret/events.db: locked")}
     async with client.get(url + "/api/v1/health", headers=headers) as answer:
         assert answer.status == 503
-        assert await answer.json() == {"status": "unhealthy", "service": "test-service"}
+        assert await answer.json() == {
+            "status": "unhealthy",
+            "service": "test-service",
+            "service_id": "4f1c2a8e-0b7d-4c3e-9a51-6d2f8e7b1c90",
+            "role": "storage",
+            "api_version": 1,
+            "token_required": True,
+        }
 
 
 async def test_stats_and_metrics_count_results(client: aiohttp.ClientSession, url: str) -> None:

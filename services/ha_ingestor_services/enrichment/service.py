@@ -59,6 +59,7 @@ from ha_ingestor_pipeline.metrics import LatencyWindow
 from ha_ingestor_pipeline.retry import Outcome
 from ha_ingestor_services import __version__, tls
 from ha_ingestor_services.contract import DependencyHealth, ServiceUnavailable
+from ha_ingestor_services.identity import IdentitySource
 from ha_ingestor_services.normalize import normalize
 
 from .openweathermap import OpenWeatherMap
@@ -129,6 +130,7 @@ class EnrichmentService:
     """The `EventService` of the enrichment service (see `ha_ingestor_services.contract`)."""
 
     name = ENRICHMENT_SERVICE_NAME
+    role = "enrichment"
 
     def __init__(
         self,
@@ -136,12 +138,16 @@ class EnrichmentService:
         session: aiohttp.ClientSession | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        identity: IdentitySource | None = None,
     ) -> None:
         """``session``: share one (closed by its owner); else `start` opens its own.
 
         ``clock`` drives the weather cache and the circuit breakers (tests inject one).
+        ``identity``: where the service id is kept (the command gives its state file).
         """
         self.settings = settings
+        self._identity = identity or IdentitySource("enrichment")
+        self._service_id: str | None = None
         self.processing_steps = [*EVENT_STEPS, "forwarding"]
         self._session = session
         self._clock = clock
@@ -154,7 +160,14 @@ class EnrichmentService:
 
     # -- life cycle ------------------------------------------------------------------
 
+    @property
+    def service_id(self) -> str:
+        if self._service_id is None:
+            raise RuntimeError("the service id is known once the service has started")
+        return self._service_id
+
     async def start(self) -> None:
+        self._service_id = await asyncio.to_thread(self._identity.resolve)
         settings = self.settings
         session = self._session
         owns_session = session is None

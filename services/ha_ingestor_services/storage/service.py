@@ -32,6 +32,7 @@ from ha_ingestor_services.contract import (
     RequestError,
     ServiceUnavailable,
 )
+from ha_ingestor_services.identity import IdentitySource
 from ha_ingestor_services.responses import json_response
 
 from .backends.base import BackendUnavailable, BadQuery, StorageBackend
@@ -79,6 +80,7 @@ class StorageService:
     """The `EventService` of the storage service (see `ha_ingestor_services.contract`)."""
 
     name = STORAGE_SERVICE_NAME
+    role = "storage"
     processing_steps = ["validation", "storage"]  # noqa: RUF012 (the protocol's plain list)
 
     def __init__(
@@ -87,8 +89,13 @@ class StorageService:
         *,
         backend: StorageBackend | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        identity: IdentitySource | None = None,
     ) -> None:
+        """``identity``: where the service id is kept when the backend keeps none (the
+        command gives its state file)."""
         self.settings = settings
+        self._identity = identity or IdentitySource("storage")
+        self._service_id: str | None = None
         self.backend = backend if backend is not None else create_backend(settings)
         self._clock_ns = clock_ns
         self.writer = GroupCommitWriter(
@@ -108,8 +115,22 @@ class StorageService:
 
     # -- life -----------------------------------------------------------------------------
 
+    @property
+    def service_id(self) -> str:
+        if self._service_id is None:
+            raise RuntimeError("the service id is known once the service has started")
+        return self._service_id
+
     async def start(self) -> None:
         await self.backend.open()
+        try:
+            # SQLite keeps the id in its file; InfluxDB's is the state file's.
+            self._service_id = await asyncio.to_thread(
+                self._identity.resolve, self.backend.service_id
+            )
+        except BaseException:
+            await self.backend.close()
+            raise
         self.writer.start()
         if self.settings.retention_ns is not None:
             self._retention_task = asyncio.create_task(

@@ -43,6 +43,8 @@ class EventQuery:
 
 class StorageBackend(Protocol):
     name: str  # "sqlite", "influxdb-v1", "influxdb-v2": shown in health and stats
+    # The service id kept with the data once open (SQLite's meta table), else None.
+    service_id: str | None
 
     async def open(self) -> None:
         """Connect and prepare the schema; raise `StartupError` with one line."""

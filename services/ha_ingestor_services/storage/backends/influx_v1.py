@@ -44,6 +44,7 @@ def quote_string(value: str) -> str:
 
 class InfluxV1Backend:
     name = "influxdb-v1"
+    service_id: str | None = None  # kept in a state file, not in the data (identity.py)
 
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings

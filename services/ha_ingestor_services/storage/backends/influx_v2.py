@@ -74,6 +74,7 @@ def flux_query(bucket: str, query: EventQuery) -> str:
 
 class InfluxV2Backend:
     name = "influxdb-v2"
+    service_id: str | None = None  # kept in a state file, not in the data (identity.py)
 
     def __init__(self, settings: StorageSettings) -> None:
         self.settings = settings

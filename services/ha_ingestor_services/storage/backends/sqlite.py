@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ha_ingestor_services.contract import DependencyHealth, StartupError
+from ha_ingestor_services.identity import canonical_id, new_id
 from ha_ingestor_services.storage.records import Record, StoredEvent, stored_event
 
 from .base import DUPLICATE, STORED, BackendUnavailable, EventQuery, Outcome
@@ -73,7 +74,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_time ON events (time_ns, event_id);
 CREATE INDEX IF NOT EXISTS events_by_entity_time ON events (entity_id, time_ns);
 CREATE TABLE IF NOT EXISTS health_probe (id INTEGER PRIMARY KEY, at_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# The storage service's id lives with its data, so it moves with the file (identity.py).
+# The table is new in schema version 1's files too: older files get it on open.
+_SERVICE_ID_KEY = "service_id"
 
 _COLUMNS = Record._fields
 _ROW = f"({', '.join('?' for _ in _COLUMNS)})"
@@ -121,6 +126,7 @@ class SQLiteBackend:
         self._expired = 0
         self._last_error: str | None = None
         self._closed = False
+        self.service_id: str | None = None
 
     # -- running work on the threads ----------------------------------------------------
 
@@ -181,7 +187,21 @@ class SQLiteBackend:
                     f"SQLite file {self.path} has schema version {version}, newer than this "
                     f"service's {SCHEMA_VERSION}; upgrade ha-ingestor-services"
                 )
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (_SERVICE_ID_KEY, new_id()),
+            )
+            (kept,) = conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (_SERVICE_ID_KEY,)
+            ).fetchone()
             conn.execute("COMMIT")
+            try:
+                self.service_id = canonical_id(kept)
+            except ValueError:
+                raise StartupError(
+                    f"SQLite file {self.path}: its meta table holds no valid service id "
+                    f"({kept!r}); fix it or give --service-id"
+                ) from None
         except BaseException:
             conn.close()
             raise
