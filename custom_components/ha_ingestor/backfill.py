@@ -56,7 +56,10 @@ if TYPE_CHECKING:
 EVENT_BACKFILL_FINISHED: Final = f"{DOMAIN}_backfill_finished"
 
 CHUNK_ROWS: Final = 1_000  # states per chunk, aimed at
-FIRST_WINDOW: Final = timedelta(minutes=1)
+# The first chunk's window is short and grows by doubling: a minute of a busy recorder can
+# hold 100,000 states, and a chunk that big holds the event loop in a full collection.
+FIRST_WINDOW: Final = timedelta(seconds=1)
+MIN_WINDOW: Final = timedelta(milliseconds=10)
 MAX_WINDOW: Final = timedelta(days=1)
 DRAIN_BELOW: Final = 2_000  # the next chunk once fewer events than this are pending
 DRAIN_POLL: Final = 0.05  # seconds between looks at the outbox while it drains
@@ -288,6 +291,7 @@ class Backfiller:
             window = _next_window(window, len(chunk.changes))
             at = chunk.until
             await self._drained()
+            gc.freeze()  # what outlived the chunk too (see _heap_frozen)
             # Rest as long as the read took: with the GIL, a thread reading flat out
             # slows the event loop and the outbox's encoding of this very chunk down.
             await asyncio.sleep(min(took * REST_RATIO, MAX_REST))
@@ -322,13 +326,14 @@ class Backfiller:
 
 @contextlib.contextmanager
 def _heap_frozen() -> Iterator[None]:
-    """Home Assistant's heap as it was, out of the collector's reach while reading.
+    """Home Assistant's heap out of the collector's reach while the recorder is read.
 
-    Reading the recorder makes many short-lived objects; enough of them outlive a young
-    collection to start full collections, and one full pass over Home Assistant's heap
-    holds the event loop for ~200 ms here (scripts/bench backfill). Frozen
-    (`gc.freeze`), a full pass scans only what was made since; unfrozen at the end, the
-    heap is the collector's again (docs/ARCHITECTURE.md, backfill).
+    Reading makes many short-lived objects; enough of them outlive a young collection to
+    start full collections, and one full pass over Home Assistant's heap holds the event
+    loop for ~200 ms here (scripts/bench backfill). Frozen (`gc.freeze`, again after
+    each chunk), a full pass scans only what the current chunk made. Unfrozen at the end,
+    the heap is the collector's again, with what became cyclic garbage meanwhile
+    (docs/ARCHITECTURE.md, backfill).
     """
     gc.freeze()
     try:
@@ -338,12 +343,10 @@ def _heap_frozen() -> Iterator[None]:
 
 
 def _next_window(window: timedelta, rows: int) -> timedelta:
-    """The next chunk's window, so that it holds about CHUNK_ROWS states."""
-    if rows > CHUNK_ROWS * 2:
-        return max(window / 2, timedelta(seconds=1))
-    if rows < CHUNK_ROWS // 2:
-        return min(window * 2, MAX_WINDOW)
-    return window
+    """The next chunk's window: the last one scaled to what would have held CHUNK_ROWS
+    states, growing at most twofold (what follows may be denser)."""
+    factor = 2.0 if rows == 0 else min(2.0, CHUNK_ROWS / rows)
+    return max(MIN_WINDOW, min(window * factor, MAX_WINDOW))
 
 
 def _recorded_entities(hass: HomeAssistant, wanted: Callable[[str], bool]) -> list[str]:
