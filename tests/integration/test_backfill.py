@@ -26,9 +26,13 @@ from pytest_homeassistant_custom_component.components.recorder.common import (
 from custom_components.ha_ingestor import backfill
 from custom_components.ha_ingestor.actions import ACTION_BACKFILL, ACTION_CANCEL_BACKFILL
 from custom_components.ha_ingestor.backfill import (
+    CHUNK_ROWS,
     EVENT_BACKFILL_FINISHED,
     MARK_KEY,
+    MAX_WINDOW,
+    MIN_WINDOW,
     SAVE_INTERVAL,
+    _next_window,
     mark_key,
 )
 from custom_components.ha_ingestor.const import (
@@ -448,3 +452,14 @@ async def test_a_backfill_of_100000_states_keeps_the_loop_responsive(
     assert received[0]["data"]["entity_id"].startswith("sensor.bulk_")
     assert worst < 0.1
     await unload(hass, entry)
+
+
+def test_a_chunk_window_follows_the_density_it_found() -> None:
+    """Scaled to ~CHUNK_ROWS states, growing at most twofold, within its bounds."""
+    second = timedelta(seconds=1)
+    assert _next_window(second, CHUNK_ROWS) == second
+    assert _next_window(second, 0) == 2 * second
+    assert _next_window(second, CHUNK_ROWS // 10) == 2 * second
+    assert _next_window(second, CHUNK_ROWS * 4) == second / 4
+    assert _next_window(second, CHUNK_ROWS * 10_000) == MIN_WINDOW
+    assert _next_window(MAX_WINDOW, 0) == MAX_WINDOW
