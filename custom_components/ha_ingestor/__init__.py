@@ -10,6 +10,7 @@ from homeassistant.const import EVENT_HOMEASSISTANT_FINAL_WRITE, Platform
 from homeassistant.core import Event, HomeAssistant
 from homeassistant.exceptions import ConfigEntryNotReady
 from homeassistant.helpers import config_validation as cv
+from homeassistant.helpers.aiohttp_client import async_get_clientsession
 from homeassistant.helpers.storage import Store
 
 from .actions import async_setup_actions
@@ -17,6 +18,7 @@ from .backfill import MARK_VERSION, mark_key
 from .const import DOMAIN, LOGGER
 from .coordinator import IngestorConfigEntry, IngestorCoordinator, IngestorData
 from .http import async_register_views
+from .identity import async_follow_service_id
 from .runtime import IngestorRuntime, outbox_path
 
 if TYPE_CHECKING:
@@ -38,6 +40,9 @@ async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
 async def async_setup_entry(hass: HomeAssistant, entry: IngestorConfigEntry) -> bool:
     """Start the pipeline of one entry: outbox, delivery, health checks, listener."""
     runtime = IngestorRuntime(hass, entry)
+    # Before the registry's first check: that check seeing storage up asks for its id.
+    session = async_get_clientsession(hass, verify_ssl=runtime.settings.verify_ssl)
+    entry.async_on_unload(async_follow_service_id(hass, entry, runtime.registry, session))
     try:
         await runtime.async_start()
     except (OSError, sqlite3.OperationalError) as err:
@@ -94,11 +99,17 @@ async def async_remove_entry(hass: HomeAssistant, entry: ConfigEntry) -> None:
 
 
 async def async_migrate_entry(hass: HomeAssistant, entry: ConfigEntry) -> bool:
-    """Bring older entries to the current version; refuse entries from the future."""
+    """Bring older entries to the current version; refuse entries from the future.
+
+    1.1 to 1.2: the data stays; the unique id (1.1: the storage URL) becomes the storage
+    service's id when the service first tells it (identity.py), which needs the network.
+    """
     if entry.version > 1:
         LOGGER.error(
             "This HA Ingestor entry was made by a newer version (%s); downgrade not supported",
             entry.version,
         )
         return False
+    if entry.minor_version < 2:
+        hass.config_entries.async_update_entry(entry, minor_version=2)
     return True

@@ -1,49 +1,47 @@
-"""Config flow for HA Ingestor: set up, reauthenticate, reconfigure and tune the options.
+"""Config flow for HA Ingestor: set up (typed in or discovered), reauthenticate, reconfigure.
 
 Before an entry is created (or its connection changed) every configured URL is checked
 (`service_checks`): its health must name the right service and its stats take the token.
 When the token would then travel over plain ``http://`` to another machine, a
 confirmation step (``plain_http``) says so before anything is saved; the user may go on.
 
+The entry's unique id is its storage service's id (identity.py) when the service gives
+one, else (an older service) its storage URL. Services announced over zeroconf start the
+``zeroconf`` step (discovery.py): a new storage service gets a confirm form asking only
+for the token, with an enrichment service of the same machine offered along; a known one
+has its entry follow it to its new address; an enrichment service announced beside an
+entry without one is offered to that entry.
+
 Entry data (all keys always present):
 
 - ``storage_url``: str, normalized (lower-case scheme and host, no default port, no
-  trailing slash); also the entry's unique id
+  trailing slash)
 - ``storage_failover_urls``: list[str], normalized, without the primary or duplicates
 - ``enrichment_url``: str | None (None: events go straight to storage)
 - ``enrichment_failover_urls``: list[str] (empty when ``enrichment_url`` is None)
-- ``api_token``: str, the bearer token for both services
+- ``api_token``: str, the bearer token for both services ("" only for a discovered
+  service that announced it needs none)
 - ``verify_ssl``: bool
 
-Options: see `default_options` for every key, its type and its default.
+Options: the options flow (options_flow.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
 from homeassistant.config_entries import (
+    SOURCE_IGNORE,
     SOURCE_RECONFIGURE,
     ConfigEntry,
     ConfigFlow,
     ConfigFlowResult,
-    OptionsFlow,
 )
-from homeassistant.const import MAX_LENGTH_EVENT_EVENT_TYPE
-from homeassistant.core import HomeAssistant, callback, split_entity_id, valid_domain
-from homeassistant.data_entry_flow import section
+from homeassistant.core import callback
 from homeassistant.helpers.selector import (
     BooleanSelector,
-    EntitySelector,
-    EntitySelectorConfig,
-    NumberSelector,
-    NumberSelectorConfig,
-    NumberSelectorMode,
-    SelectSelector,
-    SelectSelectorConfig,
-    SelectSelectorMode,
     TextSelector,
     TextSelectorConfig,
     TextSelectorType,
@@ -51,125 +49,41 @@ from homeassistant.helpers.selector import (
 from yarl import URL
 
 from .const import (
-    ALL_EVENTS,
-    ALL_EVENTS_OPTION,
     CONF_API_TOKEN,
-    CONF_BATCH_SIZE,
-    CONF_DURABILITY,
     CONF_ENRICHMENT_FAILOVER_URLS,
     CONF_ENRICHMENT_URL,
-    CONF_EVENT_TYPES,
-    CONF_EXCLUDE_DOMAINS,
-    CONF_EXCLUDE_ENTITIES,
-    CONF_EXCLUDE_ENTITY_GLOBS,
-    CONF_FALLBACK_TO_STORAGE,
-    CONF_GAP_FILL,
-    CONF_GAP_FILL_MAX_HOURS,
-    CONF_HEALTH_INTERVAL,
-    CONF_INCLUDE_DOMAINS,
-    CONF_INCLUDE_ENTITIES,
-    CONF_INCLUDE_ENTITY_GLOBS,
-    CONF_LINGER_MS,
-    CONF_MAX_EVENTS,
-    CONF_MAX_MEGABYTES,
-    CONF_PROBLEM_AFTER,
     CONF_STORAGE_FAILOVER_URLS,
     CONF_STORAGE_URL,
     CONF_VERIFY_SSL,
-    CONF_WEATHER_ENTITY,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_DURABILITY,
-    DEFAULT_EVENT_TYPES,
-    DEFAULT_FALLBACK_TO_STORAGE,
-    DEFAULT_GAP_FILL,
-    DEFAULT_GAP_FILL_MAX_HOURS,
-    DEFAULT_HEALTH_INTERVAL,
-    DEFAULT_LINGER_MS,
-    DEFAULT_MAX_EVENTS,
-    DEFAULT_MAX_MEGABYTES,
-    DEFAULT_PROBLEM_AFTER,
     DOMAIN,
     LOGGER,
-    SUGGESTED_EVENT_TYPES,
+    SERVICE_ENRICHMENT,
 )
-from .pipeline.outbox import Durability
-from .service_checks import async_check_services, plain_http_urls
+from .discovery import (
+    Announcement,
+    enrichment_beside,
+    entries_on_machine,
+    entry_using,
+    is_announced_service,
+    parse_announcement,
+    remember_enrichment,
+    storage_updates,
+)
+from .identity import async_adopt_service_id, is_service_id
+from .options_flow import IngestorOptionsFlow, default_options
+from .service_checks import CheckResult, async_check_services, plain_http_urls
+
+if TYPE_CHECKING:
+    from homeassistant.helpers.service_info.zeroconf import ZeroconfServiceInfo
+
+__all__ = ["IngestorConfigFlow", "default_options", "normalize_url"]
 
 # The confirmation step shown when the token would cross the network in clear text, and
 # where the README says how to run the services safely.
 STEP_PLAIN_HTTP = "plain_http"
 SAFE_SERVICES_DOCS = "https://github.com/ha-ingestor/ha-ingestor#running-the-services-safely"
-
-# Bounds of the numeric options: (min, max).
-BATCH_SIZE_RANGE = (1, 5000)
-LINGER_MS_RANGE = (0, 1000)
-MAX_EVENTS_RANGE = (1_000, 10_000_000)
-MAX_MEGABYTES_RANGE = (1, 10_000)
-HEALTH_INTERVAL_RANGE = (5, 3600)
-PROBLEM_AFTER_RANGE = (10, 86_400)
-GAP_FILL_MAX_HOURS_RANGE = (1, 720)
-
-_FILTER_LIST_KEYS = (
-    CONF_INCLUDE_DOMAINS,
-    CONF_INCLUDE_ENTITIES,
-    CONF_INCLUDE_ENTITY_GLOBS,
-    CONF_EXCLUDE_DOMAINS,
-    CONF_EXCLUDE_ENTITIES,
-    CONF_EXCLUDE_ENTITY_GLOBS,
-)
-# Numeric options: whole numbers, stored as int.
-_WHOLE_NUMBER_KEYS = (
-    CONF_BATCH_SIZE,
-    CONF_LINGER_MS,
-    CONF_MAX_EVENTS,
-    CONF_MAX_MEGABYTES,
-    CONF_HEALTH_INTERVAL,
-    CONF_PROBLEM_AFTER,
-    CONF_GAP_FILL_MAX_HOURS,
-)
-# The options form's collapsed section with the delivery tuning. Only the form nests
-# them: the options are stored flat, as they always were.
-ADVANCED_DELIVERY = "advanced_delivery"
-ADVANCED_DELIVERY_KEYS = (
-    CONF_BATCH_SIZE,
-    CONF_LINGER_MS,
-    CONF_DURABILITY,
-    CONF_MAX_EVENTS,
-    CONF_MAX_MEGABYTES,
-    CONF_FALLBACK_TO_STORAGE,
-    CONF_HEALTH_INTERVAL,
-    CONF_PROBLEM_AFTER,
-    CONF_GAP_FILL,
-    CONF_GAP_FILL_MAX_HOURS,
-)
-
-
-def default_options() -> dict[str, Any]:
-    """Every option with its default; a new entry starts with these (fresh lists each call).
-
-    Types: ``event_types`` list[str] (``"*"`` alone means every event type); the six
-    entity-filter keys list[str] (the shape of Home Assistant's
-    ``entityfilter.BASE_FILTER_SCHEMA``, so ``convert_filter`` takes them as they are);
-    ``batch_size``, ``linger_ms``, ``max_events``, ``max_megabytes``,
-    ``health_check_interval`` and ``problem_after`` (both seconds) int; ``durability``
-    ``"always"`` or ``"on_backlog"``; ``fallback_to_storage`` bool; ``weather_entity``
-    str or None; ``gap_fill`` bool and ``gap_fill_max_hours`` int (backfill.py).
-    """
-    return {
-        CONF_EVENT_TYPES: list(DEFAULT_EVENT_TYPES),
-        **{key: [] for key in _FILTER_LIST_KEYS},
-        CONF_BATCH_SIZE: DEFAULT_BATCH_SIZE,
-        CONF_LINGER_MS: DEFAULT_LINGER_MS,
-        CONF_DURABILITY: DEFAULT_DURABILITY,
-        CONF_MAX_EVENTS: DEFAULT_MAX_EVENTS,
-        CONF_MAX_MEGABYTES: DEFAULT_MAX_MEGABYTES,
-        CONF_FALLBACK_TO_STORAGE: DEFAULT_FALLBACK_TO_STORAGE,
-        CONF_HEALTH_INTERVAL: DEFAULT_HEALTH_INTERVAL,
-        CONF_PROBLEM_AFTER: DEFAULT_PROBLEM_AFTER,
-        CONF_WEATHER_ENTITY: None,
-        CONF_GAP_FILL: DEFAULT_GAP_FILL,
-        CONF_GAP_FILL_MAX_HOURS: DEFAULT_GAP_FILL_MAX_HOURS,
-    }
+# The discovery confirm form's switch for the enrichment service found beside storage.
+CONF_USE_ENRICHMENT = "use_enrichment"
 
 
 # -- connection: URLs -------------------------------------------------------------------
@@ -287,11 +201,18 @@ def _parse_connection(user_input: Mapping[str, Any]) -> tuple[dict[str, Any], di
 class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
     """Set up HA Ingestor: where the services are and how to authenticate."""
 
+    # 1.2: the unique id is the storage service's id once it was seen (identity.py).
     VERSION = 1
-    MINOR_VERSION = 1
+    MINOR_VERSION = 2
 
     # Checked connection data waiting for the plain-http confirmation.
     _checked: dict[str, Any] | None = None
+    # The announced service this discovery flow is about ...
+    _announced: Announcement | None = None
+    # ... the enrichment service its confirm form offers along (as last shown) ...
+    _beside: Announcement | None = None
+    # ... or, for an announced enrichment service, the entry it is offered to.
+    _enrich_entry: ConfigEntry | None = None
 
     @staticmethod
     @callback
@@ -300,29 +221,48 @@ class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
         return IngestorOptionsFlow()
 
     def _used_by_another_entry(self, storage_url: str, own: ConfigEntry | None = None) -> bool:
-        """True when another HA Ingestor entry has this storage URL (its unique id)."""
-        entry = self.hass.config_entries.async_entry_for_domain_unique_id(DOMAIN, storage_url)
-        return entry is not None and (own is None or entry.entry_id != own.entry_id)
+        """True when another HA Ingestor entry has this storage URL."""
+        return any(
+            storage_url in (entry.unique_id, entry.data.get(CONF_STORAGE_URL))
+            for entry in self.hass.config_entries.async_entries(DOMAIN)
+            if own is None or entry.entry_id != own.entry_id
+        )
 
-    async def _async_validate(self, data: Mapping[str, Any]) -> dict[str, str]:
+    async def _async_validate(self, data: Mapping[str, Any]) -> CheckResult:
         try:
             return await async_check_services(self.hass, data)
         except Exception:
             LOGGER.exception("Unexpected error while checking the HA Ingestor services")
-            return {"base": "unknown"}
+            return CheckResult({"base": "unknown"})
+
+    async def _async_claim(
+        self, checked: CheckResult, url: str, own: ConfigEntry | None = None
+    ) -> dict[str, str]:
+        """Take the service's id (for an older service: its URL) as the flow's unique id;
+        an error when another entry has set up that service meanwhile or by another URL."""
+        existing = await self.async_set_unique_id(
+            checked.storage_id or url, raise_on_progress=False
+        )
+        if (
+            existing is None
+            or existing.source == SOURCE_IGNORE
+            or (own is not None and existing.entry_id == own.entry_id)
+        ):
+            return {}
+        same_url = existing.data.get(CONF_STORAGE_URL) == url
+        return {CONF_STORAGE_URL: "storage_url_in_use" if same_url else "storage_service_in_use"}
 
     async def async_step_user(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
         """The user adds the integration: URLs, token, TLS verification."""
         errors: dict[str, str] = {}
         if user_input is not None:
             data, errors = _parse_connection(user_input)
+            # A form error, not an abort: the dialog stays open with what was typed.
+            if not errors and self._used_by_another_entry(data[CONF_STORAGE_URL]):
+                errors[CONF_STORAGE_URL] = "storage_url_in_use"
             if not errors:
-                await self.async_set_unique_id(data[CONF_STORAGE_URL], raise_on_progress=False)
-                # A form error, not an abort: the dialog stays open with what was typed.
-                if self._used_by_another_entry(data[CONF_STORAGE_URL]):
-                    errors[CONF_STORAGE_URL] = "storage_url_in_use"
-            if not errors:
-                errors = await self._async_validate(data)
+                checked = await self._async_validate(data)
+                errors = checked.errors or await self._async_claim(checked, data[CONF_STORAGE_URL])
             if not errors:
                 return await self._async_save_or_warn(data)
         # The `unused-ignore` marks: types that differ between the supported Home Assistant
@@ -332,6 +272,126 @@ class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
             data_schema=self.add_suggested_values_to_schema(CONNECTION_SCHEMA, user_input),  # type: ignore[arg-type, unused-ignore]
             errors=errors,
         )
+
+    # -- discovery ------------------------------------------------------------------------
+
+    async def async_step_zeroconf(self, discovery_info: ZeroconfServiceInfo) -> ConfigFlowResult:
+        """A service announced itself (discovery.py); storage and enrichment differ."""
+        found = parse_announcement(discovery_info)
+        if isinstance(found, str):
+            return self.async_abort(reason=found)
+        self._announced = found
+        name = URL(found.url).host_port_subcomponent or found.url
+        self.context["title_placeholders"] = {"name": f"{found.role} {name}"}
+        if found.role == SERVICE_ENRICHMENT:
+            return await self._async_enrichment_announced(found)
+        existing = await self.async_set_unique_id(found.service_id)
+        if existing is None and (entry := entry_using(self.hass, found)) is not None:
+            # Set up already, by URL: an entry from before service ids learns its id
+            # here (when this is its main URL), else it is a failover of another entry.
+            if is_announced_service(entry.data[CONF_STORAGE_URL], found):
+                async_adopt_service_id(self.hass, entry, found.service_id)
+            return self.async_abort(reason="already_configured")
+        updates: dict[str, Any] = {}
+        if existing is not None and existing.source != SOURCE_IGNORE:
+            # Known: its URL follows the service (the entry reloads; the outbox keeps
+            # what is queued, and the registry starts over at the new address).
+            updates = storage_updates(existing, found)
+            if updates and existing.title == _title(existing.data[CONF_STORAGE_URL]):
+                self.hass.config_entries.async_update_entry(
+                    existing, title=_title(updates[CONF_STORAGE_URL])
+                )
+        self._abort_if_unique_id_configured(updates=updates)
+        return await self.async_step_zeroconf_confirm()
+
+    async def async_step_zeroconf_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Add the announced storage service: the token (when it needs one), and the
+        enrichment service of the same machine when one was announced."""
+        found = self._announced
+        assert found is not None
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            beside = self._beside if user_input.get(CONF_USE_ENRICHMENT) else None
+            data = {
+                CONF_STORAGE_URL: found.url,
+                CONF_STORAGE_FAILOVER_URLS: [],
+                CONF_ENRICHMENT_URL: beside.url if beside else None,
+                CONF_ENRICHMENT_FAILOVER_URLS: [],
+                CONF_API_TOKEN: str(user_input.get(CONF_API_TOKEN) or "").strip(),
+                CONF_VERIFY_SSL: True,
+            }
+            if found.token_required and not data[CONF_API_TOKEN]:
+                errors[CONF_API_TOKEN] = "invalid_auth"
+            else:
+                checked = await self._async_validate(data)
+                errors = _confirm_errors(checked.errors)
+                if not errors and checked.storage_id != found.service_id:
+                    # Another service answers at the announced address now.
+                    return self.async_abort(reason="wrong_service")
+            if not errors:
+                return await self._async_save_or_warn(data)
+        # Looked up at each showing: the enrichment service may announce itself later.
+        beside = enrichment_beside(self.hass, found)
+        self._beside = beside if beside and entry_using(self.hass, beside) is None else None
+        schema: dict[Any, Any] = {}
+        if found.token_required:
+            schema[vol.Required(CONF_API_TOKEN)] = _TOKEN_SELECTOR
+        if self._beside is not None:
+            schema[vol.Required(CONF_USE_ENRICHMENT, default=True)] = BooleanSelector()
+        return self.async_show_form(
+            step_id="zeroconf_confirm",
+            data_schema=vol.Schema(schema),  # type: ignore[arg-type, unused-ignore]
+            description_placeholders={
+                "url": found.url,
+                "enrichment_url": self._beside.url if self._beside else "-",
+            },
+            errors=errors,
+        )
+
+    async def _async_enrichment_announced(self, found: Announcement) -> ConfigFlowResult:
+        """An enrichment service: offered to the entry of its machine that has none."""
+        # One flow per service, which the user may ignore for good.
+        await self.async_set_unique_id(found.service_id)
+        self._abort_if_unique_id_configured()
+        if entry_using(self.hass, found) is not None:
+            return self.async_abort(reason="already_configured")
+        # Kept for a storage service of this machine set up later (its confirm form).
+        remember_enrichment(self.hass, found)
+        on_machine = entries_on_machine(self.hass, found)
+        without = [entry for entry in on_machine if not entry.data.get(CONF_ENRICHMENT_URL)]
+        if not without:
+            reason = "enrichment_already_set" if on_machine else "storage_not_set_up"
+            return self.async_abort(reason=reason)
+        self._enrich_entry = without[0]
+        return await self.async_step_enrichment_confirm()
+
+    async def async_step_enrichment_confirm(
+        self, user_input: dict[str, Any] | None = None
+    ) -> ConfigFlowResult:
+        """Send the entry's events through the announced enrichment service."""
+        entry, found = self._enrich_entry, self._announced
+        assert entry is not None
+        assert found is not None
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            data = {
+                **entry.data,
+                CONF_ENRICHMENT_URL: found.url,
+                CONF_ENRICHMENT_FAILOVER_URLS: [],
+            }
+            errors = _confirm_errors((await self._async_validate(data)).errors)
+            if not errors:
+                return await self._async_save_or_warn(data)
+        return self.async_show_form(
+            step_id="enrichment_confirm",
+            data_schema=vol.Schema({}),  # type: ignore[arg-type, unused-ignore]
+            description_placeholders={"url": found.url, "entry": entry.title},
+            errors={"base": errors[next(iter(errors))]} if errors else {},
+        )
+
+    # -- reauth and reconfigure -----------------------------------------------------------
 
     async def async_step_reauth(self, entry_data: Mapping[str, Any]) -> ConfigFlowResult:
         """A service refused the token (HTTP 401/403)."""
@@ -350,7 +410,7 @@ class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
             else:
                 found = await self._async_validate({**entry.data, CONF_API_TOKEN: token})
                 # The URLs are not on this form: their errors go to the form as a whole.
-                for field, error in found.items():
+                for field, error in found.errors.items():
                     errors.setdefault(field if field == CONF_API_TOKEN else "base", error)
             if not errors:
                 return self.async_update_reload_and_abort(
@@ -374,7 +434,15 @@ class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
             if not errors and self._used_by_another_entry(data[CONF_STORAGE_URL], entry):
                 errors[CONF_STORAGE_URL] = "storage_url_in_use"
             if not errors:
-                errors = await self._async_validate(data)
+                checked = await self._async_validate(data)
+                errors = checked.errors
+            if not errors and is_service_id(entry.unique_id):
+                # The entry knows its service: another one (or one without an id) is
+                # refused, as Home Assistant's integrations refuse another device.
+                await self.async_set_unique_id(checked.storage_id, raise_on_progress=False)
+                self._abort_if_unique_id_mismatch(reason="wrong_service")
+            elif not errors:
+                errors = await self._async_claim(checked, data[CONF_STORAGE_URL], entry)
             if not errors:
                 return await self._async_save_or_warn(data)
         return self.async_show_form(
@@ -385,6 +453,8 @@ class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
             ),
             errors=errors,
         )
+
+    # -- saving ---------------------------------------------------------------------------
 
     async def _async_save_or_warn(self, data: dict[str, Any]) -> ConfigFlowResult:
         """Save checked connection data, after the plain-http warning when it applies."""
@@ -410,220 +480,45 @@ class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
         )
 
     def _save(self, data: dict[str, Any]) -> ConfigFlowResult:
-        """Create the entry, or update the reconfigured one and reload it."""
+        """Create the entry, or update the reconfigured (or enriched) one and reload it."""
+        if self._enrich_entry is not None:
+            return self.async_update_reload_and_abort(
+                self._enrich_entry,
+                data_updates={
+                    CONF_ENRICHMENT_URL: data[CONF_ENRICHMENT_URL],
+                    CONF_ENRICHMENT_FAILOVER_URLS: [],
+                },
+                reason="enrichment_added",
+            )
         if self.source != SOURCE_RECONFIGURE:
-            # Another flow may have added this URL while the services were checked.
+            # Another flow may have added this service while it was checked.
             self._abort_if_unique_id_configured()
             return self.async_create_entry(
                 title=_title(data[CONF_STORAGE_URL]), data=data, options=default_options()
             )
         entry = self._get_reconfigure_entry()
-        # Another flow may have taken this URL while the services were checked.
-        if self._used_by_another_entry(data[CONF_STORAGE_URL], entry):
+        # Another flow may have taken this URL or service while it was checked.
+        entries = self.hass.config_entries
+        taken = entries.async_entry_for_domain_unique_id(DOMAIN, self.unique_id or "")
+        if self._used_by_another_entry(data[CONF_STORAGE_URL], entry) or (
+            taken is not None and taken.entry_id != entry.entry_id
+        ):
             return self.async_abort(reason="already_configured")
         title = entry.title
         if title == _title(str(entry.data.get(CONF_STORAGE_URL))):
             title = _title(data[CONF_STORAGE_URL])  # the title was ours: follow the URL
         return self.async_update_reload_and_abort(
-            entry, unique_id=data[CONF_STORAGE_URL], title=title, data_updates=data
+            entry, unique_id=self.unique_id, title=title, data_updates=data
         )
 
 
-# -- the options flow ---------------------------------------------------------------------
-
-
-def _number(bounds: tuple[int, int], unit: str) -> NumberSelector:
-    return NumberSelector(
-        NumberSelectorConfig(
-            min=bounds[0],
-            max=bounds[1],
-            step=1,
-            mode=NumberSelectorMode.BOX,
-            unit_of_measurement=unit,
-        )
-    )
-
-
-def _event_type_options(current: Sequence[str]) -> list[str]:
-    """The suggested event types, all events, then any custom type already chosen.
-
-    The fixed values are labelled by their translations (selector.event_types).
-    """
-    values = [*SUGGESTED_EVENT_TYPES, ALL_EVENTS_OPTION]
-    return values + [value for value in current if value not in values]
-
-
-def _shown_event_types(event_types: Any) -> list[str]:
-    """Event types as the select holds them: the stored "*" is its "all_events" option."""
-    return [
-        ALL_EVENTS_OPTION if value == ALL_EVENTS else value
-        for value in event_types or []
-        if isinstance(value, str)
-    ]
-
-
-def _options_schema(hass: HomeAssistant, current: Mapping[str, Any]) -> vol.Schema:
-    domains = {split_entity_id(entity_id)[0] for entity_id in hass.states.async_entity_ids()}
-    for key in (CONF_INCLUDE_DOMAINS, CONF_EXCLUDE_DOMAINS):
-        domains.update(value for value in current.get(key) or [] if isinstance(value, str))
-    domain_selector = SelectSelector(
-        SelectSelectorConfig(
-            options=sorted(domains),
-            multiple=True,
-            custom_value=True,
-            mode=SelectSelectorMode.DROPDOWN,
-        )
-    )
-    entities_selector = EntitySelector(EntitySelectorConfig(multiple=True))
-    globs_selector = TextSelector(TextSelectorConfig(multiple=True))
-    event_types = [v for v in current.get(CONF_EVENT_TYPES) or [] if isinstance(v, str)]
-    return vol.Schema(
-        {
-            vol.Required(CONF_EVENT_TYPES): SelectSelector(
-                SelectSelectorConfig(
-                    options=_event_type_options(event_types),
-                    multiple=True,
-                    custom_value=True,
-                    mode=SelectSelectorMode.DROPDOWN,
-                    translation_key=CONF_EVENT_TYPES,
-                )
-            ),
-            vol.Optional(CONF_INCLUDE_DOMAINS): domain_selector,
-            vol.Optional(CONF_INCLUDE_ENTITIES): entities_selector,
-            vol.Optional(CONF_INCLUDE_ENTITY_GLOBS): globs_selector,
-            vol.Optional(CONF_EXCLUDE_DOMAINS): domain_selector,
-            vol.Optional(CONF_EXCLUDE_ENTITIES): entities_selector,
-            vol.Optional(CONF_EXCLUDE_ENTITY_GLOBS): globs_selector,
-            vol.Optional(CONF_WEATHER_ENTITY): EntitySelector(
-                EntitySelectorConfig(domain="weather")
-            ),
-            vol.Required(ADVANCED_DELIVERY): section(
-                vol.Schema(  # type: ignore[arg-type, unused-ignore]
-                    {
-                        vol.Required(CONF_BATCH_SIZE): _number(BATCH_SIZE_RANGE, "events"),
-                        vol.Required(CONF_LINGER_MS): _number(LINGER_MS_RANGE, "ms"),
-                        vol.Required(CONF_DURABILITY): SelectSelector(
-                            SelectSelectorConfig(
-                                options=[durability.value for durability in Durability],
-                                mode=SelectSelectorMode.LIST,
-                                translation_key=CONF_DURABILITY,
-                            )
-                        ),
-                        vol.Required(CONF_MAX_EVENTS): _number(MAX_EVENTS_RANGE, "events"),
-                        vol.Required(CONF_MAX_MEGABYTES): _number(MAX_MEGABYTES_RANGE, "MB"),
-                        vol.Required(CONF_FALLBACK_TO_STORAGE): BooleanSelector(),
-                        vol.Required(CONF_HEALTH_INTERVAL): _number(HEALTH_INTERVAL_RANGE, "s"),
-                        vol.Required(CONF_PROBLEM_AFTER): _number(PROBLEM_AFTER_RANGE, "s"),
-                        vol.Required(CONF_GAP_FILL): BooleanSelector(),
-                        vol.Required(CONF_GAP_FILL_MAX_HOURS): _number(
-                            GAP_FILL_MAX_HOURS_RANGE, "h"
-                        ),
-                    }
-                ),
-                {"collapsed": True},
-            ),
-        }
-    )
-
-
-def _nested(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat options in the form's shape: the delivery tuning inside its section."""
-    form = {key: value for key, value in options.items() if key not in ADVANCED_DELIVERY_KEYS}
-    form[ADVANCED_DELIVERY] = {
-        key: options[key] for key in ADVANCED_DELIVERY_KEYS if key in options
-    }
-    return form
-
-
-def _flat(user_input: Mapping[str, Any]) -> dict[str, Any]:
-    """The form's input with the section's fields back at the top, as options are stored."""
-    flat = {key: value for key, value in user_input.items() if key != ADVANCED_DELIVERY}
-    flat.update(user_input.get(ADVANCED_DELIVERY) or {})
-    return flat
-
-
-def _unique(values: Any) -> list[str]:
-    """Stripped strings in first-seen order, without duplicates (None: none)."""
-    if values is None:
-        return []
-    result: list[str] = []
-    for value in values:
-        text = str(value).strip()
-        if text not in result:
-            result.append(text)
-    return result
-
-
-def _valid_glob(glob: str) -> bool:
-    # Entity ids are lower case without spaces: such a glob could never match.
-    return bool(glob) and glob == glob.lower() and not any(char.isspace() for char in glob)
-
-
-def _parse_options(user_input: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Clean options from the form's input, and what is wrong with it."""
-    errors: dict[str, str] = {}
-    event_types = _unique(user_input.get(CONF_EVENT_TYPES))
-    if not event_types:
-        errors[CONF_EVENT_TYPES] = "no_event_types"
-    elif any(
-        not event_type
-        or len(event_type) > MAX_LENGTH_EVENT_EVENT_TYPE
-        or any(char.isspace() for char in event_type)
-        for event_type in event_types
-    ):
-        errors[CONF_EVENT_TYPES] = "invalid_event_type"
-    elif ALL_EVENTS_OPTION in event_types or ALL_EVENTS in event_types:
-        # Every type (chosen, or typed as "*"): naming others as well adds nothing.
-        event_types = [ALL_EVENTS]
-    options: dict[str, Any] = {CONF_EVENT_TYPES: event_types}
-    for key in (CONF_INCLUDE_DOMAINS, CONF_EXCLUDE_DOMAINS):
-        options[key] = _unique(user_input.get(key))
-        if not all(valid_domain(domain) for domain in options[key]):
-            errors[key] = "invalid_domain"
-    for key in (CONF_INCLUDE_ENTITIES, CONF_EXCLUDE_ENTITIES):
-        options[key] = _unique(user_input.get(key))
-    for key in (CONF_INCLUDE_ENTITY_GLOBS, CONF_EXCLUDE_ENTITY_GLOBS):
-        options[key] = _unique(user_input.get(key))
-        if not all(_valid_glob(glob) for glob in options[key]):
-            errors[key] = "invalid_glob"
-    for key in _WHOLE_NUMBER_KEYS:
-        # The selector gives a float within bounds, but does not enforce the step of 1.
-        number = float(user_input[key])
-        if not number.is_integer():
-            errors[key] = "not_whole_number"
-        options[key] = int(number)
-    options[CONF_DURABILITY] = str(user_input[CONF_DURABILITY])
-    options[CONF_FALLBACK_TO_STORAGE] = bool(user_input[CONF_FALLBACK_TO_STORAGE])
-    options[CONF_GAP_FILL] = bool(user_input.get(CONF_GAP_FILL, DEFAULT_GAP_FILL))
-    options[CONF_WEATHER_ENTITY] = user_input.get(CONF_WEATHER_ENTITY) or None
-    return options, errors
-
-
-class IngestorOptionsFlow(OptionsFlow):
-    """What to forward and how: event types, entity filter, batching, outbox, health."""
-
-    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> ConfigFlowResult:
-        """Filters on top, delivery tuning in a collapsed section; current values filled in."""
-        errors: dict[str, str] = {}
-        if user_input is not None:
-            current = _flat(user_input)
-            options, errors = _parse_options(current)
-            if not errors:
-                return self.async_create_entry(data=options)
+def _confirm_errors(errors: Mapping[str, str]) -> dict[str, str]:
+    """A confirm form shows no URL fields: their errors go to the form (the token's and
+    the offered enrichment's to their own field)."""
+    shown: dict[str, str] = {}
+    for field, error in errors.items():
+        if field in (CONF_ENRICHMENT_URL, CONF_ENRICHMENT_FAILOVER_URLS):
+            shown.setdefault(CONF_USE_ENRICHMENT, error)
         else:
-            current = {**default_options(), **self.config_entry.options}
-        current[CONF_EVENT_TYPES] = _shown_event_types(current.get(CONF_EVENT_TYPES))
-        # The frontend shows a section's errors above the section, not at its fields.
-        form_errors: dict[str, str] = {}
-        for key, error in errors.items():
-            form_errors.setdefault(
-                ADVANCED_DELIVERY if key in ADVANCED_DELIVERY_KEYS else key, error
-            )
-        return self.async_show_form(
-            step_id="init",
-            data_schema=self.add_suggested_values_to_schema(
-                _options_schema(self.hass, current),  # type: ignore[arg-type, unused-ignore]
-                _nested(current),
-            ),
-            errors=form_errors,
-        )
+            shown.setdefault(field if field == CONF_API_TOKEN else "base", error)
+    return shown

@@ -4,7 +4,8 @@ Every configured URL is asked for ``GET /api/v1/health`` without a token and
 ``GET /api/v1/stats`` with it, through the same resilient client the forwarder uses,
 with short timeouts and a few quick retries: a person is waiting. The health answer
 must name the service the field is for (its ``"service"``), so a swapped URL, a wrong
-port or some other web server is caught before it is stored.
+port or some other web server is caught before it is stored. The main storage URL's
+health also gives the service's id (identity.py), the entry's unique id.
 
 `plain_http_urls` finds the URLs where the token would cross the network in clear text,
 for the flow's warning (a warning only: a trusted network may be the user's choice).
@@ -34,6 +35,7 @@ from .const import (
     SERVICE_ENRICHMENT,
     SERVICE_STORAGE,
 )
+from .identity import health_service_id
 from .pipeline.envelope import (
     ENRICHMENT_SERVICE_NAME,
     HEALTH_PATH,
@@ -105,20 +107,29 @@ ANSWERED_AS = {
 }
 
 
-def _health_name(health: ServiceResponse) -> str:
-    """The "service" a health answer names itself with ("": not JSON, or no name)."""
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """What the checks found: the errors by form field (empty: all good), and the id the
+    main storage URL's health answered (None: an older service without one)."""
+
+    errors: dict[str, str]
+    storage_id: str | None = None
+
+
+def _health_body(health: ServiceResponse) -> dict[str, Any]:
+    """A health answer's JSON object ({}: not JSON, or not an object)."""
     try:
         body = health.json()
     except ServiceCallError:
-        return ""
-    name = body.get("service") if isinstance(body, dict) else None
-    return name if isinstance(name, str) else ""
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 async def _async_check_target(
     session: aiohttp.ClientSession, target: _Target, token: str
-) -> str | None:
-    """None when the URL is healthy and takes the token, else the error key."""
+) -> tuple[str | None, str | None]:
+    """(None, the service id) when the URL is healthy and takes the token, else
+    (the error key, None)."""
     client = ServiceHTTPClient(
         target.service,
         [target.url],
@@ -135,29 +146,30 @@ async def _async_check_target(
             LOGGER.debug(
                 "%s at %s is not healthy: HTTP %s", target.service, target.url, health.status
             )
-            return "cannot_connect"
-        name = _health_name(health)
+            return "cannot_connect", None
+        body = _health_body(health)
+        name = body.get("service")
         if name != HEALTH_NAMES[target.service]:
             LOGGER.debug("%s at %s answers as %r", target.service, target.url, name)
             # Neither of ours: some other web server answers the health path.
-            return ANSWERED_AS.get(name, "not_an_ingestor_service")
+            return ANSWERED_AS.get(str(name), "not_an_ingestor_service"), None
         stats = await client.get(STATS_PATH, retry=True)
     except ServiceCallError as err:
         LOGGER.debug("Cannot reach %s at %s: %s", target.service, target.url, err)
-        return "cannot_connect"
+        return "cannot_connect", None
     if stats.outcome is Outcome.AUTH:
         LOGGER.debug(
             "%s at %s refused the token: HTTP %s", target.service, target.url, stats.status
         )
-        return "invalid_auth"
+        return "invalid_auth", None
     if stats.outcome is not Outcome.SUCCESS:
         LOGGER.debug("%s at %s answered HTTP %s", target.service, target.url, stats.status)
-        return "cannot_connect"
-    return None
+        return "cannot_connect", None
+    return None, health_service_id(body)
 
 
-async def async_check_services(hass: HomeAssistant, data: Mapping[str, Any]) -> dict[str, str]:
-    """Check every configured URL at once; the errors by form field (empty: all good).
+async def async_check_services(hass: HomeAssistant, data: Mapping[str, Any]) -> CheckResult:
+    """Check every configured URL at once: the errors by form field, the storage's id.
 
     ``invalid_auth`` is reported on the token field, every other error on the field of
     the URL that failed. Unexpected exceptions propagate (as an ExceptionGroup).
@@ -169,6 +181,7 @@ async def async_check_services(hass: HomeAssistant, data: Mapping[str, Any]) -> 
         tasks = [group.create_task(_async_check_target(session, t, token)) for t in targets]
     errors: dict[str, str] = {}
     for target, task in zip(targets, tasks, strict=True):
-        if (error := task.result()) is not None:
+        if (error := task.result()[0]) is not None:
             errors.setdefault(CONF_API_TOKEN if error == "invalid_auth" else target.field, error)
-    return errors
+    # The first target is the main storage URL.
+    return CheckResult(errors, tasks[0].result()[1])

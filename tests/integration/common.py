@@ -105,12 +105,14 @@ def make_entry(
     *,
     entry_id: str | None = None,
     data: dict[str, Any] | None = None,
+    minor_version: int = 2,
     **options: Any,
 ) -> MockConfigEntry:
     """An entry for receivers at these URLs with `TOKEN`; batches leave at once (linger 0).
 
     ``data`` adds entry data (failover URLs, ...), keyword arguments are options; give
-    ``entry_id`` where a snapshot holds ids derived from it.
+    ``entry_id`` where a snapshot holds ids derived from it. The entry is of the current
+    version (1.2); ``minor_version=1`` makes one from before service ids.
     """
     options.setdefault(CONF_LINGER_MS, 0)
     entry_data: dict[str, Any] = {
@@ -128,6 +130,8 @@ def make_entry(
         unique_id=storage_url,
         data=entry_data,
         options=options,
+        version=1,
+        minor_version=minor_version,
     )
 
 

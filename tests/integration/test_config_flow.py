@@ -27,6 +27,7 @@ from custom_components.ha_ingestor.pipeline.envelope import (
     ENRICHMENT_SERVICE_NAME,
     STORAGE_SERVICE_NAME,
 )
+from custom_components.ha_ingestor.service_checks import CheckResult
 from tests.integration.conftest import TOKEN
 from tests.integration.flow_helpers import (
     UNUSED_URL,
@@ -74,7 +75,7 @@ async def test_user_storage_only(
     assert result["options"] == default_options()
     assert result["result"].unique_id == local_url(storage_server)
     assert result["result"].version == 1
-    assert result["result"].minor_version == 1
+    assert result["result"].minor_version == 2
     assert len(mock_setup_entry.mock_calls) == 1
     # Health is open; stats needs the token.
     (health,) = storage_server.requests_to(HEALTH_PATH)
@@ -283,18 +284,19 @@ async def test_user_already_configured_during_the_checks(
     hass: HomeAssistant, storage_server: FaultServer, mock_setup_entry: AsyncMock
 ) -> None:
     """Another entry for the URL appears while the services are checked: the unique id
-    guard aborts instead of adding a second entry for it."""
+    guard stops the flow instead of adding a second entry for it (an error on the field;
+    the plain-http step's own guard aborts: test_plain_http)."""
     url = local_url(storage_server)
 
-    async def add_it_meanwhile(hass: HomeAssistant, data: Any) -> dict[str, str]:
+    async def add_it_meanwhile(hass: HomeAssistant, data: Any) -> CheckResult:
         add_entry(hass, url)
-        return {}
+        return CheckResult({})
 
     result = await start_user_flow(hass)
     with patch.object(config_flow, "async_check_services", side_effect=add_it_meanwhile):
         result = await submit(hass, result, user_input(url))
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "already_configured"
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {CONF_STORAGE_URL: "storage_url_in_use"}
     assert len(hass.config_entries.async_entries(DOMAIN)) == 1
     assert mock_setup_entry.mock_calls == []
 
@@ -356,6 +358,7 @@ def test_translations_in_step() -> None:
         "answers_as_storage",
         "not_an_ingestor_service",
         "storage_url_in_use",
+        "storage_service_in_use",
         "unknown",
     }
     # The errors say what to do: which service answered and where each one listens...
@@ -368,12 +371,28 @@ def test_translations_in_step() -> None:
         "The enrichment service listens on port 8002 by default"
     )
     # ... and how to change the entry that has the URL.
-    for text in (config["error"]["storage_url_in_use"], config["abort"]["already_configured"]):
+    for text in (
+        config["error"]["storage_url_in_use"],
+        config["error"]["storage_service_in_use"],
+        config["abort"]["already_configured"],
+    ):
         assert "open it and choose Reconfigure" in text
+    # Discovery's confirm form (its placeholders: test_discovery).
+    confirm = config["step"]["zeroconf_confirm"]
+    assert set(confirm["data"]) == set(confirm["data_description"])
+    assert set(confirm["data"]) == {CONF_API_TOKEN, config_flow.CONF_USE_ENRICHMENT}
     assert set(config["abort"]) == {
         "already_configured",
+        "already_in_progress",
         "reauth_successful",
         "reconfigure_successful",
+        "wrong_service",
+        "not_an_ingestor_service",
+        "unsupported_api",
+        "no_usable_address",
+        "enrichment_added",
+        "enrichment_already_set",
+        "storage_not_set_up",
     }
     # Select values are translation keys: lower case, digits, - and _, not at either end.
     for selector in strings["selector"].values():

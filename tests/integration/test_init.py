@@ -66,6 +66,7 @@ def make_entry(
             **(data or {}),
         },
         options=options,
+        minor_version=2,
     )
 
 

@@ -12,11 +12,6 @@ import voluptuous as vol
 from homeassistant.data_entry_flow import FlowResultType, section
 from homeassistant.setup import async_setup_component
 
-from custom_components.ha_ingestor.config_flow import (
-    ADVANCED_DELIVERY,
-    ADVANCED_DELIVERY_KEYS,
-    default_options,
-)
 from custom_components.ha_ingestor.const import (
     ALL_EVENTS,
     ALL_EVENTS_OPTION,
@@ -39,6 +34,11 @@ from custom_components.ha_ingestor.const import (
     CONF_PROBLEM_AFTER,
     CONF_WEATHER_ENTITY,
     SUGGESTED_EVENT_TYPES,
+)
+from custom_components.ha_ingestor.options_flow import (
+    ADVANCED_DELIVERY,
+    ADVANCED_DELIVERY_KEYS,
+    default_options,
 )
 from tests.integration.flow_helpers import add_entry, field_selector, suggested
 

@@ -20,7 +20,7 @@ from custom_components.ha_ingestor.const import (
     CONF_STORAGE_URL,
     DOMAIN,
 )
-from custom_components.ha_ingestor.service_checks import plain_http_urls
+from custom_components.ha_ingestor.service_checks import CheckResult, plain_http_urls
 from tests.integration.flow_helpers import (
     add_entry,
     entry_data,
@@ -50,7 +50,7 @@ REMOTE_HTTPS = "https://nas.example:8004"
 @pytest.fixture
 def services_answer() -> Iterator[AsyncMock]:
     """Every URL passes its checks: remote hosts cannot be reached from a test."""
-    with patch.object(config_flow, "async_check_services", return_value={}) as check:
+    with patch.object(config_flow, "async_check_services", return_value=CheckResult({})) as check:
         yield check
 
 
@@ -163,6 +163,21 @@ async def test_another_entry_taking_the_url_meanwhile_aborts(hass: HomeAssistant
     result = await submit(hass, result, {})
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "already_configured"
+
+
+@pytest.mark.usefixtures("services_answer")
+async def test_another_entry_taking_the_service_meanwhile_aborts_reconfigure(
+    hass: HomeAssistant,
+) -> None:
+    entry = add_entry(hass, "http://localhost:8004")
+    result = await entry.start_reconfigure_flow(hass)
+    result = await submit(hass, result, user_input(REMOTE_HTTP))
+    assert result["step_id"] == STEP_PLAIN_HTTP
+    add_entry(hass, REMOTE_HTTP)  # while the warning was open
+    result = await submit(hass, result, {})
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"
+    assert entry.data[CONF_STORAGE_URL] == "http://localhost:8004"
 
 
 def test_the_warning_points_to_a_readme_section() -> None:

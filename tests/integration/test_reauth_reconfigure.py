@@ -19,6 +19,7 @@ from custom_components.ha_ingestor.const import (
     CONF_VERIFY_SSL,
 )
 from custom_components.ha_ingestor.pipeline.envelope import STORAGE_SERVICE_NAME
+from custom_components.ha_ingestor.service_checks import CheckResult
 from tests.integration.conftest import TOKEN
 from tests.integration.flow_helpers import (
     UNUSED_URL,
@@ -225,17 +226,17 @@ async def test_reconfigure_unique_id_taken_during_the_checks(
     new_storage = await fault_server_factory(token=TOKEN, name=STORAGE_SERVICE_NAME)
     entry = add_entry(hass, local_url(storage_server))
 
-    async def add_it_meanwhile(hass: HomeAssistant, data: Any) -> dict[str, str]:
+    async def add_it_meanwhile(hass: HomeAssistant, data: Any) -> CheckResult:
         add_entry(hass, local_url(new_storage))
-        return {}
+        return CheckResult({})
 
     result = await entry.start_reconfigure_flow(hass)
     with patch.object(config_flow, "async_check_services", side_effect=add_it_meanwhile):
         result = await hass.config_entries.flow.async_configure(
             result["flow_id"], user_input(local_url(new_storage))
         )
-    assert result["type"] is FlowResultType.ABORT
-    assert result["reason"] == "already_configured"
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {CONF_STORAGE_URL: "storage_url_in_use"}
     assert entry.unique_id == local_url(storage_server)
     assert entry.data == entry_data(local_url(storage_server))
 

@@ -15,7 +15,9 @@ moment:
 - random faults with a seeded RNG: ``set_random_faults(0.3, Fault.answer(500), ...)``;
 - per-event rejection: ``reject(event_id, ...)``, or events whose ``data`` (or
   ``data.attributes``) holds the key `REJECT_MARKER`;
-- ``max_batch_events`` (413 above it), ``token`` (401 without it), ``health_status``;
+- ``max_batch_events`` (413 above it), ``token`` (401 without it), ``health_status``,
+  ``service_id`` (health answers it with ``role``, ``api_version`` and
+  ``token_required``, as current services do; None: an older service, name and status only);
 - ``refuse()`` closes the port (connections refused) and ``restore()`` reopens it.
 
 What happened is in ``received`` (every event parsed from any request that got past
@@ -149,8 +151,10 @@ class FaultServer:
         max_body_bytes: int = 64 * 1024 * 1024,
         seed: int = 0,
         name: str = "fault-server",
+        service_id: str | None = None,
     ) -> None:
         self.token = token
+        self.service_id = service_id
         self.max_batch_events = max_batch_events
         self.max_body_bytes = max_body_bytes
         self.name = name
@@ -292,11 +296,18 @@ class FaultServer:
             if early is not None:
                 return early
         healthy = 200 <= self.health_status < 300
-        return self._json(
-            record,
-            {"status": "healthy" if healthy else "unhealthy", "service": self.name},
-            self.health_status,
-        )
+        body: dict[str, Any] = {
+            "status": "healthy" if healthy else "unhealthy",
+            "service": self.name,
+        }
+        if self.service_id is not None:
+            body |= {
+                "service_id": self.service_id,
+                "role": "storage" if "storage" in self.name else "enrichment",
+                "api_version": 1,
+                "token_required": self.token is not None,
+            }
+        return self._json(record, body, self.health_status)
 
     async def _handle_stats(self, request: web.Request) -> web.StreamResponse:
         record = self._record(request)
