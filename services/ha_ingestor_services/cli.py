@@ -25,6 +25,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from . import __version__, tls
+from . import announce as announcement
 from .connections import ServiceRunner
 from .contract import StartupError
 from .enrichment.service import EnrichmentService
@@ -36,7 +37,7 @@ from .migrate import command as migrate
 from .options import ENV_PREFIX, Option, option, options_of, parse_bool
 from .storage.service import StorageService
 from .storage.settings import StorageSettings
-from .web import create_app
+from .web import create_app, service_of, token_required
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -329,10 +330,12 @@ async def serve(
     stop: asyncio.Event | None = None,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    announce: bool = False,
 ) -> None:
     """Start each app in order, run until SIGINT/SIGTERM (or ``stop``), stop in reverse.
 
-    With ``ssl_context`` every app speaks HTTPS only.
+    With ``ssl_context`` every app speaks HTTPS only; with ``announce`` each is announced
+    over mDNS/zeroconf while it runs (announce.py).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -341,6 +344,10 @@ async def serve(
     runners: list[ServiceRunner] = []
     try:
         for name, app, port in plan:
+            if announce:
+                tls = ssl_context is not None
+                token = token_required(app)
+                announcement.attach(app, service_of(app), host, port, token=token, tls=tls)
             # ServiceRunner: aiohttp's, with the connection bounds of the app's Limits.
             runner = ServiceRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
             await runner.setup()  # runs the service's start(): StartupError on a bad backend
@@ -415,7 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = _server(args)
         plan = args.plan(args, server)
         asyncio.run(
-            serve(plan, server.host, server.shutdown_timeout, ssl_context=server.ssl_context)
+            serve(
+                plan,
+                server.host,
+                server.shutdown_timeout,
+                ssl_context=server.ssl_context,
+                announce=server.announce,
+            )
         )
     except (SettingError, StartupError) as err:
         print(f"ha-ingestor-services {args.command}: error: {err}", file=sys.stderr)

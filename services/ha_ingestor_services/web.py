@@ -152,6 +152,10 @@ def metrics_of(app: web.Application) -> ServiceMetrics:
     return app[_CONTEXT].metrics
 
 
+def token_required(app: web.Application) -> bool:
+    return bool(app[_CONTEXT].token)
+
+
 # -- middlewares ----------------------------------------------------------------------
 
 
@@ -453,7 +457,7 @@ async def _health(request: web.Request) -> web.Response:
         "service_id": service.service_id,
         "role": service.role,
         "api_version": API_VERSION,
-        "token_required": bool(context.token),
+        "token_required": token_required(request.app),
     }
     if _token_is_valid(request):
         body |= {
