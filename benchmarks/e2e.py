@@ -19,7 +19,8 @@ instrument for both. Per scenario and round:
   and the state-change rate the loop sustained meanwhile; ``lost`` is what never
   arrived (counted in influxd itself, which keeps one point per series and time).
 
-``--plot PNG`` adds one more run of each scenario at 100/s for 60 s with influxd away
+``--linger-ms MS`` sets HA Ingestor's Linger time option (the README's lowest-latency
+setting is 5 ms). ``--plot PNG`` adds one more run of each scenario at 100/s for 60 s with influxd away
 for 20 s from the 20th second (the tap refuses connections, as a stopped influxd
 would), and draws each point's latency against its state change's time.
 """
@@ -54,6 +55,7 @@ import custom_components.ha_ingestor  # noqa: F401 - makes the integration impor
 from custom_components.ha_ingestor.const import (
     CONF_API_TOKEN,
     CONF_ENRICHMENT_URL,
+    CONF_LINGER_MS,
     CONF_STORAGE_URL,
     CONF_VERIFY_SSL,
     DOMAIN,
@@ -142,6 +144,12 @@ def _tap_points(tap: str, database: str, since: float) -> list[list[float]]:
         return rows
 
 
+def _tap_count(tap: str, database: str) -> int:
+    with urllib.request.urlopen(f"{tap}/tap/count?db={database}", timeout=30) as answer:
+        count: int = json.loads(answer.read())["count"]
+        return count
+
+
 def _outage(tap: str, seconds: float) -> None:
     request = urllib.request.Request(f"{tap}/tap/outage?seconds={seconds}", method="POST")
     with urllib.request.urlopen(request, timeout=10):
@@ -177,14 +185,17 @@ async def _arrived(
     tap: str, database: str, since: float, count: int, stall: float
 ) -> list[list[float]]:
     """Poll the tap until ``count`` points arrived since ``since`` or nothing moved for
-    ``stall`` seconds; the points."""
+    ``stall`` seconds; the points. Polled by count, read once: reading every point on
+    each poll cost more CPU than either writer (py-spy)."""
+    before = await asyncio.to_thread(_tap_count, tap, database)
+    before -= len(await asyncio.to_thread(_tap_points, tap, database, since))
     last, moved = -1, time.monotonic()
     while True:
-        rows = await asyncio.to_thread(_tap_points, tap, database, since)
-        if len(rows) >= count or time.monotonic() - moved > stall:
-            return rows
-        if len(rows) != last:
-            last, moved = len(rows), time.monotonic()
+        arrived = await asyncio.to_thread(_tap_count, tap, database) - before
+        if arrived >= count or time.monotonic() - moved > stall:
+            return await asyncio.to_thread(_tap_points, tap, database, since)
+        if arrived != last:
+            last, moved = arrived, time.monotonic()
         await asyncio.sleep(0.1)
 
 
@@ -203,7 +214,7 @@ async def scenario(kind: str, tap: str, database: str, mode: str, args: Any) -> 
                     await setup_influxdb(hass, tapped, database)
                 else:
                     enrichment, storage = stack.enter_context(running_services(tap, database))
-                    await _setup_ha_ingestor(hass, enrichment, storage)
+                    await _setup_ha_ingestor(hass, enrichment, storage, args.linger_ms)
                 await hass.async_block_till_done()
                 if mode == "outage":
                     figures = await _outage_run(hass, tap, database)
@@ -216,7 +227,9 @@ async def scenario(kind: str, tap: str, database: str, mode: str, args: Any) -> 
     return figures
 
 
-async def _setup_ha_ingestor(hass: Any, enrichment: str, storage: str) -> None:
+async def _setup_ha_ingestor(
+    hass: Any, enrichment: str, storage: str, linger_ms: int | None
+) -> None:
     http = {"server_host": ["127.0.0.1"], "server_port": free_port()}
     assert await async_setup_component(hass, "http", {"http": http})
     data = {
@@ -225,7 +238,8 @@ async def _setup_ha_ingestor(hass: Any, enrichment: str, storage: str) -> None:
         CONF_API_TOKEN: TOKEN,
         CONF_VERIFY_SSL: True,
     }
-    entry = MockConfigEntry(domain=DOMAIN, data=data)
+    options = {} if linger_ms is None else {CONF_LINGER_MS: linger_ms}
+    entry = MockConfigEntry(domain=DOMAIN, data=data, options=options)
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
 
@@ -268,6 +282,8 @@ async def _outage_run(hass: Any, tap: str, database: str) -> dict[str, Any]:
 def _in_subprocess(kind: str, tap: str, database: str, mode: str, args: Any) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.e2e", "--events", str(args.events)]
     command += ["--steady-seconds", str(args.steady_seconds)]
+    if args.linger_ms is not None:
+        command += ["--linger-ms", str(args.linger_ms)]
     command += ["--scenario", kind, tap, database, mode]
     done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
     output = done.stdout
@@ -369,6 +385,12 @@ def main() -> None:
         "--events", type=int, default=EVENTS, help="state changes of the throughput phase"
     )
     parser.add_argument("--steady-seconds", type=float, default=STEADY_S, help="seconds at 100/s")
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        help="HA Ingestor's Linger time option (default: the integration's default; the "
+        "README's lowest-latency setting is 5)",
+    )
     parser.add_argument("--plot", type=Path, help="also run the outage and draw it to this PNG")
     parser.add_argument("--scenario", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -380,7 +402,8 @@ def main() -> None:
     summary, outages = run(args)
     python = platform.python_version()
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    print(f"machine: {machine}, Python {python}, {args.rounds} rounds")
+    linger = "default" if args.linger_ms is None else f"{args.linger_ms} ms"
+    print(f"machine: {machine}, Python {python}, {args.rounds} rounds, linger {linger}")
     if outages:
         for kind, seconds in plot(outages, args.plot).items():
             summary[f"{kind}_catch_up_s"] = seconds

@@ -5,7 +5,8 @@
 influxd accepts it reads the line protocol: each point's own timestamp (the state
 change's time, in the request's ``precision``) against the moment the point arrived
 here gives its latency. ``GET /tap/points?db=NAME&since=T`` answers the points of that
-database that arrived since wall time ``T``: ``[[arrived, latency_s], ...]``.
+database that arrived since wall time ``T``: ``[[arrived, latency_s], ...]``;
+``GET /tap/count?db=NAME`` only how many arrived in all (cheap enough to poll).
 ``POST /tap/outage?seconds=S`` makes the tap refuse connections for S seconds, as if
 influxd were down (its listener closes, and a connection kept alive is reset). The tap stops
 when its stdin closes.
@@ -87,6 +88,10 @@ async def _points(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(rows), content_type="application/json")
 
 
+async def _count(request: web.Request) -> web.Response:
+    return web.json_response({"count": len(request.app[ARRIVALS][request.query.get("db", "")])})
+
+
 async def _outage(request: web.Request) -> web.Response:
     request.app[OUTAGE].set()
     seconds = float(request.query.get("seconds", "20"))
@@ -101,6 +106,7 @@ async def main(port: int, upstream: str) -> None:
     app[OUTAGE] = asyncio.Event()
     app[OUTAGE_S] = [0.0, 0.0]
     app.router.add_get("/tap/points", _points)
+    app.router.add_get("/tap/count", _count)
     app.router.add_post("/tap/outage", _outage)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     async with aiohttp.ClientSession() as session:
