@@ -36,7 +36,9 @@ _LOGGER = logging.getLogger(__name__)
 SERVICE_TYPE = "_ha-ingestor._tcp.local."
 API_PATH = "/api/v1"
 WITHDRAW_TIMEOUT_S = 5.0  # stopping never waits longer on the network than this
-WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+# The IP versions a wildcard host listens on: asyncio binds "::" IPv6 only (V6ONLY) and
+# "" on both.
+WILDCARDS = {"0.0.0.0": IPVersion.V4Only, "::": IPVersion.V6Only, "": IPVersion.All}
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Interfaces = Sequence[str] | InterfaceChoice  # what AsyncZeroconf takes, as we use it
@@ -63,16 +65,19 @@ def _usable(address: Address) -> bool:
     return not (address.is_loopback or address.is_link_local or address.is_unspecified)
 
 
-def machine_addresses(ipv6: bool, adapters: Iterable[ifaddr.Adapter] | None = None) -> list[str]:
-    """This machine's addresses other machines can reach (IPv4, and IPv6 when asked);
-    loopback only when there is nothing else."""
+def machine_addresses(
+    version: IPVersion, adapters: Iterable[ifaddr.Adapter] | None = None
+) -> list[str]:
+    """This machine's addresses of ``version`` other machines can reach; loopback only
+    when there is nothing else."""
+    wanted = {IPVersion.V4Only: {4}, IPVersion.V6Only: {6}, IPVersion.All: {4, 6}}[version]
     found: list[Address] = []
     for adapter in ifaddr.get_adapters() if adapters is None else adapters:
         for ip in adapter.ips:
             text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
             with contextlib.suppress(ValueError):
                 address = ipaddress.ip_address(text.split("%")[0])
-                if address.version == 4 or ipv6:
+                if address.version in wanted:
                     found.append(address)
     usable = [address for address in found if _usable(address)]
     chosen = usable or [address for address in found if address.is_loopback]
@@ -80,10 +85,13 @@ def machine_addresses(ipv6: bool, adapters: Iterable[ifaddr.Adapter] | None = No
     return [str(a) for a in sorted(set(chosen), key=lambda a: (a.version, a.packed))]
 
 
-def announced_addresses(host: str) -> list[str]:
+def announced_addresses(host: str, adapters: Iterable[ifaddr.Adapter] | None = None) -> list[str]:
     """The addresses the service listening on ``host`` is reached at."""
     if host in WILDCARDS:
-        return machine_addresses(ipv6=host == "::")
+        found = machine_addresses(WILDCARDS[host], adapters)
+        if not found:
+            raise OSError(f"this machine has no address of the kind --host {host!r} listens on")
+        return found
     try:
         return [str(ipaddress.ip_address(host))]
     except ValueError:  # a name: the addresses it stands for here
@@ -95,7 +103,7 @@ def zeroconf_interfaces(host: str, addresses: list[str]) -> tuple[Interfaces, IP
     """Where to send the announcement: all interfaces for a wildcard, else the ones
     holding the service's own addresses (127.0.0.1: loopback only)."""
     if host in WILDCARDS:
-        return InterfaceChoice.All, IPVersion.All if host == "::" else IPVersion.V4Only
+        return InterfaceChoice.All, WILDCARDS[host]
     versions = {ipaddress.ip_address(address).version for address in addresses}
     version = (
         IPVersion.All

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import uuid
@@ -78,31 +77,42 @@ def adapter(name: str, *addresses: str) -> ifaddr.Adapter:
     return ifaddr.Adapter(name, name, ips)
 
 
+ADAPTERS = [
+    adapter("lo", "127.0.0.1", "::1"),
+    adapter("eth0", "192.0.2.2", "fd00::2", "fe80::fc:ff:fe00:1"),
+    adapter("wlan0", "169.254.3.4", "10.1.2.3"),
+]
+
+
 def test_all_interfaces_announce_the_addresses_others_can_reach() -> None:
-    adapters = [
-        adapter("lo", "127.0.0.1", "::1"),
-        adapter("eth0", "192.0.2.2", "fd00::2", "fe80::fc:ff:fe00:1"),
-        adapter("wlan0", "169.254.3.4", "10.1.2.3"),
-    ]
-    assert announce.machine_addresses(False, adapters) == ["10.1.2.3", "192.0.2.2"]
-    assert announce.machine_addresses(True, adapters) == ["10.1.2.3", "192.0.2.2", "fd00::2"]
+    """The machine's interfaces are given: Home Assistant's test plugin replaces
+    ifaddr's answer with one made-up eth0 for the whole session."""
+    adapters = ADAPTERS
+    v4, v6, both = IPVersion.V4Only, IPVersion.V6Only, IPVersion.All
+    assert announce.machine_addresses(v4, adapters) == ["10.1.2.3", "192.0.2.2"]
+    assert announce.machine_addresses(v6, adapters) == ["fd00::2"]
+    assert announce.machine_addresses(both, adapters) == ["10.1.2.3", "192.0.2.2", "fd00::2"]
     # A machine with nothing but loopback still announces where it can be reached.
-    assert announce.machine_addresses(False, adapters[:1]) == ["127.0.0.1"]
+    assert announce.machine_addresses(v4, adapters[:1]) == ["127.0.0.1"]
+    assert announce.machine_addresses(v6, adapters[:1]) == ["::1"]
 
 
 def test_the_addresses_are_the_ones_listened_on() -> None:
     assert announce.announced_addresses("127.0.0.1") == ["127.0.0.1"]
     assert announce.announced_addresses("::1") == ["::1"]
-    everywhere = announce.announced_addresses("0.0.0.0")
-    assert everywhere == announce.machine_addresses(False)
-    assert all(ipaddress.ip_address(a).version == 4 for a in everywhere)
+    # asyncio binds "0.0.0.0" to IPv4, "::" to IPv6 only (V6ONLY), "" to both.
+    assert announce.announced_addresses("0.0.0.0", ADAPTERS) == ["10.1.2.3", "192.0.2.2"]
+    assert announce.announced_addresses("::", ADAPTERS) == ["fd00::2"]
+    assert announce.announced_addresses("", ADAPTERS) == ["10.1.2.3", "192.0.2.2", "fd00::2"]
+    with pytest.raises(OSError, match="no address of the kind --host '::' listens on"):
+        announce.announced_addresses("::", [adapter("eth0", "192.0.2.2")])
     assert announce.zeroconf_interfaces("127.0.0.1", ["127.0.0.1"]) == (
         ["127.0.0.1"],
         IPVersion.V4Only,
     )
     assert announce.zeroconf_interfaces("::", []) == (
         announce.InterfaceChoice.All,
-        IPVersion.All,
+        IPVersion.V6Only,
     )
 
 
