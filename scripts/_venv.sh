@@ -78,6 +78,8 @@ ensure_venv() {
   project="$PWD $(sha256sum pyproject.toml | cut -d' ' -f1)"
   if ! [ -x "$venv/bin/python" ] || [ "$(cat "$venv/.stamp" 2>/dev/null)" != "$packages" ]; then
     echo "creating $venv with $python ($requirements)"
+    # Some of the latest leg's pins have no wheel for its Python (requirements_latest.txt).
+    if [ "$leg" = latest ]; then ensure_build_tools "$python"; fi
     rm -rf "$venv"
     "$python" -m venv "$venv"
     pip_install "$venv" --upgrade pip
@@ -90,6 +92,32 @@ ensure_venv() {
       pip_install "$venv" --no-deps --no-build-isolation -e .
     echo "$project" > "$venv/.stamp-project"
   fi
+}
+
+ensure_build_tools() {
+  # ensure_build_tools PYTHON: a C++ compiler and PYTHON's headers, for the pinned packages
+  # pip builds from source. Where missing they are installed with apt as root on Debian (the
+  # latest leg's Debian root: g++ and python3.14-dev); elsewhere this says what is missing
+  # and the pip install fails on them.
+  local python=$1 packages=() include version
+  command -v c++ >/dev/null 2>&1 || packages+=(g++)
+  include=$("$python" -c 'import sysconfig; print(sysconfig.get_path("include"))')
+  version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  [ -f "$include/Python.h" ] || packages+=("python$version-dev")
+  if [ ${#packages[@]} -eq 0 ]; then
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing a C++ compiler or Python $version's headers (on Debian, as root:" \
+      "apt-get install ${packages[*]}); packages built from source will fail" >&2
+    return 0
+  fi
+  echo "installing Debian's ${packages[*]} (to build pinned packages from source)" >&2
+  # As scripts/_browser.sh: the root's mirror may be past its Release file's Valid-Until.
+  apt-get update -qq -o Acquire::Check-Valid-Until=false >/dev/null &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${packages[@]}" >/dev/null ||
+    echo "could not install ${packages[*]}; packages built from source will fail" >&2
 }
 
 print_leg() {
