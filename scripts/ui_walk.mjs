@@ -71,6 +71,31 @@ async function waitForText(page, pattern, what) {
   throw new Error(`${what}: ${pattern} not on the page within ${timeout / 1000} s`);
 }
 
+// Wait until the page shows the text, in an element's own text or as a field's value
+// (shadow roots included).
+async function waitForShown(page, wanted) {
+  await page.waitForFunction(
+    (text) => {
+      const shows = (el) =>
+        el.tagName === "INPUT"
+          ? el.value === text
+          : [...el.childNodes].some(
+              (node) => node.nodeType === Node.TEXT_NODE && node.textContent.includes(text),
+            );
+      const find = (root) => {
+        for (const el of root.querySelectorAll("*")) {
+          if (shows(el) && el.checkVisibility()) return true;
+          if (el.shadowRoot && find(el.shadowRoot)) return true;
+        }
+        return false;
+      };
+      return find(document);
+    },
+    wanted,
+    { timeout, polling: 500 },
+  );
+}
+
 function hassState(page, entityId) {
   return page.evaluate(
     (id) => document.querySelector("home-assistant")?.hass?.states?.[id]?.state,
@@ -133,6 +158,13 @@ async function logIn(page) {
   ok(`logged in as ${args.user} (${name})`);
 }
 
+// A form's text field by its label, which is the field's accessible name in both
+// frontends; getByLabel finds the older one's fields (mwc) but not the newer one's (2026:
+// Web Awesome's wa-input, whose label is slotted into its shadow root).
+function field(page, label) {
+  return page.getByRole("textbox", { name: label });
+}
+
 async function submit(page) {
   await page.getByRole("button", { name: /^submit$/i }).click();
 }
@@ -147,20 +179,21 @@ async function addIntegration(page) {
   await page.getByText("Connect to the HA Ingestor services").waitFor();
   ok("Add integration → HA Ingestor opened the form");
 
-  await page.getByLabel("Storage URL").fill(args.wrong_url);
-  await page.getByLabel("API token").fill(args.token);
+  await field(page, "Storage URL").fill(args.wrong_url);
+  await field(page, "API token").fill(args.token);
   await submit(page);
   await page.getByText(args.wrong_url_error).first().waitFor();
   ok(`a wrong storage URL (${args.wrong_url}): the form says "${args.wrong_url_error.slice(0, 60)}…"`);
 
-  await page.getByLabel("Storage URL").fill(args.storage_url);
-  await page.getByLabel("Enrichment URL").fill(args.enrichment_url);
-  await page.getByLabel("API token").fill(args.token);
+  await field(page, "Storage URL").fill(args.storage_url);
+  await field(page, "Enrichment URL").fill(args.enrichment_url);
+  await field(page, "API token").fill(args.token);
   await submit(page);
-  // Home Assistant says it made the entry and offers areas for its devices.
-  await page.getByText("HA Ingestor forwarder").first().waitFor();
+  // Home Assistant says it made the entry and offers areas for its devices (the newer
+  // frontend names them in fields, with "Skip and finish").
+  await waitForShown(page, "HA Ingestor forwarder");
   await shot(page, "config-flow-done");
-  await page.getByRole("button", { name: /^finish$/i }).click();
+  await page.getByRole("button", { name: /^(skip and )?finish$/i }).click();
   ok("the right storage URL: the entry is made, with the HA Ingestor forwarder device");
   await waitForState(page, `${FORWARDER}_status`, "true", "the entry's entities exist");
 }
@@ -188,7 +221,7 @@ async function changeOptions(page) {
   await openOptions(page);
   await shot(page, "options-flow");
   await page.getByRole("button", { name: /add exclude entity patterns/i }).click();
-  await page.getByLabel("Exclude entity patterns").last().fill(args.glob);
+  await field(page, "Exclude entity patterns").last().fill(args.glob);
   await submit(page);
   await page.getByRole("button", { name: /^finish$/i }).click();
   ok(`options: excluded the pattern ${args.glob}`);
