@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from unittest.mock import patch
 
 import pytest
-from homeassistant.core import Event, HomeAssistant, State, callback
+from homeassistant.const import EVENT_HOMEASSISTANT_STARTED
+from homeassistant.core import CoreState, Event, HomeAssistant, State, callback
 from homeassistant.exceptions import ServiceValidationError
 from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import async_fire_time_changed
@@ -314,6 +315,36 @@ async def insert_states(
 
     await get_instance(hass).async_add_executor_job(_write)
     return first + (total - 1) * step
+
+
+async def test_the_gap_fill_waits_until_home_assistant_has_started(
+    hass: HomeAssistant, storage_server: FaultServer, hass_storage: dict[str, Any]
+) -> None:
+    """Set up while Home Assistant starts (as at boot), the gap fill begins only once it
+    has started, and then fills the gap."""
+    now = time.time()
+    await insert_states_at(hass, "sensor.while_away", now - 600)
+    entry = make_entry(storage_server.url)
+    hass_storage[mark_key(entry.entry_id)] = {
+        "version": 1,
+        "key": mark_key(entry.entry_id),
+        "data": {MARK_KEY: now - 3600},
+    }
+    found = finished_events(hass)
+    hass.set_state(CoreState.starting)
+    await setup_entry(hass, entry)
+    await asyncio.sleep(0.5)
+    assert found == []
+    assert hass.states.get(BACKFILL_SENSOR).state != "running"  # type: ignore[union-attr]
+
+    hass.set_state(CoreState.running)
+    hass.bus.async_fire(EVENT_HOMEASSISTANT_STARTED)
+    await wait_until(lambda: found, timeout=30)
+    await flush(entry)
+    assert found[0]["gap_fill"] is True
+    entities = {event["data"].get("entity_id") for event in storage_server.received}
+    assert "sensor.while_away" in entities
+    await unload(hass, entry)
 
 
 async def test_the_gap_fill_goes_back_at_most_the_cap(
