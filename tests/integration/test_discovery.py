@@ -8,6 +8,7 @@ address nothing is asked at (the flow decides before any network call).
 from __future__ import annotations
 
 import json
+import re
 from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,21 @@ async def test_manifest_matches_the_announced_type(hass: HomeAssistant) -> None:
     assert manifest["zeroconf"] == [ZEROCONF_TYPE]
     # Home Assistant's zeroconf starts our flow for that type.
     assert {"domain": DOMAIN} in (await async_get_zeroconf(hass))[ZEROCONF_TYPE]
+
+
+def test_the_confirm_texts_use_the_flows_placeholders() -> None:
+    """The forms below give exactly these placeholders (asserted there)."""
+    strings = json.loads((INTEGRATION / "strings.json").read_text(encoding="utf-8"))
+    steps = strings["config"]["step"]
+    used = {
+        step: set(re.findall(r"{(\w+)}", steps[step]["description"]))
+        for step in ("zeroconf_confirm", "enrichment_confirm")
+    }
+    assert used == {
+        "zeroconf_confirm": {"url", "enrichment_url"},
+        "enrichment_confirm": {"url", "entry"},
+    }
+    assert strings["config"]["flow_title"] == "{name}"
 
 
 # -- a new storage service -----------------------------------------------------------------
