@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import ifaddr
 from aiohttp import web
-from zeroconf import InterfaceChoice, IPVersion
+from zeroconf import InterfaceChoice, IPVersion, NonUniqueNameException
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from .contract import EventService
@@ -158,13 +158,17 @@ class Announcement:
             # The first await probes for the name, the second sends the announcements.
             await (await self._zeroconf.async_register_service(self.info))
         except Exception as err:  # no multicast, name taken, no address: never fatal
+            why = f"{type(err).__name__}: {err}"
+            if isinstance(err, NonUniqueNameException):  # it says nothing itself
+                why = f"{type(err).__name__}: another service announces the same id (a copied "
+                why += "SQLite file or state dir?)"
             _LOGGER.warning(
-                "%s: cannot announce itself over mDNS/zeroconf (%s: %s); Home Assistant "
-                "will not discover it, its URL still works (--no-announce turns this off)",
+                "%s: cannot announce itself over mDNS/zeroconf (%s); Home Assistant will "
+                "not discover it, its URL still works (--no-announce turns this off)",
                 role,
-                type(err).__name__,
-                err,
+                why,
             )
+            await self._close()
             return
         self._registered = True
         _LOGGER.info(
@@ -189,12 +193,18 @@ class Announcement:
                 if self._registered and self.info is not None:
                     # The first await queues the goodbyes, the second sends them.
                     await (await self._zeroconf.async_unregister_service(self.info))
-                await self._zeroconf.async_close()
         except Exception as err:
             _LOGGER.warning("%s: withdrawing the announcement failed: %s", self.service.role, err)
-        finally:
-            self._registered = False
-            self._zeroconf = None
+        await self._close()
+
+    async def _close(self) -> None:
+        zeroconf, self._zeroconf, self._registered = self._zeroconf, None, False
+        if zeroconf is not None:
+            try:
+                async with asyncio.timeout(WITHDRAW_TIMEOUT_S):
+                    await zeroconf.async_close()
+            except Exception as err:
+                _LOGGER.debug("closing zeroconf: %s", err)
 
 
 ANNOUNCEMENT = web.AppKey("ha_ingestor_announcement", Announcement)

@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -124,7 +127,8 @@ class Browser:
 
     def __init__(self) -> None:
         self.zeroconf = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
-        self.changes: asyncio.Queue[tuple[str, ServiceStateChange]] = asyncio.Queue()
+        self.changes: list[tuple[str, ServiceStateChange]] = []
+        self.changed = asyncio.Event()
         self.seen: set[str] = set()
         self.browser = AsyncServiceBrowser(
             self.zeroconf.zeroconf, announce.SERVICE_TYPE, handlers=[self._changed]
@@ -134,12 +138,15 @@ class Browser:
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
         self.seen.add(name)
-        self.changes.put_nowait((name, state_change))
+        self.changes.append((name, state_change))
+        self.changed.set()
 
     async def wait_for(self, name: str, change: ServiceStateChange) -> None:
+        """Until ``name`` has had ``change`` (now or before)."""
         async with asyncio.timeout(WAIT_S):
-            while (await self.changes.get()) != (name, change):
-                pass
+            while (name, change) not in self.changes:
+                self.changed.clear()
+                await self.changed.wait()
 
     async def info(self, name: str) -> AsyncServiceInfo:
         info = AsyncServiceInfo(announce.SERVICE_TYPE, name)
@@ -290,7 +297,49 @@ async def test_a_failed_announcement_leaves_the_service_serving(
             await asyncio.sleep(0.05)
     (record,) = warnings()
     assert "cannot announce itself over mDNS/zeroconf (NonUniqueNameException" in record.message
+    assert "another service announces the same id" in record.message
     assert "--no-announce" in record.message
     url = f"http://127.0.0.1:{second.port}/api/v1/health"
     async with aiohttp.ClientSession() as client, client.get(url) as answer:
         assert answer.status == 200
+
+
+async def test_the_command_announces_both_of_a_stack_and_withdraws_on_sigterm(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """`ha-ingestor-services stack` as a process: storage's id from its SQLite file, the
+    enrichment's from the state dir, both announced; SIGTERM withdraws both."""
+    storage_port, enrichment_port = free_port(), free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(cli.ENV_PREFIX)}
+    environment |= {"HA_INGESTOR_TOKEN": TOKEN, "HA_INGESTOR_STATE_DIR": str(tmp_path)}
+    argv = ["stack", "--sqlite-path", str(tmp_path / "stack.db")]
+    argv += ["--storage-port", str(storage_port), "--enrichment-port", str(enrichment_port)]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ha_ingestor_services", *argv, env=environment
+    )
+    try:
+        ids = {}
+        async with aiohttp.ClientSession() as client, asyncio.timeout(30):
+            for role, port in (("storage", storage_port), ("enrichment", enrichment_port)):
+                while True:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        url = f"http://127.0.0.1:{port}/api/v1/health"
+                        async with client.get(url) as answer:
+                            ids[role] = (await answer.json())["service_id"]
+                            break
+                    await asyncio.sleep(0.1)
+        assert ids["enrichment"] == (tmp_path / "enrichment.id").read_text().strip()
+        names = {role: announce.instance_name(role, ids[role]) for role in ids}
+        for role, name in names.items():
+            await browser.wait_for(name, ServiceStateChange.Added)
+            info = await browser.info(name)
+            assert info.decoded_properties["role"] == role
+            assert info.port == (storage_port if role == "storage" else enrichment_port)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        for name in names.values():
+            await browser.wait_for(name, ServiceStateChange.Removed)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
