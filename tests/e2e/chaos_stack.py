@@ -242,7 +242,8 @@ class Load:
 
     @property
     def count(self) -> int:
-        return sum(len(values) for values in self.sent.values())
+        """State changes Home Assistant accepted (answered 200/201)."""
+        return sum(item.certain for values in self.sent.values() for item in values)
 
     def start(self) -> None:
         self.sent = {entity: [] for entity in self.entities}
