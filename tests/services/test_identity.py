@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from benchmarks.influxd import Influxd
 from ha_ingestor_services import cli
 from ha_ingestor_services.connections import ServiceRunner
 from ha_ingestor_services.contract import StartupError
@@ -155,14 +156,26 @@ async def test_enrichment_keeps_its_id_in_the_state_file(
     assert ids[0] == ids[1] == (tmp_path / "enrichment.id").read_text().strip()
 
 
-async def test_storage_on_influxdb_keeps_its_id_in_the_state_file(tmp_path: Path) -> None:
-    """No InfluxDB is needed to see where the id comes from: the backend keeps none."""
-    settings = StorageSettings(backend="influxdb", influx_url="http://127.0.0.1:9")
-    service = StorageService(settings, identity=IdentitySource("storage", state_dir=str(tmp_path)))
-    assert service.backend.service_id is None
-    assert service._identity.resolve(service.backend.service_id) == state_file_id(
-        str(tmp_path), "storage"
+async def test_storage_on_influxdb_keeps_its_id_in_the_state_file(
+    serve: Serve, client: aiohttp.ClientSession, tmp_path: Path, influxd_server: Influxd
+) -> None:
+    """A real InfluxDB 1.x: the id comes from the state file, survives a restart, and
+    nothing of it is written to the database."""
+    database = f"identity_{uuid.uuid4().hex[:8]}"
+    settings = StorageSettings(
+        backend="influxdb", influx_url=influxd_server.url, influx_database=database
     )
+    ids = []
+    for _ in range(2):
+        service = StorageService(
+            settings, identity=IdentitySource("storage", state_dir=str(tmp_path))
+        )
+        url = await serve(create_app(service, token=TOKEN))
+        ids.append((await open_health(client, url))["service_id"])
+    assert ids[0] == ids[1] == (tmp_path / "storage.id").read_text().strip()
+    query = {"db": database, "q": "SHOW MEASUREMENTS"}
+    async with client.get(influxd_server.url + "/query", params=query) as answer:
+        assert "series" not in (await answer.json())["results"][0]
 
 
 def parse_server(*argv: str) -> cli._Server:
