@@ -288,8 +288,11 @@ class IngestorConfigFlow(ConfigFlow, domain=DOMAIN):
         existing = await self.async_set_unique_id(found.service_id)
         if existing is None and (entry := entry_using(self.hass, found)) is not None:
             # Set up already, by URL: an entry from before service ids learns its id
-            # here (when this is its main URL), else it is a failover of another entry.
-            if is_announced_service(entry.data[CONF_STORAGE_URL], found):
+            # here (when this is its main URL). Else it is another entry's failover, or
+            # another service took the address of an entry keyed by its own id: that
+            # entry keeps its id (reconfigure would refuse this one).
+            main = is_announced_service(entry.data[CONF_STORAGE_URL], found)
+            if main and not is_service_id(entry.unique_id):
                 async_adopt_service_id(self.hass, entry, found.service_id)
             return self.async_abort(reason="already_configured")
         updates: dict[str, Any] = {}

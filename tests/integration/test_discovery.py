@@ -366,6 +366,17 @@ async def test_an_entry_from_before_ids_is_known_by_its_address(
 
 
 @pytest.mark.usefixtures("mock_setup_entry")
+async def test_another_service_at_a_known_address_takes_nothing(hass: HomeAssistant) -> None:
+    """Another service now answers at an entry's address (its data replaced, say): the
+    entry keeps its id, and the address is not offered as a new entry either."""
+    entry = known_entry(hass, "http://192.168.1.20:8004")
+    result = await discover(hass, announcement(8004, "192.168.1.20", service_id=OTHER_ID))
+    assert result["reason"] == "already_configured"
+    assert entry.unique_id == STORAGE_ID
+    assert len(hass.config_entries.async_entries(DOMAIN)) == 1
+
+
+@pytest.mark.usefixtures("mock_setup_entry")
 async def test_a_failover_is_not_offered_as_a_new_entry(hass: HomeAssistant) -> None:
     entry = known_entry(
         hass, "http://192.168.1.20:8004", **{CONF_STORAGE_FAILOVER_URLS: ["http://[fd00::7]:8004"]}
