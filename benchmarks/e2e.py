@@ -20,9 +20,9 @@ instrument for both. Per scenario and round:
   arrived (counted in influxd itself, which keeps one point per series and time).
 
 ``--linger-ms MS`` sets HA Ingestor's Linger time option (the README's lowest-latency
-setting is 5 ms). ``--plot PNG`` adds one more run of each scenario at 100/s for 60 s with influxd away
-for 20 s from the 20th second (the tap refuses connections, as a stopped influxd
-would), and draws each point's latency against its state change's time.
+setting is 5 ms). ``--plot PNG`` adds one more run of each scenario at 100/s for 60 s
+with influxd away for 20 s from the 20th second (the tap refuses connections, as a
+stopped influxd would), and draws each point's latency against its state change's time.
 """
 
 from __future__ import annotations
