@@ -297,7 +297,10 @@ def _plan_stack(args: argparse.Namespace, server: _Server) -> Plan:
     storage_port, enrichment_port = _ports(args)
     if storage_port == enrichment_port:
         raise SettingError(f"--storage-port and --enrichment-port are both {storage_port}")
-    local = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    # Listening everywhere, storage is reached on loopback: ::1 for "::", which asyncio
+    # binds IPv6 only. An IPv6 address goes in brackets in the URL.
+    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(server.host, server.host)
+    local = f"[{local}]" if ":" in local else local
     storage = StorageService(
         _storage_settings(args), identity=server.identity("storage", stack=True)
     )

@@ -22,6 +22,7 @@ import pytest
 from benchmarks.influxd import free_port
 from ha_ingestor_services import cli
 from ha_ingestor_services.contract import StartupError
+from ha_ingestor_services.web import service_of
 
 from .conftest import AUTH, TOKEN
 
@@ -168,6 +169,28 @@ def test_flags_win_over_the_environment(env: pytest.MonkeyPatch, tmp_path: Path)
     settings = cli._storage_settings(args)
     assert settings.sqlite_path == str(tmp_path / "from-env.db")
     assert settings.retention_days == 7
+
+
+@pytest.mark.parametrize(
+    ("host", "storage_url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:8004"),
+        ("", "http://127.0.0.1:8004"),
+        ("::", "http://[::1]:8004"),  # asyncio binds "::" IPv6 only
+        ("::1", "http://[::1]:8004"),
+        ("192.0.2.2", "http://192.0.2.2:8004"),
+    ],
+)
+def test_stack_points_its_enrichment_at_its_storage(
+    env: pytest.MonkeyPatch, tmp_path: Path, host: str, storage_url: str
+) -> None:
+    """Only the URL: the test harness refuses connections to ::1."""
+    args = cli.build_parser().parse_args(
+        ["stack", "--host", host, "--token", TOKEN, "--sqlite-path", str(tmp_path / "s.db")]
+    )
+    (_, _, _), (_, enrichment, _) = args.plan(args, cli._server(args))
+    settings = service_of(enrichment).settings
+    assert settings.storage_urls == (storage_url,)
 
 
 async def test_stack_serves_both_and_stops_on_request(
