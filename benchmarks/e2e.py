@@ -119,11 +119,18 @@ def _wait_healthy(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not answer its health check")
 
 
+def _service_env(state_dir: str) -> dict[str, str]:
+    return {
+        "HA_INGESTOR_TOKEN": TOKEN,
+        "HA_INGESTOR_NO_ANNOUNCE": "1",
+        "HA_INGESTOR_STATE_DIR": state_dir,
+    }
+
+
 @contextlib.contextmanager
 def running_services(tap: str, database: str) -> Iterator[tuple[str, str]]:
     """Storage on InfluxDB (through the tap) and the enrichment in front of it."""
     program = str(Path(sys.executable).parent / "ha-ingestor-services")
-    env = {"HA_INGESTOR_TOKEN": TOKEN}
     storage_port, enrichment_port = free_port(), free_port()
     storage = f"http://127.0.0.1:{storage_port}"
     enrichment = f"http://127.0.0.1:{enrichment_port}"
@@ -131,10 +138,13 @@ def running_services(tap: str, database: str) -> Iterator[tuple[str, str]]:
     storage_argv += ["--influx-url", tap, "--influx-database", database]
     enrichment_argv = [program, "enrichment", "--port", str(enrichment_port)]
     enrichment_argv += ["--storage-url", storage]
-    with _child(storage_argv, env), _child(enrichment_argv, env):
-        _wait_healthy(storage)
-        _wait_healthy(enrichment)
-        yield enrichment, storage
+    # Measured alone: no mDNS announcement; the id files in a folder of the run's own.
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-state-") as state:
+        env = _service_env(state)
+        with _child(storage_argv, env), _child(enrichment_argv, env):
+            _wait_healthy(storage)
+            _wait_healthy(enrichment)
+            yield enrichment, storage
 
 
 def _tap_points(tap: str, database: str, since: float) -> list[list[float]]:

@@ -152,7 +152,8 @@ async def resume_through_services(folder: Path, outage_s: float) -> dict[str, fl
     enrichment_url = f"http://127.0.0.1:{enrichment_port}"
     database = folder / f"recovery-services-{outage_s:g}.sqlite"
     python = [sys.executable, "-m", "ha_ingestor_services"]
-    common = ["--token", TOKEN, "--log-level", "WARNING"]
+    common = ["--token", TOKEN, "--log-level", "WARNING", "--no-announce"]
+    common += ["--state-dir", str(folder)]
     storage = _Service(
         [*python, "storage", "--port", str(storage_port), "--sqlite-path", str(database), *common],
         storage_url,

@@ -87,6 +87,8 @@ def started(command: str, *args: str, folder: Path) -> Iterator[Service]:
     env = {**os.environ, "HA_INGESTOR_TOKEN": TOKEN}
     argv = [sys.executable, "-m", "ha_ingestor_services.cli", command]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING", *args]
+    # Measured alone: no mDNS announcement; the id file in the run's own folder.
+    argv += ["--no-announce", "--state-dir", str(folder)]
     with log.open("wb") as output:
         process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=env)
     service = Service(process, f"http://127.0.0.1:{port}", log)

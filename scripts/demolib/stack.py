@@ -86,6 +86,8 @@ class Demo:
                 "enrichment",
                 *("--host", HOST, "--port", str(self.ports.enrichment)),
                 *("--storage-url", self.storage_url),
+                # Its id file in the work folder, with everything else of the demo's.
+                *("--state-dir", str(self.workdir / "state")),
             ],
             self.ports.enrichment,
             self.logs_dir / "enrichment.log",

@@ -166,6 +166,7 @@ class ChaosDemo(Demo):
                 *("--host", HOST, "--port", str(self.ports.storage)),
                 *("--backend", "influxdb", "--influx-api", "v1"),
                 *("--influx-url", self.influx_url, "--influx-database", self.influx_database),
+                *("--state-dir", str(self.workdir / "state")),
             ],
             self.ports.storage,
             self.logs_dir / "storage.log",
