@@ -6,6 +6,7 @@ ours first makes Home Assistant find this repository's integration.
 
 from __future__ import annotations
 
+import os
 import sys
 from asyncio import base_events
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,13 @@ def _tolerate_accept_after_close() -> None:
 
 if sys.version_info[:3] == (3, 13, 0):
     _tolerate_accept_after_close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _services_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Services the tests start keep their id files in the session's temporary folder,
+    not in the user's ~/.local/state (tests that mean a folder pass --state-dir)."""
+    os.environ.setdefault("HA_INGESTOR_STATE_DIR", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture

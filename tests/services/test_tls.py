@@ -34,9 +34,13 @@ __all__ = ["env", "quiet_root_logger"]  # fixtures shared with test_cli
 
 
 def run_cli(*argv: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """The command in a process of its own, with only the token (and ``extra_env``) set."""
+    """The command in a process of its own, with only the token (and ``extra_env``) set,
+    besides where the `env` fixture keeps ids and that nothing is announced."""
+    kept = ("HA_INGESTOR_STATE_DIR", "HA_INGESTOR_NO_ANNOUNCE")
     environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(cli.ENV_PREFIX)
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(cli.ENV_PREFIX) or key in kept
     }
     environment.update({"HA_INGESTOR_TOKEN": TOKEN, **(extra_env or {})})
     return subprocess.Popen(
