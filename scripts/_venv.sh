@@ -116,7 +116,7 @@ ensure_build_tools() {
   # As scripts/_browser.sh: the root's mirror may be past its Release file's Valid-Until.
   apt-get update -qq -o Acquire::Check-Valid-Until=false >/dev/null &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${packages[@]}" >/dev/null ||
+      -o Dpkg::Use-Pty=0 "${packages[@]}" >/dev/null ||
     echo "could not install ${packages[*]}; packages built from source will fail" >&2
 }
 
