@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -81,36 +82,63 @@ bind-address = "127.0.0.1:{rpc_port}"
 """
 
 
-@contextlib.contextmanager
-def running_influxd(startup_timeout: float = 30.0) -> Iterator[Influxd]:
-    """Start influxd, wait until /ping answers, stop it afterwards."""
-    if not Path(INFLUXD).exists():
-        raise RuntimeError("influxd not found: install Debian's influxdb package")
-    root = Path(tempfile.mkdtemp(prefix="influxd-"))
-    http_port, rpc_port = free_port(), free_port()
-    config = root / "influxdb.conf"
-    config.write_text(_CONFIG.format(root=root, http_port=http_port, rpc_port=rpc_port))
-    log = (root / "influxd.log").open("wb")
-    process = subprocess.Popen([INFLUXD, "-config", str(config)], stdout=log, stderr=log)
-    server = Influxd(f"http://127.0.0.1:{http_port}", http_port)
-    try:
-        deadline = time.monotonic() + startup_timeout
+class InfluxdProcess:
+    """influxd on loopback ports and a data folder that outlive a stop: it can be started
+    again on the same data (the chaos test takes it down and up)."""
+
+    def __init__(self) -> None:
+        if not Path(INFLUXD).exists():
+            raise RuntimeError("influxd not found: install Debian's influxdb package")
+        self.root = Path(tempfile.mkdtemp(prefix="influxd-"))
+        port = free_port()
+        self.server = Influxd(f"http://127.0.0.1:{port}", port)
+        self.config = self.root / "influxdb.conf"
+        self.config.write_text(_CONFIG.format(root=self.root, http_port=port, rpc_port=free_port()))
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start it and wait until /ping answers."""
+        self._log = (self.root / "influxd.log").open("ab")
+        self.process = subprocess.Popen(
+            [INFLUXD, "-config", str(self.config)], stdout=self._log, stderr=self._log
+        )
+        deadline = time.monotonic() + timeout
         while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"influxd exited at start; see {root / 'influxd.log'}")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"influxd exited at start; see {self.root / 'influxd.log'}")
             try:
-                with urllib.request.urlopen(f"{server.url}/ping", timeout=1):
-                    break
+                with urllib.request.urlopen(f"{self.server.url}/ping", timeout=1):
+                    return
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:
                     raise RuntimeError("influxd did not answer /ping in time") from None
                 time.sleep(0.1)
-        yield server
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_influxd(startup_timeout: float = 30.0) -> Iterator[Influxd]:
+    """Start influxd, wait until /ping answers, stop it and remove its data afterwards."""
+    influxd = InfluxdProcess()
+    try:
+        influxd.start(startup_timeout)
+        yield influxd.server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
+        influxd.remove()

@@ -13,77 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 import orjson
 
-from benchmarks.influxd import _CONFIG as INFLUXD_CONFIG
-from benchmarks.influxd import INFLUXD, Influxd
 from scripts.demolib.ha_config import REPO, entry_data_and_options, seed_config_entry
 from scripts.demolib.ports import HOST, free_port
 from scripts.demolib.services import ServiceProcess
 from scripts.demolib.stack import BIN, Demo
-
-
-class InfluxdProcess:
-    """influxd on fixed loopback ports and a data folder that outlive a stop."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="chaos-influxd-"))
-        port = free_port()
-        self.server = Influxd(f"http://{HOST}:{port}", port)
-        self.config = self.root / "influxdb.conf"
-        self.config.write_text(
-            INFLUXD_CONFIG.format(root=self.root, http_port=port, rpc_port=free_port())
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        self._log = (self.root / "influxd.log").open("ab")
-        self.process = subprocess.Popen(
-            [INFLUXD, "-config", str(self.config)], stdout=self._log, stderr=self._log
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"influxd exited at start; see {self.root / 'influxd.log'}")
-            try:
-                with urllib.request.urlopen(f"{self.server.url}/ping", timeout=1):
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("influxd did not answer /ping in time") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class FaultProxy:

@@ -34,10 +34,10 @@ if importlib.util.find_spec("hass_frontend") is None:
         pytest.fail(missing, pytrace=False)
     pytest.skip(missing, allow_module_level=True)
 
-from benchmarks.influxd import INFLUXD
+from benchmarks.influxd import INFLUXD, InfluxdProcess
 from scripts.demolib.ports import Ports, pick_ports
 from scripts.demolib.processes import tail
-from tests.e2e.chaos_stack import ChaosDemo, FaultProxy, InfluxdProcess, Load, Sent
+from tests.e2e.chaos_stack import ChaosDemo, FaultProxy, Load, Sent
 from tests.e2e.fault_proxy import KINDS
 
 if not Path(INFLUXD).exists():
