@@ -12,12 +12,13 @@ from asyncio import base_events
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import zeroconf
 
 import custom_components.ha_ingestor  # noqa: F401
 from tests.pipeline.fault_server import FaultServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 
 def _tolerate_accept_after_close() -> None:
@@ -44,6 +45,27 @@ def _tolerate_accept_after_close() -> None:
 
 if sys.version_info[:3] == (3, 13, 0):
     _tolerate_accept_after_close()
+
+
+# Home Assistant's zeroconf integration, once a test sets it up (the harness's
+# mock_async_zeroconf does), replaces these for the rest of the process
+# (zeroconf/usage.py install_multiple_zeroconf_catcher), and a later test's real
+# Zeroconf (the services' announcement, a browser) would get that test's mock instead.
+_ZEROCONF_INIT = zeroconf.Zeroconf.__init__
+
+
+def _zeroconf_new(cls: type, *args: Any, **kwargs: Any) -> Any:
+    # object's own, for a class that has an __init__ (a deleted __new__ would not do:
+    # the type keeps a __new__ slot that passes the arguments on to object.__new__).
+    return object.__new__(cls)
+
+
+@pytest.fixture(autouse=True)
+def _real_zeroconf_after_each_test() -> Iterator[None]:
+    yield
+    if zeroconf.Zeroconf.__init__ is not _ZEROCONF_INIT:
+        zeroconf.Zeroconf.__init__ = _ZEROCONF_INIT  # type: ignore[method-assign]
+        zeroconf.Zeroconf.__new__ = _zeroconf_new  # type: ignore[assignment,method-assign]
 
 
 @pytest.fixture(autouse=True, scope="session")

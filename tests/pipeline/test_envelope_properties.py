@@ -39,11 +39,14 @@ OFFSETS = st.builds(
     st.timedeltas(min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23)),
 )
 AWARE_DATETIMES = st.datetimes(timezones=OFFSETS)
+# A day inside datetime's range: these are turned to UTC while the test data is drawn,
+# which overflows at year 1 with a positive offset (and at 9999 with a negative one).
+IN_UTC_RANGE = st.datetimes(datetime(1, 1, 2), datetime(9999, 12, 30), timezones=OFFSETS)
 TIMES = (
     AWARE_DATETIMES
     | st.datetimes()
     | AWARE_DATETIMES.map(datetime.isoformat)
-    | AWARE_DATETIMES.map(lambda d: d.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z")
+    | IN_UTC_RANGE.map(lambda d: d.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z")
     | st.text(max_size=30)
     | WILD_SCALARS
 )
@@ -65,7 +68,7 @@ STATE_CHANGED_DATA = st.fixed_dictionaries(
 VALID_TIMES = (
     AWARE_DATETIMES
     | AWARE_DATETIMES.map(datetime.isoformat)
-    | AWARE_DATETIMES.map(lambda d: d.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z")
+    | IN_UTC_RANGE.map(lambda d: d.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z")
 )
 EVENT_TYPES = st.sampled_from(["state_changed", "call_service", "automation_triggered"])
 FIELDS = ("event_type", "time_fired", "data", "context")
