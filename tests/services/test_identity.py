@@ -4,9 +4,11 @@ and whether a token is needed."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,15 @@ async def storage_id(client: aiohttp.ClientSession, path: Path, **identity: Any)
     return service.service_id
 
 
+@contextlib.contextmanager
+def database(path: Path) -> Iterator[sqlite3.Connection]:
+    """The file, committed and closed after (sqlite3's own ``with`` only commits)."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        yield db
+
+
 def kept_in_file(path: Path) -> str:
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         (value,) = db.execute("SELECT value FROM meta WHERE key = 'service_id'").fetchone()
     return str(value)
 
@@ -83,7 +92,7 @@ async def test_a_file_from_before_ids_gets_one_on_open(
 ) -> None:
     path = tmp_path / "old.db"
     await storage_id(client, path)
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         db.execute("DROP TABLE meta")  # what a file of an earlier release looks like
     given = await storage_id(client, path)
     assert kept_in_file(path) == given
@@ -95,7 +104,7 @@ async def test_a_broken_id_in_the_file_stops_the_start(tmp_path: Path) -> None:
     service = StorageService(StorageSettings(sqlite_path=str(path)))
     await service.start()
     await service.stop()
-    with sqlite3.connect(path) as db:
+    with database(path) as db:
         db.execute("UPDATE meta SET value = 'not-a-uuid' WHERE key = 'service_id'")
     service = StorageService(StorageSettings(sqlite_path=str(path)))
     with pytest.raises(StartupError, match="holds no valid service id"):
