@@ -60,6 +60,9 @@ DATABASE = "chaos"
 # changes, so the 1 s rule applies.)
 WRITE_DELAY_S = 1.0
 LOSS_WINDOW_S = WRITE_DELAY_S + 0.5
+# An answer the load thread reads just after the SIGKILL was written before it (Home
+# Assistant answers again only seconds later, once restarted): it counts as before.
+READ_LAG_S = 1.0
 DRAIN_TIMEOUT_S = 90.0
 FAULT_LONGEST_S = 15.0
 
@@ -228,7 +231,7 @@ def count(influxd: InfluxdProcess, load: Load, chaos: Chaos, window: float) -> C
                 counted.uncertain += 1
                 continue
             counted.sent += 1
-            if kill_time - window <= item.answered <= kill_time:
+            if kill_time - window <= item.answered <= kill_time + READ_LAG_S:
                 counted.window_sent += 1
             elif chaos.stuck_since <= item.began and item.answered < kill_time - window:
                 counted.on_disk += 1
@@ -319,7 +322,7 @@ def test_chaos(socket_enabled: None, tmp_path: Path) -> None:
         stats = proxy.stats()
         queued = demo.queued_in_ha()
     ages = sorted(chaos.kill_time - item.answered for _, item in counted.missing)
-    in_window = [age for age in ages if 0.0 <= age <= LOSS_WINDOW_S]
+    in_window = [age for age in ages if -READ_LAG_S <= age <= LOSS_WINDOW_S]
     print("injected:", *(line for _, line in sorted(chaos.injected)), sep="\n")
     print(
         f"counted: sent {counted.sent:,} in {fired_for:.0f} s"
@@ -344,7 +347,7 @@ def test_chaos(socket_enabled: None, tmp_path: Path) -> None:
     outside = [
         (entity, item.value, round(chaos.kill_time - item.answered, 3))
         for entity, item in counted.missing
-        if not 0.0 <= chaos.kill_time - item.answered <= LOSS_WINDOW_S
+        if not -READ_LAG_S <= chaos.kill_time - item.answered <= LOSS_WINDOW_S
     ]
     assert outside == [], outside[:20]
     assert len(in_window) == len(counted.missing)
