@@ -353,4 +353,6 @@ def test_chaos(socket_enabled: None, tmp_path: Path) -> None:
     assert len(in_window) == len(counted.missing)
     assert len(counted.missing) <= counted.window_sent
     assert counted.on_disk > 0  # the kill found events that only the outbox file held
-    assert all(stats.get(kind, 0) >= 2 for kind in KINDS), stats
+    # Each fault met the integration's requests (one may be all a fault gets: after a
+    # reset, the next request can come after the fault's longest time, FAULT_LONGEST_S).
+    assert all(stats.get(kind, 0) >= 1 for kind in KINDS), stats
