@@ -17,7 +17,8 @@ instrument for both. Per scenario and round:
 - throughput: ``--events`` state changes as fast as Home Assistant's loop takes them;
   end-to-end points/s from the first state change until the last point has arrived,
   and the state-change rate the loop sustained meanwhile; ``lost`` is what never
-  arrived (counted in influxd itself, which keeps one point per series and time).
+  arrived (counted in influxd itself, which keeps one point per series and time);
+  the CPU time each process spent over this phase, per state change (``/proc``).
 
 ``--linger-ms MS`` sets HA Ingestor's Linger time option (the README's lowest-latency
 setting is 5 ms). ``--plot PNG`` adds one more run of each scenario at 100/s for 60 s
@@ -63,10 +64,11 @@ from custom_components.ha_ingestor.const import (
 from custom_components.ha_ingestor.pipeline.envelope import HEALTH_PATH
 
 from .ha import setup_influxdb
-from .influxd import Influxd, free_port, running_influxd
+from .influxd import Influxd, free_port, influxd_process
 from .report import print_table
 
 TOKEN = "bench-e2e"
+PIDS_VARIABLE = "BENCH_E2E_PIDS"
 EVENTS = 20_000
 STEADY_S = 20.0
 RATE = 100.0
@@ -100,14 +102,25 @@ def _child(argv: list[str], env: dict[str, str] | None = None) -> Iterator[subpr
 
 
 @contextlib.contextmanager
-def running_tap(influxd: Influxd) -> Iterator[str]:
+def running_tap(influxd: Influxd) -> Iterator[tuple[str, int]]:
+    """The tap's URL and process id."""
     port = free_port()
     argv = [sys.executable, "-m", "benchmarks.influx_tap", str(port), influxd.url]
     with _child(argv) as tap:
         assert tap.stdout is not None
         if tap.stdout.readline().strip() != "ready":
             raise RuntimeError("the tap did not start")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", tap.pid
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    return {name: _cpu_seconds(pid) for name, pid in pids.items()}
 
 
 def _wait_healthy(url: str, timeout: float = 30.0) -> None:
@@ -128,8 +141,9 @@ def _service_env(state_dir: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_services(tap: str, database: str) -> Iterator[tuple[str, str]]:
-    """Storage on InfluxDB (through the tap) and the enrichment in front of it."""
+def running_services(tap: str, database: str) -> Iterator[tuple[str, str, dict[str, int]]]:
+    """Storage on InfluxDB (through the tap) and the enrichment in front of it: their
+    URLs and process ids."""
     program = str(Path(sys.executable).parent / "ha-ingestor-services")
     storage_port, enrichment_port = free_port(), free_port()
     storage = f"http://127.0.0.1:{storage_port}"
@@ -141,10 +155,10 @@ def running_services(tap: str, database: str) -> Iterator[tuple[str, str]]:
     # Measured alone: no mDNS announcement; the id files in a folder of the run's own.
     with tempfile.TemporaryDirectory(prefix="bench-e2e-state-") as state:
         env = _service_env(state)
-        with _child(storage_argv, env), _child(enrichment_argv, env):
+        with _child(storage_argv, env) as storer, _child(enrichment_argv, env) as enricher:
             _wait_healthy(storage)
             _wait_healthy(enrichment)
-            yield enrichment, storage
+            yield enrichment, storage, {"enrichment": enricher.pid, "storage": storer.pid}
 
 
 def _tap_points(tap: str, database: str, since: float) -> list[list[float]]:
@@ -216,6 +230,9 @@ def _percentile(values: list[float], share: float) -> float:
 
 async def scenario(kind: str, tap: str, database: str, mode: str, args: Any) -> dict[str, Any]:
     tapped = Influxd(tap, int(tap.rsplit(":", 1)[1]))  # influxd, through the tap
+    # The processes whose CPU time is counted: this one (Home Assistant), influxd and the
+    # tap (their ids come from the parent), the services.
+    pids = {"home_assistant": os.getpid(), **json.loads(os.environ.get(PIDS_VARIABLE, "{}"))}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as config_dir:
         async with async_test_home_assistant(config_dir=config_dir) as hass:
             hass.data.pop(loader.DATA_CUSTOM_COMPONENTS)
@@ -223,13 +240,16 @@ async def scenario(kind: str, tap: str, database: str, mode: str, args: Any) -> 
                 if kind == "influxdb":
                     await setup_influxdb(hass, tapped, database)
                 else:
-                    enrichment, storage = stack.enter_context(running_services(tap, database))
+                    enrichment, storage, services = stack.enter_context(
+                        running_services(tap, database)
+                    )
+                    pids.update(services)
                     await _setup_ha_ingestor(hass, enrichment, storage, args.linger_ms)
                 await hass.async_block_till_done()
                 if mode == "outage":
                     figures = await _outage_run(hass, tap, database)
                 else:
-                    figures = await _measure(hass, tap, database, args)
+                    figures = await _measure(hass, tap, database, args, pids)
                 figures["stored"] = await asyncio.to_thread(_stored, tapped, database)
                 for entry in hass.config_entries.async_entries():
                     await hass.config_entries.async_unload(entry.entry_id)
@@ -254,7 +274,9 @@ async def _setup_ha_ingestor(
     assert await hass.config_entries.async_setup(entry.entry_id)
 
 
-async def _measure(hass: Any, tap: str, database: str, args: Any) -> dict[str, Any]:
+async def _measure(
+    hass: Any, tap: str, database: str, args: Any, pids: dict[str, int]
+) -> dict[str, Any]:
     steady = int(RATE * args.steady_seconds)
     since = time.time()
     await _fire(hass, steady, 0, RATE)
@@ -263,9 +285,12 @@ async def _measure(hass: Any, tap: str, database: str, args: Any) -> dict[str, A
     await asyncio.sleep(2.0)
     since = time.time()
     started = time.perf_counter()
+    cpu_before = _cpu(pids)
     fired_in = await _fire(hass, args.events, steady, None)
     rows = await _arrived(tap, database, since, args.events, stall=15.0)
+    cpu_after = _cpu(pids)
     took = (max(row[0] for row in rows) - since) if rows else float("nan")
+    cpu_us = {name: (cpu_after[name] - cpu_before[name]) * 1e6 / args.events for name in pids}
     return {
         "p50_ms": _percentile(latencies, 0.50),
         "p99_ms": _percentile(latencies, 0.99),
@@ -273,6 +298,7 @@ async def _measure(hass: Any, tap: str, database: str, args: Any) -> dict[str, A
         "loop_per_s": args.events / fired_in,
         "fired": steady + args.events,
         "fire_s": time.perf_counter() - started,
+        "cpu_us_per_event": cpu_us,
     }
 
 
@@ -289,13 +315,18 @@ async def _outage_run(hass: Any, tap: str, database: str) -> dict[str, Any]:
     return {"points": points, "fired": count}
 
 
-def _in_subprocess(kind: str, tap: str, database: str, mode: str, args: Any) -> dict[str, Any]:
+def _in_subprocess(
+    kind: str, tap: str, database: str, mode: str, args: Any, pids: dict[str, int]
+) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.e2e", "--events", str(args.events)]
     command += ["--steady-seconds", str(args.steady_seconds)]
     if args.linger_ms is not None:
         command += ["--linger-ms", str(args.linger_ms)]
     command += ["--scenario", kind, tap, database, mode]
-    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
+    env = {**os.environ, PIDS_VARIABLE: json.dumps(pids)}
+    done = subprocess.run(
+        command, check=True, capture_output=True, text=True, timeout=1800, env=env
+    )
     output = done.stdout
     figures: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     return figures
@@ -304,13 +335,16 @@ def _in_subprocess(kind: str, tap: str, database: str, mode: str, args: Any) -> 
 def run(args: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {"influxdb": [], "ha_ingestor": []}
     outages: dict[str, dict[str, Any]] = {}
-    with running_influxd() as influxd, running_tap(influxd) as tap:
+    with influxd_process() as process, running_tap(process.server) as (tap, tap_pid):
+        influxd = process.server
+        assert process.process is not None
+        pids = {"influxd": process.process.pid, "tap": tap_pid}
         for round_ in range(args.rounds):
             kinds = list(results) if round_ % 2 == 0 else list(reversed(results))
             for kind in kinds:
                 database = f"e2e_{kind}_{round_}"
                 influxd.create_database(database)
-                figures = _in_subprocess(kind, tap, database, "measure", args)
+                figures = _in_subprocess(kind, tap, database, "measure", args, pids)
                 figures["lost"] = figures["fired"] - figures["stored"]
                 results[kind].append(figures)
                 print(f"round {round_ + 1} {kind}: {_short(figures)}", flush=True)
@@ -318,7 +352,7 @@ def run(args: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
             for kind in results:
                 database = f"e2e_{kind}_outage"
                 influxd.create_database(database)
-                outages[kind] = _in_subprocess(kind, tap, database, "outage", args)
+                outages[kind] = _in_subprocess(kind, tap, database, "outage", args, pids)
                 outages[kind]["lost"] = outages[kind]["fired"] - outages[kind]["stored"]
                 print(f"outage {kind}: lost {outages[kind]['lost']}", flush=True)
 
@@ -329,6 +363,16 @@ def run(args: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
         ours["e2e_per_s"] / theirs["e2e_per_s"]
         for ours, theirs in zip(results["ha_ingestor"], results["influxdb"], strict=True)
     ]
+
+    def cpu(kind: str) -> dict[str, float]:
+        """Median CPU µs per state change of each process, and their sum."""
+        names = results[kind][0]["cpu_us_per_event"]
+        each = {
+            name: statistics.median(row["cpu_us_per_event"][name] for row in results[kind])
+            for name in names
+        }
+        return {**each, "all": sum(each.values())}
+
     summary = {
         "influxdb_e2e_per_s": median("influxdb", "e2e_per_s"),
         "ha_ingestor_e2e_per_s": median("ha_ingestor", "e2e_per_s"),
@@ -342,6 +386,9 @@ def run(args: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
         "influxdb_lost": max(row["lost"] for row in results["influxdb"]),
         "lost": max(row["lost"] for row in results["ha_ingestor"]),
     }
+    for kind in results:
+        for name, value in cpu(kind).items():
+            summary[f"{kind}_cpu_us_{name}"] = value
     return summary, outages
 
 
@@ -418,7 +465,7 @@ def main() -> None:
         for kind, seconds in plot(outages, args.plot).items():
             summary[f"{kind}_catch_up_s"] = seconds
             summary[f"{kind}_outage_lost"] = outages[kind]["lost"]
-    print_table(summary, TARGETS, width=32)
+    print_table(summary, TARGETS, width=36)
     print(json.dumps({name: round(value, 2) for name, value in summary.items()}))
 
 

@@ -134,11 +134,18 @@ class InfluxdProcess:
 
 
 @contextlib.contextmanager
-def running_influxd(startup_timeout: float = 30.0) -> Iterator[Influxd]:
+def influxd_process(startup_timeout: float = 30.0) -> Iterator[InfluxdProcess]:
     """Start influxd, wait until /ping answers, stop it and remove its data afterwards."""
     influxd = InfluxdProcess()
     try:
         influxd.start(startup_timeout)
-        yield influxd.server
+        yield influxd
     finally:
         influxd.remove()
+
+
+@contextlib.contextmanager
+def running_influxd(startup_timeout: float = 30.0) -> Iterator[Influxd]:
+    """`influxd_process`, for callers that need only its server."""
+    with influxd_process(startup_timeout) as influxd:
+        yield influxd.server
