@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aiohttp import web
 
     from ha_ingestor_pipeline.envelope import EventResult
@@ -98,6 +100,9 @@ class EventService(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """The service's own figures for ``GET /api/v1/stats``."""
+
+    def count_requests_with(self, in_progress: Callable[[], int]) -> None:
+        """Told once, by the app: how many event requests are in progress now."""
 
     def routes(self) -> list[web.RouteDef]:
         """Routes of its own (behind the token); they answer with `responses.json_response`

@@ -516,6 +516,8 @@ def create_app(service: EventService, *, token: str, limits: Limits = Limits()) 
     if not token:
         raise ValueError("a bearer token is required (HA_INGESTOR_TOKEN or --token)")
     metrics = ServiceMetrics(service.name)
+    gate = RequestGate(limits.max_concurrent_requests)
+    service.count_requests_with(lambda: gate.inside)
     app = web.Application(
         middlewares=[_errors_and_metrics, _auth], client_max_size=limits.max_body_bytes
     )
@@ -525,7 +527,7 @@ def create_app(service: EventService, *, token: str, limits: Limits = Limits()) 
         token=token,
         limits=limits,
         metrics=metrics,
-        gate=RequestGate(limits.max_concurrent_requests),
+        gate=gate,
     )
     app.add_routes(
         [

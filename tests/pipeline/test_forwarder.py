@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -56,6 +57,35 @@ async def test_linger_lets_a_batch_fill(harness: Harness, fault_server: FaultSer
         harness.outbox.append(event(n))
     await fault_server.wait_for_stored(20)
     assert len(fault_server.requests) == 1
+    assert (await forwarder.flush(timeout=5)).done
+
+
+async def test_no_linger_once_a_whole_batch_waits_even_unstored(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    """In a burst the outbox's worker stores the appended events in short steps: its
+    ready count alone would make the forwarder linger with a full batch waiting."""
+    outbox = harness.outbox
+    outbox.append_many(event(n) for n in range(5))
+    async with asyncio.timeout(5):
+        while outbox.ready_hint() < 5:
+            await asyncio.sleep(0.01)
+    blocking, worker_busy = threading.Event(), threading.Event()
+
+    def block() -> None:
+        blocking.set()
+        worker_busy.wait()
+
+    outbox._submit(block)  # the worker is busy: what follows stays unstored
+    assert await asyncio.to_thread(blocking.wait, 5)
+    outbox.append_many(event(n) for n in range(5, 35))
+    assert outbox.ready_hint() == 5
+    assert outbox.waiting_hint() == 35
+    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=20, linger=30)
+    await asyncio.sleep(0.2)  # the forwarder decides meanwhile whether to linger
+    worker_busy.set()
+    await asyncio.wait_for(fault_server.wait_for_stored(20), 5)
+    assert len(fault_server.requests[0].event_ids) == 20
     assert (await forwarder.flush(timeout=5)).done
 
 

@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -296,11 +296,18 @@ async def test_sigterm_finishes_what_was_accepted(socket_enabled: None, tmp_path
     """A batch in progress when SIGTERM arrives is answered and stored; then the process ends."""
     port = free_port()
     database = tmp_path / "graceful.db"
-    # A long group-commit wait keeps the request in progress when the signal lands.
+    # A long group-commit wait keeps the batch in progress when the signal lands: it waits
+    # for another request, whose body never finishes arriving.
     process = run_cli(
         "storage", "--port", str(port), "--sqlite-path", str(database), "--flush-interval-ms", "800"
     )
     url = f"http://127.0.0.1:{port}"
+    never = asyncio.Event()
+
+    async def unfinished() -> AsyncIterator[bytes]:
+        yield b'{"events": ['
+        await never.wait()
+
     try:
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 30
@@ -312,6 +319,10 @@ async def test_sigterm_finishes_what_was_accepted(socket_enabled: None, tmp_path
                 except aiohttp.ClientError:
                     assert time.monotonic() < deadline, "storage did not start"
                     await asyncio.sleep(0.1)
+            other = asyncio.create_task(
+                session.post(url + "/api/v1/events/batch", data=unfinished(), headers=JSON_AUTH)
+            )
+            await asyncio.sleep(0.2)
             body = orjson.dumps({"events": envelopes(200, "graceful")})
             posting = asyncio.create_task(
                 session.post(url + "/api/v1/events/batch", data=body, headers=JSON_AUTH)
@@ -322,6 +333,9 @@ async def test_sigterm_finishes_what_was_accepted(socket_enabled: None, tmp_path
             async with await posting as answer:
                 assert answer.status == 200
                 results = (await answer.json())["results"]
+            other.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await other
         assert [item["status"] for item in results] == ["stored"] * 200
         assert await asyncio.to_thread(process.wait, 30) == 0
     finally:

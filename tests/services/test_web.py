@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -44,6 +45,11 @@ class RecordingService:
         self.short_answer = False
         self.health_state: dict[str, DependencyHealth] = {"backend": DependencyHealth(True, "ok")}
         self.started = self.stopped = False
+        self.in_progress: Callable[[], int] = lambda: -1
+        self.in_progress_seen: list[int] = []
+
+    def count_requests_with(self, in_progress: Callable[[], int]) -> None:
+        self.in_progress = in_progress
 
     async def start(self) -> None:
         self.started = True
@@ -60,6 +66,7 @@ class RecordingService:
             raise RuntimeError("boom")
         self.received.extend(envelopes)
         self.correlation_ids.append(correlation_id)
+        self.in_progress_seen.append(self.in_progress())
         results: list[EventResult] = [
             {"event_id": item["event_id"], "status": "stored"} for item in envelopes
         ]
@@ -143,6 +150,18 @@ async def test_batch_answers_one_result_per_event(
     # The service saw only the good ones, with the timestamp normalized to UTC.
     assert [item["event_id"] for item in service.received] == ["a", "b"]
     assert service.received[0]["timestamp"] == "2026-11-26T09:00:00Z"
+
+
+async def test_the_service_can_count_the_event_requests_in_progress(
+    client: aiohttp.ClientSession, url: str, service: RecordingService
+) -> None:
+    """What storage's group commit reads to know whether anyone else may join a flush."""
+    assert service.in_progress() == 0
+    batch = url + "/api/v1/events/batch"
+    await post(client, batch, {"events": [envelope("a")]})
+    await post(client, url + "/api/v1/events", envelope("b"))
+    assert service.in_progress_seen == [1, 1]
+    assert service.in_progress() == 0
 
 
 async def test_correlation_id_from_header_or_body(

@@ -300,7 +300,8 @@ class EventForwarder:
 
     async def _wait_for_events(self) -> None:
         """Wait for work, then linger so a batch can fill: until the oldest waiting event
-        has waited ``linger`` (events that waited while a batch was in flight go at once)."""
+        has waited ``linger`` (events that waited while a batch was in flight go at once,
+        and so does a whole batch, even one the outbox's worker has not stored yet)."""
         ready = asyncio.ensure_future(self._outbox.wait_ready())
         woken = asyncio.ensure_future(self._wake.wait())
         try:
@@ -312,7 +313,7 @@ class EventForwarder:
             self._wake.clear()
             return
         linger = self.config.linger
-        if linger > 0 and self._outbox.ready_hint() < self._batch_limit:
+        if linger > 0 and self._outbox.waiting_hint() < self._batch_limit:
             oldest = self._outbox.stats_nowait().oldest_enqueued_at
             waited = 0.0 if oldest is None else self._clock() - oldest
             await self._sleep(min(linger, linger - waited))

@@ -495,6 +495,9 @@ class EnrichmentService:
             return False
         return response.outcome is Outcome.SUCCESS
 
+    def count_requests_with(self, in_progress: Callable[[], int]) -> None:
+        """Nothing to do with it: every request is forwarded at once."""
+
     def stats(self) -> dict[str, Any]:
         counters = self._counters
         storage_p50, storage_p95, storage_p99 = self._storage_latency.percentiles(50, 95, 99)

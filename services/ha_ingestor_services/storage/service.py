@@ -248,6 +248,10 @@ class StorageService:
                 self._health_at = time.monotonic()
             return self._health
 
+    def count_requests_with(self, in_progress: Callable[[], int]) -> None:
+        # The group commit waits for other requests only while some are in progress.
+        self.writer.in_progress = in_progress
+
     def stats(self) -> dict[str, Any]:
         return {
             "backend": self.backend.name,

@@ -2,8 +2,11 @@
 
 A request hands its records over and waits. One flusher task takes what has gathered
 and writes it in one go (one SQLite transaction, one InfluxDB request): as soon as
-``max_events`` are waiting, or ``interval_s`` after the oldest waiting request arrived.
-One flush runs at a time, so what arrives during a flush joins the next one. Each
+``max_events`` are waiting, or every request in progress has handed its records over
+(``in_progress``: the app's count; nobody else can join), else ``interval_s`` after the
+oldest waiting request arrived. A lone sender (the integration keeps one batch in flight)
+is thus never kept waiting for company. One flush runs at a time, so what arrives during
+a flush joins the next one. Each
 request's wait ends when the flush holding its records is durable, with one outcome per
 record, or with `BackendUnavailable` for all of them.
 
@@ -68,8 +71,12 @@ class GroupCommitWriter:
         interval_s: float,
         max_waiting_events: int,
         clock: Callable[[], float] = time.monotonic,
+        in_progress: Callable[[], int] | None = None,
     ) -> None:
+        """``in_progress``: how many requests are in progress now, theirs included (None:
+        unknown, so always wait ``interval_s`` for others)."""
         self._write = write
+        self.in_progress = in_progress
         self._max_events = max_events
         self._max_waiting_events = max_waiting_events
         self._interval_s = interval_s
@@ -77,7 +84,7 @@ class GroupCommitWriter:
         self._waiting: list[_Request] = []
         self._waiting_events = 0
         self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
+        self._go = asyncio.Event()  # flush without waiting longer: full, or nobody to wait for
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = WriterStats()
@@ -107,8 +114,8 @@ class GroupCommitWriter:
         future.add_done_callback(_retrieve)
         self._waiting.append(_Request(records, future, self._clock()))
         self._waiting_events += len(records)
-        if self._waiting_events >= self._max_events:
-            self._full.set()
+        if self._no_one_to_wait_for():
+            self._go.set()
         self._wakeup.set()
         # Shielded: a request whose client left still gets written (it was accepted).
         return await asyncio.shield(future)
@@ -117,7 +124,7 @@ class GroupCommitWriter:
         """Refuse new requests, flush what was accepted, end the flusher."""
         self._closing = True
         self._wakeup.set()
-        self._full.set()
+        self._go.set()
         if self._task is not None:
             await self._task
             self._task = None
@@ -133,15 +140,20 @@ class GroupCommitWriter:
             await self._linger()
             await self._flush(self._take())
 
+    def _no_one_to_wait_for(self) -> bool:
+        if self._closing or self._waiting_events >= self._max_events:
+            return True
+        return self.in_progress is not None and self.in_progress() <= len(self._waiting)
+
     async def _linger(self) -> None:
         """Give other requests until the oldest one's deadline to join this flush."""
-        if self._closing or self._waiting_events >= self._max_events:
+        if self._no_one_to_wait_for():
             return
         remaining = self._waiting[0].arrived + self._interval_s - self._clock()
         if remaining <= 0:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._full.wait(), remaining)
+            await asyncio.wait_for(self._go.wait(), remaining)
 
     def _take(self) -> list[_Request]:
         """Whole requests up to ``max_events`` (a larger request goes alone)."""
@@ -154,8 +166,8 @@ class GroupCommitWriter:
             taken.append(request)
             count += len(request.records)
         self._waiting_events -= count
-        if self._waiting_events < self._max_events and not self._closing:
-            self._full.clear()
+        if not self._closing:
+            self._go.clear()
         return taken
 
     async def _flush(self, requests: list[_Request]) -> None:

@@ -1,4 +1,4 @@
-"""The group-commit writer's bound on waiting work."""
+"""The group-commit writer: its bound on waiting work, and how long a flush waits for others."""
 
 from __future__ import annotations
 
@@ -35,3 +35,60 @@ async def test_waiting_work_past_the_cap_is_refused_not_queued() -> None:
     assert [len(outcomes) for outcomes in await asyncio.gather(first, *waiting)] == [10] * 3
     assert writer.snapshot()["refused_requests"] == 1
     await writer.stop()
+
+
+class Flushes:
+    """A backend that records the size of each flush."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def write(self, records: Sequence[Record]) -> list[Outcome]:
+        self.sizes.append(len(records))
+        return ["stored"] * len(records)
+
+
+async def flushed(
+    interval_s: float, in_progress: int | None, *batches: int
+) -> tuple[list[int], float]:
+    """Submit the batches 10 ms apart, without waiting for each; the flushes' sizes and
+    the seconds until every batch was written."""
+    flushes = Flushes()
+    writer = GroupCommitWriter(
+        flushes.write, max_events=100, interval_s=interval_s, max_waiting_events=1000
+    )
+    if in_progress is not None:
+        writer.in_progress = lambda: in_progress
+    writer.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    record: Record = object()  # type: ignore[assignment]
+    submitted = []
+    for size in batches:
+        submitted.append(asyncio.create_task(writer.submit([record] * size)))
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*submitted), 5)
+    took = loop.time() - started
+    await writer.stop()
+    return flushes.sizes, took
+
+
+async def test_a_lone_request_is_not_kept_waiting_for_company() -> None:
+    """Nothing else in progress: the flush goes at once, not after interval_s."""
+    sizes, took = await flushed(30, 1, 5)
+    assert sizes == [5]
+    assert took < 1
+
+
+async def test_a_flush_waits_for_requests_in_progress_and_no_longer() -> None:
+    """Two requests in progress: the first waits for the second, then both go in one
+    flush, long before interval_s."""
+    sizes, took = await flushed(30, 2, 3, 4)
+    assert sizes == [7]
+    assert took < 1
+
+
+async def test_without_a_count_a_flush_waits_the_interval() -> None:
+    sizes, took = await flushed(0.2, None, 3)
+    assert sizes == [3]
+    assert took >= 0.19

@@ -229,6 +229,12 @@ class Outbox(Generic[T]):
         """Ready records as of the worker's last batch: cheap and approximate."""
         return self._ready_hint
 
+    def waiting_hint(self) -> int:
+        """`ready_hint` plus the appended events the worker has not stored yet: what a
+        take will find. During a burst the worker stores in short steps (it gives way
+        to the loop), so the ready records alone undercount by far."""
+        return self._ready_hint + len(self._intake)
+
     async def wait_ready(self) -> None:
         """Return when at least one record is ready to take (at once if so)."""
         while True:
