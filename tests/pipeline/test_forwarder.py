@@ -89,6 +89,20 @@ async def test_no_linger_once_a_whole_batch_waits_even_unstored(
     assert (await forwarder.flush(timeout=5)).done
 
 
+async def test_a_batch_filling_during_the_linger_goes_at_once(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=20, linger=30)
+    harness.outbox.append(event(0))
+    await asyncio.sleep(0.3)  # lingering: one event waits
+    assert not fault_server.requests
+    for n in range(1, 20):
+        harness.outbox.append(event(n))
+    await asyncio.wait_for(fault_server.wait_for_stored(20), 5)
+    assert [len(request.event_ids) for request in fault_server.requests] == [20]
+    assert (await forwarder.flush(timeout=5)).done
+
+
 async def test_rejected_events_become_dead_letters(
     harness: Harness, fault_server: FaultServer
 ) -> None:

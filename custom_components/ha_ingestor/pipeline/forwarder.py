@@ -301,7 +301,8 @@ class EventForwarder:
     async def _wait_for_events(self) -> None:
         """Wait for work, then linger so a batch can fill: until the oldest waiting event
         has waited ``linger`` (events that waited while a batch was in flight go at once,
-        and so does a whole batch, even one the outbox's worker has not stored yet)."""
+        and so does a whole batch, even one the outbox's worker has not stored yet, also
+        one that fills during the linger)."""
         ready = asyncio.ensure_future(self._outbox.wait_ready())
         woken = asyncio.ensure_future(self._wake.wait())
         try:
@@ -316,7 +317,20 @@ class EventForwarder:
         if linger > 0 and self._outbox.waiting_hint() < self._batch_limit:
             oldest = self._outbox.stats_nowait().oldest_enqueued_at
             waited = 0.0 if oldest is None else self._clock() - oldest
-            await self._sleep(min(linger, linger - waited))
+            await self._linger(min(linger, linger - waited))
+
+    async def _linger(self, delay: float) -> None:
+        """`_sleep`, but over as soon as a whole batch waits."""
+        if delay <= 0:
+            return
+        filled = asyncio.ensure_future(self._outbox.wait_waiting(self._batch_limit))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({filled, woken}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            filled.cancel()
+            woken.cancel()
+        self._wake.clear()
 
     async def _sleep(self, delay: float) -> None:
         """Sleep, but wake early for flush, resume, reauth or stop."""

@@ -146,6 +146,8 @@ class Outbox(Generic[T]):
         self._want_ready = False
         self._ready_hint = 0
         self._snapshot = EMPTY_STATS
+        # wait_waiting's count and event (loop only): appends set it once reached.
+        self._waiting_for: tuple[int, asyncio.Event] | None = None
 
     @property
     def durability(self) -> Durability:
@@ -210,6 +212,8 @@ class Outbox(Generic[T]):
         if not self._wake_pending:
             self._wake_pending = True
             self._commands.put(None)
+        if self._waiting_for is not None:
+            self._check_waiting()
 
     def append_many(self, items: Iterable[T]) -> None:
         if not self._accepting:
@@ -218,6 +222,8 @@ class Outbox(Generic[T]):
         if not self._wake_pending:
             self._wake_pending = True
             self._commands.put(None)
+        if self._waiting_for is not None:
+            self._check_waiting()
 
     def set_backlog(self, backlogged: bool) -> None:
         """on_backlog: while True (a target is down) records go to the file."""
@@ -234,6 +240,24 @@ class Outbox(Generic[T]):
         take will find. During a burst the worker stores in short steps (it gives way
         to the loop), so the ready records alone undercount by far."""
         return self._ready_hint + len(self._intake)
+
+    async def wait_waiting(self, count: int) -> None:
+        """Return once `waiting_hint` reaches ``count`` (at once if it has): the forwarder
+        stops lingering when a whole batch waits. One waiter at a time."""
+        if self.waiting_hint() >= count:
+            return
+        reached = asyncio.Event()
+        self._waiting_for = (count, reached)
+        try:
+            await reached.wait()
+        finally:
+            self._waiting_for = None
+
+    def _check_waiting(self) -> None:
+        assert self._waiting_for is not None
+        count, reached = self._waiting_for
+        if self.waiting_hint() >= count:
+            reached.set()
 
     async def wait_ready(self) -> None:
         """Return when at least one record is ready to take (at once if so)."""
