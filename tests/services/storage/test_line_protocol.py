@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ha_ingestor_services.envelopes import check_envelope
-from ha_ingestor_services.storage.backends.line_protocol import point_line, to_line
+from ha_ingestor_services.storage.backends import line_protocol
+from ha_ingestor_services.storage.backends.line_protocol import (
+    influx_problem,
+    line_or_problem,
+    point_line,
+    to_line,
+)
 from ha_ingestor_services.storage.records import MAX_TIME_NS, MIN_TIME_NS, Record, to_record
 
 from .conftest import envelope
@@ -51,6 +57,28 @@ _records = st.builds(
 @given(_records)
 def test_to_line_matches_point(record: Record) -> None:
     assert to_line(record) == point_line(record)
+
+
+@pytest.mark.filterwarnings("ignore:The measurement name:SyntaxWarning")
+@settings(max_examples=200, deadline=None)
+@given(_records, _tricky)
+def test_line_or_problem_is_to_line_or_influx_problem(record: Record, other_id: str) -> None:
+    problem = influx_problem(record)
+    expected = (to_line(record), None) if problem is None else (None, problem)
+    assert line_or_problem(record) == expected
+    # A second event of the same series is written from the cached series part.
+    again = record._replace(event_id=other_id or "x", time_ns=0)
+    if problem is None and influx_problem(again) is None:
+        assert line_or_problem(again) == (point_line(again), None)
+
+
+def test_the_series_cache_is_bounded() -> None:
+    record = to_record(check_envelope(envelope("sensor.a", "1")))
+    for index in range(line_protocol.SERIES_CACHE_SIZE + 10):
+        line, problem = line_or_problem(record._replace(entity_id=f"sensor.s{index}"))
+        assert problem is None
+        assert line == point_line(record._replace(entity_id=f"sensor.s{index}"))
+        assert len(line_protocol._series) <= line_protocol.SERIES_CACHE_SIZE
 
 
 def test_a_typical_event() -> None:

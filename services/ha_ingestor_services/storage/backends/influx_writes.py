@@ -1,6 +1,6 @@
 """What both InfluxDB backends do with a flush: lines out, one outcome per record back.
 
-A record InfluxDB cannot keep is rejected before sending (`influx_problem`). A resent
+A record InfluxDB cannot keep is rejected before sending (`line_or_problem`). A resent
 event is recognised by a bounded memory of recently written ids and answered
 ``duplicate`` without a write; InfluxDB stays correct without it, since a resent event
 overwrites its own point (same series, same time). When InfluxDB refuses some lines of
@@ -24,7 +24,7 @@ from ha_ingestor_services.storage.settings import InfluxLayout
 
 from .base import DUPLICATE, STORED, Outcome
 from .ha_layout import NO_FIELDS, NO_STATE, NOT_A_STATE_CHANGE, ha_line, ha_point, ha_problem
-from .line_protocol import influx_problem, to_line
+from .line_protocol import line_or_problem
 
 _LOGGER = logging.getLogger(__name__)
 _SKIPPED_FIRST = (
@@ -84,8 +84,7 @@ class InfluxWrites:
     def _line(self, record: Record) -> tuple[str | None, str | None]:
         """(the record's line, None), (None, why it is refused), or (None, None): skipped."""
         if not self._home_assistant:
-            problem = influx_problem(record)
-            return (None, problem) if problem is not None else (to_line(record), None)
+            return line_or_problem(record)
         point = ha_point(record)
         if isinstance(point, str):
             if not self.skipped[point]:
