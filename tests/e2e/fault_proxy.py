@@ -11,7 +11,14 @@ come one per line on stdin, each answered with one line on stdout:
   is dropped before the request reaches the service), ``delay`` (passed on after ARG
   seconds) or ``lost_answer`` (passed on, the service stores the batch and answers, then
   the connection is dropped instead of returning the answer); answers ``ok``;
-- ``stats``: a JSON line, ``{"passed": n, "<kind>": n, ...}`` (requests per fate).
+- ``stats``: a JSON line, ``{"passed": n, "delivered": n, "<kind>": n, ...}``
+  (requests per fate: ``passed`` counts every request passed on, health checks too;
+  ``delivered`` only event requests the service answered with a 2xx).
+
+Whether delivery is back after a fault is `delivery_back`: a batch was accepted. Health
+checks pass all along (they are never faulted), so a request that merely passed says
+nothing about the integration's delivery: after a fault of error answers it may still be
+backing off for many seconds, and a fault begun then meets that backoff, not requests.
 
 The proxy stops when its stdin closes, so it never outlives the test that started it.
 """
@@ -23,6 +30,7 @@ import contextlib
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -33,6 +41,7 @@ from tests.pipeline.fault_server import EVENT_PATHS, FaultKind
 
 HOST = "127.0.0.1"
 KINDS = ("503", "500", "reset", "delay", "lost_answer")
+DELIVERED = "delivered"
 # Not passed on: the connection's own, and what aiohttp recomputes for the body it sends.
 _HOP_HEADERS = frozenset(
     ("host", "content-length", "transfer-encoding", "connection", "keep-alive")
@@ -50,6 +59,16 @@ class Switch:
 
     def current(self) -> str:
         return self.kind if time.monotonic() < self.until else ""
+
+    def set(self, kind: str, seconds: float, arg: float = 0.0) -> None:
+        """``kind`` for the next ``seconds`` (0 ends the fault in force)."""
+        self.kind, self.arg, self.until = kind, arg, time.monotonic() + seconds
+
+
+def delivery_back(before: Mapping[str, int], now: Mapping[str, int]) -> bool:
+    """Whether a batch was accepted between two ``stats``: the integration's delivery
+    is back (its failure count, and so its backoff, starts over)."""
+    return now.get(DELIVERED, 0) > before.get(DELIVERED, 0)
 
 
 SWITCH = web.AppKey("switch", Switch)
@@ -111,6 +130,8 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         switch.counts[kind] += 1
         return _drop(request)
     switch.counts["passed"] += 1
+    if request.path in EVENT_PATHS and 200 <= answer.status < 300:
+        switch.counts[DELIVERED] += 1
     return answer
 
 
@@ -119,10 +140,18 @@ def _command(switch: Switch, line: str) -> str:
     if words[:1] == ["stats"]:
         return orjson.dumps(dict(switch.counts)).decode()
     if words[:1] == ["fault"] and len(words) >= 3 and words[1] in KINDS:
-        switch.kind, switch.arg = words[1], float(words[3]) if len(words) > 3 else 0.0
-        switch.until = time.monotonic() + float(words[2])
+        switch.set(words[1], float(words[2]), float(words[3]) if len(words) > 3 else 0.0)
         return "ok"
     return f"error: {line!r}"
+
+
+def proxy_app(switch: Switch, upstream: str, session: aiohttp.ClientSession) -> web.Application:
+    """The proxy of one port: every request on to ``upstream``, event requests faulted
+    as ``switch`` says. ``session`` must not decompress (bodies pass as they are)."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[SWITCH], app[UPSTREAM], app[SESSION] = switch, upstream.rstrip("/"), session
+    app.router.add_route("*", "/{tail:.*}", _proxy)
+    return app
 
 
 async def main(mappings: list[str]) -> None:
@@ -131,10 +160,7 @@ async def main(mappings: list[str]) -> None:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         for mapping in mappings:
             port, upstream = mapping.split("=", 1)
-            app = web.Application(client_max_size=64 * 1024 * 1024)
-            app[SWITCH], app[UPSTREAM], app[SESSION] = switch, upstream.rstrip("/"), session
-            app.router.add_route("*", "/{tail:.*}", _proxy)
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(proxy_app(switch, upstream, session), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, HOST, int(port)).start()
             runners.append(runner)
