@@ -412,6 +412,65 @@ async def test_stop_releases_the_batch_in_flight(
     assert [record.attempts for record in records] == [0, 0, 0]
 
 
+async def test_the_next_batch_is_read_while_one_is_out_and_sent_after_it(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    fault_server.add_faults(Fault.slow(0.5))
+    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=5)
+    harness.outbox.append_many(event(n) for n in range(20))
+    await fault_server.wait_for_requests(1)
+    await asyncio.sleep(0.2)
+    # One batch out, the next read ahead (in flight in the outbox, not sent).
+    assert (await harness.outbox.stats()).in_flight == 10
+    assert len(fault_server.requests) == 1
+
+    assert (await forwarder.flush(timeout=10)).done
+    assert numbers(fault_server) == list(range(20))
+    assert [len(request.event_ids) for request in fault_server.requests] == [5] * 4
+    # One request at a time: each began after the one before was answered.
+    answered = [request.at for request in fault_server.requests]
+    assert answered[1] - answered[0] >= 0.45
+
+
+async def test_a_batch_read_ahead_goes_back_when_the_one_out_fails(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    """Retried first, then the one read ahead: FIFO, and no attempt counted for it."""
+    fault_server.add_faults(Fault.slow(0.3), Fault.answer(500))
+    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=3)
+    harness.outbox.append_many(event(n) for n in range(9))
+
+    assert (await forwarder.flush(timeout=10)).done
+    assert numbers(fault_server) == list(range(9))
+    first, failed, resent, *_ = fault_server.requests
+    assert resent.event_ids == failed.event_ids  # not the batch read ahead
+    assert len(fault_server.requests) == 4
+
+
+async def test_stop_puts_back_the_batch_read_ahead(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    fault_server.add_faults(Fault.slow(5.0))
+    route = harness.route("storage", fault_server)
+    forwarder = EventForwarder(
+        harness.outbox,
+        route,
+        config=ForwarderConfig(batch_size=2, linger=0.0, stop_timeout=0.3),
+    )
+    forwarder.start()
+    harness.outbox.append_many(event(n) for n in range(6))
+    await fault_server.wait_for_requests(1)
+    await asyncio.sleep(0.1)
+    assert (await harness.outbox.stats()).in_flight == 4
+
+    await forwarder.stop()
+
+    stats = await harness.outbox.stats()
+    assert (stats.pending, stats.in_flight) == (6, 0)
+    records = await harness.outbox.take(10)
+    assert [record.attempts for record in records] == [0] * 6
+
+
 async def test_unconfirmed_events_are_resent(
     harness: Harness, fault_server: FaultServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,8 +1,11 @@
 """EventForwarder: takes batches from the outbox and delivers them, one at a time.
 
 One loop, one batch in flight: FIFO holds because a failed batch goes back to its
-place in the outbox and is taken again before anything newer. What each answer means
-is the contract's answer table (retry.Outcome; docs/ARCHITECTURE.md, "Contracts"):
+place in the outbox and is taken again before anything newer. While a batch is out and
+another whole batch waits, the next one is read from the outbox meanwhile (taken, not
+sent): it goes out after a batch accepted in full, and back to its place otherwise.
+What each answer means is the contract's answer table (retry.Outcome;
+docs/ARCHITECTURE.md, "Contracts"):
 
 - success: ack per event from the per-event results; ``rejected`` -> dead letters
 - retryable / rate limited / breaker open: back to the outbox, back off, try again
@@ -38,7 +41,7 @@ from typing import Any
 from .envelope import BATCH_PATH, PAYLOAD_TOO_LARGE, batch_body, parse_results
 from .http_client import CircuitOpenError, ServiceCallError, ServiceHTTPClient, ServiceResponse
 from .metrics import PipelineMetrics
-from .outbox import Outbox, OutboxRecord
+from .outbox import Outbox, OutboxClosedError, OutboxRecord
 from .retry import BackoffPolicy, Outcome
 
 _LOGGER = logging.getLogger(__name__)
@@ -138,6 +141,8 @@ class EventForwarder:
         self._backlogged = False
         self._last_route: str | None = None
         self._acking: asyncio.Future[None] | None = None  # the last batch's ack, if unsettled
+        self._ahead: asyncio.Future[list[OutboxRecord]] | None = None  # the next batch, read
+        self._clean = False  # the last batch was accepted in full: the one read ahead may go
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -275,28 +280,67 @@ class EventForwarder:
         return self._stopping
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            await asyncio.shield(self._return_ahead())
+
+    async def _loop(self) -> None:
         while not self._stop_requested():
             await self._running.wait()
             if self._stop_requested():
                 break
-            await self._wait_for_events()
+            if self._ahead is None:
+                await self._wait_for_events()
             if self._stop_requested() or self.paused:
+                await self._return_ahead()
                 continue
             route = self.route()
             if route is None:
+                await self._return_ahead()
                 self._set_backlog(True)
                 self._report_unusable(self.primary.name, "no service takes events")
                 await self._sleep(self._route_wait())
                 continue
-            records = await self._outbox.take(self._batch_limit, self.config.batch_bytes)
+            records = await self._take()
             await self._acked()  # done by now: the worker ran it before this take
             if not records:
                 continue
+            self._clean = False
             delay = await self._deliver(route, records)
+            if not self._clean:
+                await self._return_ahead()  # before anything is taken again: FIFO
             if delay:
                 self._retry_at = self._clock() + delay
                 await self._sleep(delay)
                 self._retry_at = None
+
+    async def _take(self) -> list[OutboxRecord]:
+        """The batch read ahead, else the oldest ready records."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            return await ahead
+        return await self._outbox.take(self._batch_limit, self.config.batch_bytes)
+
+    def _read_ahead(self) -> None:
+        """While a batch is out: take the next one now when a whole batch waits (the
+        outbox's worker reads it meanwhile instead of after the answer)."""
+        if self._ahead is None and self._outbox.waiting_hint() >= self._batch_limit:
+            self._ahead = asyncio.ensure_future(
+                self._outbox.take(self._batch_limit, self.config.batch_bytes)
+            )
+
+    async def _return_ahead(self) -> None:
+        """Put the batch read ahead back in its place (never sent: no attempt counted)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        try:
+            records = await ahead
+        except (OutboxClosedError, asyncio.CancelledError):
+            return  # closed (in flight only in memory: ready again at reopen), or not taken
+        if records:
+            await self._outbox.release([record.seq for record in records])
 
     async def _wait_for_events(self) -> None:
         """Wait for work, then linger so a batch can fill: until the oldest waiting event
@@ -379,6 +423,7 @@ class EventForwarder:
         self._last_route = route.name
         seqs = [record.seq for record in records]
         key = _batch_key(records)
+        self._read_ahead()
         try:
             response = await route.client.post(
                 route.path,
@@ -411,6 +456,7 @@ class EventForwarder:
             if _all_confirmed(body, records):  # the usual answer: every event, in order
                 await self._ack(route, records)
                 self._succeeded()
+                self._clean = True
                 return 0.0
             unconfirmed = await self._apply_results(
                 route, records, _results_in(body), default_ok=True
