@@ -337,16 +337,16 @@ class EventForwarder:
             return
         try:
             records = await ahead
-        except (OutboxClosedError, asyncio.CancelledError):
-            return  # closed (in flight only in memory: ready again at reopen), or not taken
+        except OutboxClosedError:
+            return  # in flight only in memory: ready again when the outbox opens
         if records:
             await self._outbox.release([record.seq for record in records])
 
     async def _wait_for_events(self) -> None:
         """Wait for work, then linger so a batch can fill: until the oldest waiting event
-        has waited ``linger`` (events that waited while a batch was in flight go at once,
-        and so does a whole batch, even one the outbox's worker has not stored yet, also
-        one that fills during the linger)."""
+        has waited ``linger``. Events that waited while a batch was in flight go at once,
+        and so does a whole batch (counting events the outbox's worker has not stored
+        yet), also one that fills during the linger."""
         ready = asyncio.ensure_future(self._outbox.wait_ready())
         woken = asyncio.ensure_future(self._wake.wait())
         try:
