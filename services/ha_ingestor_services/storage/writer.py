@@ -4,11 +4,11 @@ A request hands its records over and waits. One flusher task takes what has gath
 and writes it in one go (one SQLite transaction, one InfluxDB request): as soon as
 ``max_events`` are waiting, or every request in progress has handed its records over
 (``in_progress``: the app's count; nobody else can join), else ``interval_s`` after the
-oldest waiting request arrived. A lone sender (the integration keeps one batch in flight)
-is thus never kept waiting for company. One flush runs at a time, so what arrives during
-a flush joins the next one. Each
-request's wait ends when the flush holding its records is durable, with one outcome per
-record, or with `BackendUnavailable` for all of them.
+oldest waiting request arrived. A lone sender (the integration keeps one batch in
+flight) is thus never kept waiting for company. One flush runs at a time, so what
+arrives during a flush joins the next one. Each request's wait ends when the flush
+holding its records is durable, with one outcome per record, or with
+`BackendUnavailable` for all of them.
 
 `stop` refuses new requests, then flushes everything already accepted. Past
 ``max_waiting_events`` waiting, a request is refused with `BackendUnavailable` (a 503
