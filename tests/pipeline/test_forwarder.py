@@ -471,6 +471,25 @@ async def test_stop_puts_back_the_batch_read_ahead(
     assert [record.attempts for record in records] == [0] * 6
 
 
+async def test_a_pause_puts_back_the_batch_read_ahead(
+    harness: Harness, fault_server: FaultServer
+) -> None:
+    fault_server.add_faults(Fault.slow(0.5))
+    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=2)
+    harness.outbox.append_many(event(n) for n in range(6))
+    await fault_server.wait_for_requests(1)
+    await asyncio.sleep(0.1)
+    forwarder.pause()
+    await fault_server.wait_for_stored(2)
+    async with asyncio.timeout(5):
+        while (await harness.outbox.stats()).in_flight:
+            await asyncio.sleep(0.02)
+    assert (await harness.outbox.stats()).pending == 4
+    forwarder.resume()
+    assert (await forwarder.flush(timeout=5)).done
+    assert numbers(fault_server) == list(range(6))
+
+
 async def test_unconfirmed_events_are_resent(
     harness: Harness, fault_server: FaultServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -287,6 +287,8 @@ class EventForwarder:
 
     async def _loop(self) -> None:
         while not self._stop_requested():
+            if self.paused:
+                await self._return_ahead()  # not held through a pause
             await self._running.wait()
             if self._stop_requested():
                 break
