@@ -21,9 +21,12 @@ instrument for both. Per scenario and round:
   the CPU time each process spent over this phase, per state change (``/proc``).
 
 ``--linger-ms MS`` sets HA Ingestor's Linger time option (the README's lowest-latency
-setting is 5 ms). ``--plot PNG`` adds one more run of each scenario at 100/s for 60 s
-with influxd away for 20 s from the 20th second (the tap refuses connections, as a
-stopped influxd would), and draws each point's latency against its state change's time.
+setting is 5 ms), ``--batch-size N`` its Batch size option. ``lost`` is counted once
+influxd's count has settled (equal to what was fired, or unchanged for 5 s), so points
+still on their way are not counted lost. ``--plot PNG`` adds one more run of each
+scenario at 100/s for 60 s with influxd away for 20 s from the 20th second (the tap
+refuses connections, as a stopped influxd would), and draws each point's latency
+against its state change's time.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from pytest_homeassistant_custom_component.common import (
 import custom_components.ha_ingestor  # noqa: F401 - makes the integration importable
 from custom_components.ha_ingestor.const import (
     CONF_API_TOKEN,
+    CONF_BATCH_SIZE,
     CONF_ENRICHMENT_URL,
     CONF_LINGER_MS,
     CONF_STORAGE_URL,
@@ -180,6 +184,17 @@ def _outage(tap: str, seconds: float) -> None:
         pass
 
 
+def _settled(influxd: Influxd, database: str, fired: int, quiet_s: float = 5.0) -> int:
+    """`_stored` once it equals ``fired`` or has not changed for ``quiet_s``."""
+    stored, since = _stored(influxd, database), time.monotonic()
+    while stored < fired and time.monotonic() - since < quiet_s:
+        time.sleep(0.5)
+        now = _stored(influxd, database)
+        if now != stored:
+            stored, since = now, time.monotonic()
+    return stored
+
+
 def _stored(influxd: Influxd, database: str) -> int:
     """Points in influxd (one per series and time): what was not lost."""
     result = influxd.query(database, "SELECT count(*) FROM /.*/")
@@ -244,22 +259,22 @@ async def scenario(kind: str, tap: str, database: str, mode: str, args: Any) -> 
                         running_services(tap, database)
                     )
                     pids.update(services)
-                    await _setup_ha_ingestor(hass, enrichment, storage, args.linger_ms)
+                    await _setup_ha_ingestor(hass, enrichment, storage, args)
                 await hass.async_block_till_done()
                 if mode == "outage":
                     figures = await _outage_run(hass, tap, database)
                 else:
                     figures = await _measure(hass, tap, database, args, pids)
-                figures["stored"] = await asyncio.to_thread(_stored, tapped, database)
+                figures["stored"] = await asyncio.to_thread(
+                    _settled, tapped, database, figures["fired"]
+                )
                 for entry in hass.config_entries.async_entries():
                     await hass.config_entries.async_unload(entry.entry_id)
             await hass.async_stop(force=True)
     return figures
 
 
-async def _setup_ha_ingestor(
-    hass: Any, enrichment: str, storage: str, linger_ms: int | None
-) -> None:
+async def _setup_ha_ingestor(hass: Any, enrichment: str, storage: str, args: Any) -> None:
     http = {"server_host": ["127.0.0.1"], "server_port": free_port()}
     assert await async_setup_component(hass, "http", {"http": http})
     data = {
@@ -268,7 +283,11 @@ async def _setup_ha_ingestor(
         CONF_API_TOKEN: TOKEN,
         CONF_VERIFY_SSL: True,
     }
-    options = {} if linger_ms is None else {CONF_LINGER_MS: linger_ms}
+    options: dict[str, int] = {}
+    if args.linger_ms is not None:
+        options[CONF_LINGER_MS] = args.linger_ms
+    if args.batch_size is not None:
+        options[CONF_BATCH_SIZE] = args.batch_size
     entry = MockConfigEntry(domain=DOMAIN, data=data, options=options)
     entry.add_to_hass(hass)
     assert await hass.config_entries.async_setup(entry.entry_id)
@@ -322,6 +341,8 @@ def _in_subprocess(
     command += ["--steady-seconds", str(args.steady_seconds)]
     if args.linger_ms is not None:
         command += ["--linger-ms", str(args.linger_ms)]
+    if args.batch_size is not None:
+        command += ["--batch-size", str(args.batch_size)]
     command += ["--scenario", kind, tap, database, mode]
     env = {**os.environ, PIDS_VARIABLE: json.dumps(pids)}
     done = subprocess.run(
@@ -448,6 +469,9 @@ def main() -> None:
         help="HA Ingestor's Linger time option (default: the integration's default; the "
         "README's lowest-latency setting is 5)",
     )
+    parser.add_argument(
+        "--batch-size", type=int, help="HA Ingestor's Batch size option (default: its default)"
+    )
     parser.add_argument("--plot", type=Path, help="also run the outage and draw it to this PNG")
     parser.add_argument("--scenario", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -460,6 +484,7 @@ def main() -> None:
     python = platform.python_version()
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     linger = "default" if args.linger_ms is None else f"{args.linger_ms} ms"
+    linger += ", batch size " + ("default" if args.batch_size is None else str(args.batch_size))
     print(f"machine: {machine}, Python {python}, {args.rounds} rounds, linger {linger}")
     if outages:
         for kind, seconds in plot(outages, args.plot).items():
