@@ -412,14 +412,23 @@ async def test_stop_releases_the_batch_in_flight(
     assert [record.attempts for record in records] == [0, 0, 0]
 
 
+async def _one_batch_out(
+    harness: Harness, fault_server: FaultServer, answer_after: float, events: int, **config: Any
+) -> EventForwarder:
+    """A started forwarder whose first batch waits ``answer_after`` for its answer, with
+    ``events`` appended: the next batch is read ahead meanwhile."""
+    fault_server.add_faults(Fault.slow(answer_after))
+    forwarder = harness.forwarder(harness.route("storage", fault_server), **config)
+    harness.outbox.append_many(event(n) for n in range(events))
+    await fault_server.wait_for_requests(1)
+    await asyncio.sleep(0.1)
+    return forwarder
+
+
 async def test_the_next_batch_is_read_while_one_is_out_and_sent_after_it(
     harness: Harness, fault_server: FaultServer
 ) -> None:
-    fault_server.add_faults(Fault.slow(0.5))
-    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=5)
-    harness.outbox.append_many(event(n) for n in range(20))
-    await fault_server.wait_for_requests(1)
-    await asyncio.sleep(0.2)
+    forwarder = await _one_batch_out(harness, fault_server, 0.5, 20, batch_size=5)
     # One batch out, the next read ahead (in flight in the outbox, not sent).
     assert (await harness.outbox.stats()).in_flight == 10
     assert len(fault_server.requests) == 1
@@ -450,17 +459,7 @@ async def test_a_batch_read_ahead_goes_back_when_the_one_out_fails(
 async def test_stop_puts_back_the_batch_read_ahead(
     harness: Harness, fault_server: FaultServer
 ) -> None:
-    fault_server.add_faults(Fault.slow(5.0))
-    route = harness.route("storage", fault_server)
-    forwarder = EventForwarder(
-        harness.outbox,
-        route,
-        config=ForwarderConfig(batch_size=2, linger=0.0, stop_timeout=0.3),
-    )
-    forwarder.start()
-    harness.outbox.append_many(event(n) for n in range(6))
-    await fault_server.wait_for_requests(1)
-    await asyncio.sleep(0.1)
+    forwarder = await _one_batch_out(harness, fault_server, 5.0, 6, batch_size=2, stop_timeout=0.3)
     assert (await harness.outbox.stats()).in_flight == 4
 
     await forwarder.stop()
@@ -474,11 +473,7 @@ async def test_stop_puts_back_the_batch_read_ahead(
 async def test_a_pause_puts_back_the_batch_read_ahead(
     harness: Harness, fault_server: FaultServer
 ) -> None:
-    fault_server.add_faults(Fault.slow(0.5))
-    forwarder = harness.forwarder(harness.route("storage", fault_server), batch_size=2)
-    harness.outbox.append_many(event(n) for n in range(6))
-    await fault_server.wait_for_requests(1)
-    await asyncio.sleep(0.1)
+    forwarder = await _one_batch_out(harness, fault_server, 0.5, 6, batch_size=2)
     forwarder.pause()
     await fault_server.wait_for_stored(2)
     async with asyncio.timeout(5):

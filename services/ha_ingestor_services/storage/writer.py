@@ -71,12 +71,11 @@ class GroupCommitWriter:
         interval_s: float,
         max_waiting_events: int,
         clock: Callable[[], float] = time.monotonic,
-        in_progress: Callable[[], int] | None = None,
     ) -> None:
-        """``in_progress``: how many requests are in progress now, theirs included (None:
-        unknown, so always wait ``interval_s`` for others)."""
         self._write = write
-        self.in_progress = in_progress
+        # How many requests are in progress now, theirs included (set by the service from
+        # the app's count; None: unknown, so always wait ``interval_s`` for others).
+        self.in_progress: Callable[[], int] | None = None
         self._max_events = max_events
         self._max_waiting_events = max_waiting_events
         self._interval_s = interval_s
