@@ -16,9 +16,15 @@ instrument for both. Per scenario and round:
   arrival at influxd, p50 / p99;
 - throughput: ``--events`` state changes as fast as Home Assistant's loop takes them;
   end-to-end points/s from the first state change until the last point has arrived,
+  the rate once under way (from the arrival of the first 25 % of the points to 90 %),
   and the state-change rate the loop sustained meanwhile; ``lost`` is what never
   arrived (counted in influxd itself, which keeps one point per series and time);
   the CPU time each process spent over this phase, per state change (``/proc``).
+
+After the rounds, ``--rounds`` times: the same count posted straight into a fresh
+enrichment → storage chain, in batches of the integration's size, one at a time as the
+integration sends them, with no Home Assistant: ``services_alone_per_s``, what that
+chain carries by itself.
 
 ``--linger-ms MS`` sets HA Ingestor's Linger time option (the README's lowest-latency
 setting is 5 ms), ``--batch-size N`` its Batch size option. ``lost`` is counted once
@@ -48,6 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from homeassistant import loader
 from homeassistant.setup import async_setup_component
 from pytest_homeassistant_custom_component.common import (
@@ -63,6 +70,7 @@ from custom_components.ha_ingestor.const import (
     CONF_LINGER_MS,
     CONF_STORAGE_URL,
     CONF_VERIFY_SSL,
+    DEFAULT_BATCH_SIZE,
     DOMAIN,
 )
 from custom_components.ha_ingestor.pipeline.envelope import HEALTH_PATH
@@ -70,8 +78,8 @@ from custom_components.ha_ingestor.pipeline.envelope import HEALTH_PATH
 from .ha import setup_influxdb
 from .influxd import Influxd, free_port, influxd_process
 from .report import print_table
+from .services import TOKEN, batches, drive
 
-TOKEN = "bench-e2e"
 PIDS_VARIABLE = "BENCH_E2E_PIDS"
 EVENTS = 20_000
 STEADY_S = 20.0
@@ -238,6 +246,27 @@ async def _arrived(
         await asyncio.sleep(0.1)
 
 
+def _steady_rate(arrivals: list[float]) -> float:
+    """Points/s once under way: between the arrival of the first 25 % and of 90 %."""
+    first, last = len(arrivals) // 4, int(len(arrivals) * 0.9)
+    if last <= first or arrivals[last] <= arrivals[first]:
+        return float("nan")
+    return (last - first) / (arrivals[last] - arrivals[first])
+
+
+async def _chain(enrichment: str, args: Any) -> float:
+    """Events/s through enrichment → storage → influxd alone: the throughput phase's
+    count in batches of the integration's size, posted one at a time as the integration
+    does (no Home Assistant; after a warm-up of 4 batches)."""
+    size = args.batch_size or DEFAULT_BATCH_SIZE
+    first = int(time.time() * 1000) % 10**9  # event times of their own in this database
+    bodies = batches(size * 4 + args.events, first, size)
+    async with aiohttp.ClientSession() as session:
+        await drive(session, enrichment, bodies[:4], concurrency=1)
+        per_s, _ = await drive(session, enrichment, bodies[4:], concurrency=1)
+    return per_s
+
+
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
@@ -309,11 +338,13 @@ async def _measure(
     rows = await _arrived(tap, database, since, args.events, stall=15.0)
     cpu_after = _cpu(pids)
     took = (max(row[0] for row in rows) - since) if rows else float("nan")
+    arrivals = sorted(row[0] for row in rows)
     cpu_us = {name: (cpu_after[name] - cpu_before[name]) * 1e6 / args.events for name in pids}
     return {
         "p50_ms": _percentile(latencies, 0.50),
         "p99_ms": _percentile(latencies, 0.99),
         "e2e_per_s": len(rows) / took if rows else 0.0,
+        "steady_per_s": _steady_rate(arrivals),
         "loop_per_s": args.events / fired_in,
         "fired": steady + args.events,
         "fire_s": time.perf_counter() - started,
@@ -356,6 +387,7 @@ def _in_subprocess(
 def run(args: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     results: dict[str, list[dict[str, Any]]] = {"influxdb": [], "ha_ingestor": []}
     outages: dict[str, dict[str, Any]] = {}
+    chain: list[float] = []
     with influxd_process() as process, running_tap(process.server) as (tap, tap_pid):
         influxd = process.server
         assert process.process is not None
@@ -369,6 +401,14 @@ def run(args: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
                 figures["lost"] = figures["fired"] - figures["stored"]
                 results[kind].append(figures)
                 print(f"round {round_ + 1} {kind}: {_short(figures)}", flush=True)
+        # After the rounds: the points this writes keep influxd compacting for a while,
+        # which the scenarios' latencies would feel.
+        for round_ in range(args.rounds):
+            database = f"e2e_services_{round_}"
+            influxd.create_database(database)
+            with running_services(tap, database) as (enrichment, _, _):
+                chain.append(asyncio.run(_chain(enrichment, args)))
+            print(f"services alone {round_ + 1}: {chain[-1]:,.0f} events/s", flush=True)
         if args.plot:
             for kind in results:
                 database = f"e2e_{kind}_outage"
@@ -398,6 +438,9 @@ def run(args: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
         "influxdb_e2e_per_s": median("influxdb", "e2e_per_s"),
         "ha_ingestor_e2e_per_s": median("ha_ingestor", "e2e_per_s"),
         "throughput_ratio_vs_influxdb": statistics.median(ratios),
+        "influxdb_steady_per_s": median("influxdb", "steady_per_s"),
+        "ha_ingestor_steady_per_s": median("ha_ingestor", "steady_per_s"),
+        "services_alone_per_s": statistics.median(chain),
         "influxdb_p50_ms": median("influxdb", "p50_ms"),
         "influxdb_p99_ms": median("influxdb", "p99_ms"),
         "p50_ms_at_100_per_s": median("ha_ingestor", "p50_ms"),
@@ -415,7 +458,8 @@ def run(args: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
 
 def _short(figures: dict[str, Any]) -> str:
     return (
-        f"{figures['e2e_per_s']:,.0f} points/s end to end, loop {figures['loop_per_s']:,.0f}/s,"
+        f"{figures['e2e_per_s']:,.0f} points/s end to end ({figures['steady_per_s']:,.0f} once"
+        f" under way), loop {figures['loop_per_s']:,.0f}/s,"
         f" p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, lost {figures['lost']}"
     )
 

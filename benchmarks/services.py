@@ -57,13 +57,13 @@ WARM_UP = BATCH * 4  # events posted before each measurement
 STORED_CHECKS = ("sqlite_rows", "influxdb_points", "enriched_rows")  # each = events sent
 
 
-def batches(count: int, start: int) -> list[bytes]:
-    """Envelopes as the integration encodes them, ``BATCH`` per request body."""
+def batches(count: int, start: int, size: int = BATCH) -> list[bytes]:
+    """Envelopes as the integration encodes them, ``size`` per request body."""
     validator = EventValidator(envelope_context={"instance_id": "bench-home", "location": LOCATION})
     payloads = [
         validator.encode(state_changed(index)).payload for index in range(start, start + count)
     ]
-    return [batch_body(payloads[i : i + BATCH]) for i in range(0, len(payloads), BATCH)]
+    return [batch_body(payloads[i : i + size]) for i in range(0, len(payloads), size)]
 
 
 @dataclass
@@ -119,9 +119,9 @@ async def wait_healthy(
 
 
 async def drive(
-    session: aiohttp.ClientSession, url: str, bodies: list[bytes]
+    session: aiohttp.ClientSession, url: str, bodies: list[bytes], concurrency: int = CONCURRENCY
 ) -> tuple[float, list[float]]:
-    """Post every body (``CONCURRENCY`` at a time); events/s and per-batch latencies (ms)."""
+    """Post every body (``concurrency`` at a time); events/s and per-batch latencies (ms)."""
     queue = list(reversed(bodies))
     latencies: list[float] = []
     events = 0
@@ -142,7 +142,7 @@ async def drive(
             events += len(result["results"])
 
     started_at = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return events / (time.perf_counter() - started_at), latencies
 
 
