@@ -62,6 +62,14 @@ class ServiceUnavailable(RequestError):
 
 
 @dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """A batch body a service read itself (`EventService.decode_batch`)."""
+
+    items: list[Any]  # one per event, in the service's own form, in order
+    correlation_id: object  # the body's, checked by the app as for any batch
+
+
+@dataclass(frozen=True, slots=True)
 class DependencyHealth:
     """One dependency's state for ``GET /api/v1/health``."""
 
@@ -94,6 +102,14 @@ class EventService(Protocol):
         self, envelopes: list[dict[str, Any]], correlation_id: str
     ) -> list[EventResult]:
         """One result per checked envelope, in order; raise `ServiceUnavailable` to answer 503."""
+
+    def decode_batch(self, body: bytes, max_events: int) -> DecodedBatch | None:
+        """The batch body read in one typed pass when every event is the usual case, for
+        `process_decoded`; None sends it the long way (JSON, `check_envelope`, `process`),
+        which answers each event by itself. Answers the same results either way."""
+
+    async def process_decoded(self, items: list[Any], correlation_id: str) -> list[EventResult]:
+        """`process` for the items of `decode_batch`: one result each, in order."""
 
     async def health(self) -> dict[str, DependencyHealth]:
         """Each dependency's state."""

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from ha_ingestor_pipeline.envelope import EventResult
-from ha_ingestor_services.contract import DependencyHealth, ServiceUnavailable
+from ha_ingestor_services.contract import DecodedBatch, DependencyHealth, ServiceUnavailable
 from ha_ingestor_services.limits import Limits
 from ha_ingestor_services.web import create_app
 
@@ -47,6 +47,8 @@ class RecordingService:
         self.started = self.stopped = False
         self.in_progress: Callable[[], int] = lambda: -1
         self.in_progress_seen: list[int] = []
+        self.decodes = False  # reads batches itself (decode_batch), as storage does
+        self.decoded: list[str] = []  # event ids that came through process_decoded
 
     def count_requests_with(self, in_progress: Callable[[], int]) -> None:
         self.in_progress = in_progress
@@ -71,6 +73,18 @@ class RecordingService:
             {"event_id": item["event_id"], "status": "stored"} for item in envelopes
         ]
         return results[:-1] if self.short_answer else results
+
+    def decode_batch(self, body: bytes, max_events: int) -> DecodedBatch | None:
+        if not self.decodes:
+            return None
+        parsed = orjson.loads(body)
+        if len(parsed["events"]) > max_events:
+            return None
+        return DecodedBatch(parsed["events"], parsed.get("correlation_id"))
+
+    async def process_decoded(self, items: list[Any], correlation_id: str) -> list[EventResult]:
+        self.decoded.extend(item["event_id"] for item in items)
+        return await self.process(items, correlation_id)
 
     async def health(self) -> dict[str, DependencyHealth]:
         return self.health_state
@@ -179,6 +193,32 @@ async def test_correlation_id_from_header_or_body(
     )
     assert body["correlation_id"] == "from-body"
     assert service.correlation_ids == ["from-header", "from-body"]
+
+
+async def test_a_batch_the_service_decodes_itself(
+    client: aiohttp.ClientSession, url: str, service: RecordingService
+) -> None:
+    """decode_batch's items go to process_decoded; the app still checks the correlation
+    id, counts the results and refuses an answer one short."""
+    service.decodes = True
+    batch = url + "/api/v1/events/batch"
+    status, body, _ = await post(
+        client, batch, {"events": [envelope("a"), envelope("b")], "correlation_id": "given"}
+    )
+    assert status == 200
+    assert [result["event_id"] for result in body["results"]] == ["a", "b"]
+    assert body["correlation_id"] == "given"
+    assert service.decoded == ["a", "b"]
+    status, body, _ = await post(client, batch, {"events": [envelope("c")], "correlation_id": ""})
+    assert status == 422
+    assert_error(body, "VALIDATION_ERROR")
+    service.short_answer = True
+    status, body, _ = await post(client, batch, {"events": [envelope("d"), envelope("e")]})
+    assert status == 500
+    assert_error(body, "INTERNAL_ERROR")
+    assert service.decoded == ["a", "b", "d", "e"]
+    async with client.get(url + "/api/v1/stats", headers=AUTH) as answer:
+        assert (await answer.json())["events"]["stored"] == 2
 
 
 async def test_single_event(client: aiohttp.ClientSession, url: str) -> None:

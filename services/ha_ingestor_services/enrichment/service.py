@@ -58,7 +58,7 @@ from ha_ingestor_pipeline.http_client import (
 from ha_ingestor_pipeline.metrics import LatencyWindow
 from ha_ingestor_pipeline.retry import Outcome
 from ha_ingestor_services import __version__, tls
-from ha_ingestor_services.contract import DependencyHealth, ServiceUnavailable
+from ha_ingestor_services.contract import DecodedBatch, DependencyHealth, ServiceUnavailable
 from ha_ingestor_services.identity import IdentitySource
 from ha_ingestor_services.normalize import normalize
 
@@ -266,6 +266,12 @@ class EnrichmentService:
         self._counters.batches += 1
         self._counters.events_enriched += len(envelopes)
         return await self._forward(clients.storage, envelopes, correlation_id)
+
+    def decode_batch(self, body: bytes, max_events: int) -> DecodedBatch | None:
+        return None  # the envelopes go on to storage as they are: each one checked as a dict
+
+    async def process_decoded(self, items: list[Any], correlation_id: str) -> list[EventResult]:
+        raise AssertionError("unreachable: decode_batch decodes nothing")
 
     def enrich(
         self,

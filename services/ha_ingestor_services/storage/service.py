@@ -28,6 +28,7 @@ from ha_ingestor_pipeline.envelope import (
 )
 from ha_ingestor_services.contract import (
     BAD_REQUEST,
+    DecodedBatch,
     DependencyHealth,
     RequestError,
     ServiceUnavailable,
@@ -35,7 +36,8 @@ from ha_ingestor_services.contract import (
 from ha_ingestor_services.identity import IdentitySource
 from ha_ingestor_services.responses import json_response
 
-from .backends.base import BackendUnavailable, BadQuery, StorageBackend
+from .backends.base import BackendUnavailable, BadQuery, Outcome, StorageBackend
+from .batch_decode import decode_batch
 from .query import openapi_paths, parse_query
 from .records import Record, to_record
 from .settings import StorageSettings
@@ -152,50 +154,54 @@ class StorageService:
     async def process(
         self, envelopes: list[dict[str, Any]], correlation_id: str
     ) -> list[EventResult]:
-        results: list[EventResult | None] = []
-        records: list[Record] = []
-        retention_ns = self.settings.retention_ns
-        cutoff = self._clock_ns() - retention_ns if retention_ns is not None else None
+        items: list[Record | EventResult] = []
         for envelope in envelopes:
             try:
-                record = to_record(envelope)
+                items.append(to_record(envelope))
             except ValidationError as err:
                 self._rejections[err.code] += 1
-                results.append(
-                    {
-                        "event_id": envelope["event_id"],
-                        "status": "rejected",
-                        "error": err.to_error(),
-                    }
-                )
-                continue
-            if cutoff is not None and record.time_ns < cutoff:
+                event_id = envelope["event_id"]
+                items.append({"event_id": event_id, "status": "rejected", "error": err.to_error()})
+        return await self._store(items)
+
+    def decode_batch(self, body: bytes, max_events: int) -> DecodedBatch | None:
+        return decode_batch(body, max_events)  # its items are records
+
+    async def process_decoded(self, items: list[Any], correlation_id: str) -> list[EventResult]:
+        return await self._store(items)
+
+    async def _store(self, items: list[Record | EventResult]) -> list[EventResult]:
+        """Write the records among ``items`` (the others are answers already); one result
+        per item, in order."""
+        retention_ns = self.settings.retention_ns
+        cutoff = self._clock_ns() - retention_ns if retention_ns is not None else None
+        records: list[Record] = []
+        results: list[EventResult | None] = []
+        for item in items:
+            if not isinstance(item, Record):
+                results.append(item)
+            elif cutoff is not None and item.time_ns < cutoff:
                 self._rejections[OUTSIDE_RETENTION] += 1
-                results.append(self._outside_retention(record.event_id))
-                continue
-            records.append(record)
-            results.append(None)
+                results.append(self._outside_retention(item.event_id))
+            else:
+                records.append(item)
+                results.append(None)
         try:
-            outcomes = iter(await self.writer.submit(records))
+            outcomes = await self.writer.submit(records)
         except BackendUnavailable as err:
             raise ServiceUnavailable(
                 err.message, retry_after=err.retry_after or self.settings.retry_after_s
             ) from None
-        merged: list[EventResult] = []
-        for envelope, result in zip(envelopes, results, strict=True):
-            if result is not None:
-                merged.append(result)
-                continue
-            outcome = next(outcomes)
-            event_id: str = envelope["event_id"]
-            if outcome == "stored":
-                merged.append({"event_id": event_id, "status": "stored"})
-            elif outcome == "duplicate":
-                merged.append({"event_id": event_id, "status": "duplicate"})
-            else:
-                self._rejections[outcome["code"]] += 1
-                merged.append({"event_id": event_id, "status": "rejected", "error": outcome})
-        return merged
+        answers = map(self._answer, records, outcomes)
+        return [result if result is not None else next(answers) for result in results]
+
+    def _answer(self, record: Record, outcome: Outcome) -> EventResult:
+        if outcome == "stored":
+            return {"event_id": record.event_id, "status": "stored"}
+        if outcome == "duplicate":
+            return {"event_id": record.event_id, "status": "duplicate"}
+        self._rejections[outcome["code"]] += 1
+        return {"event_id": record.event_id, "status": "rejected", "error": outcome}
 
     def _outside_retention(self, event_id: str) -> EventResult:
         days = self.settings.retention_days

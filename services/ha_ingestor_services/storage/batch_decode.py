@@ -1,0 +1,187 @@
+"""The usual batch body decoded straight into records (docs/ARCHITECTURE.md, "Typed decoding").
+
+`decode_batch` reads a ``{"events": [...]}`` body with msgspec into typed structs and
+builds each event's `Record` from them, without the dicts of a JSON parse, the checked
+copy of each envelope, or the lookups of `to_record`. It answers exactly the records
+`to_record(check_envelope(event))` gives, or None as soon as anything is not the usual
+case: JSON msgspec refuses, a part of another type, an event `check_envelope`'s quick
+check would not pass or `to_record` would refuse, an empty or over-long batch. None
+sends the body the long way (``web.read_json``, ``check_envelope``, ``to_record``), which
+answers each event by itself and names every problem. Each test here is one of the long
+way's, in the same or a stricter form; tests/services/storage/test_batch_decode.py holds
+the two together on generated input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ha_ingestor_pipeline.envelope import ValidationError, to_rfc3339
+from ha_ingestor_services.contract import DecodedBatch
+from ha_ingestor_services.envelopes import (
+    MAX_ENTITY_ID_LENGTH,
+    MAX_EVENT_ID_LENGTH,
+    MAX_EVENT_TYPE_LENGTH,
+    _in_range,
+    _plain_text,
+    _short_tags,
+)
+from ha_ingestor_services.normalize import normalize
+
+from .records import MAX_TAG_LENGTH, Record, _json_object, _number, _text, event_time_ns
+
+
+class _Normalized(msgspec.Struct):
+    """The enrichment's ``normalized`` part, every key of its type (`_valid_normalized`)."""
+
+    domain: str | None = None
+    object_id: str | None = None
+    value: float | None = None  # an int comes as a float, as `_number` makes it
+    boolean: bool | None = None
+    unit: str | None = None
+    device_class: str | None = None
+
+
+class _Processing(msgspec.Struct):
+    processing_time_ms: Any = None
+
+
+class _StateContext(msgspec.Struct):
+    id: Any = None
+
+
+class _Data(msgspec.Struct):
+    event_type: Any = None
+    entity_id: Any = None
+    state: str | None = None
+    old_state: str | None = None
+    attributes: dict[str, Any] | None = None
+    context: _StateContext | None = None
+    data: dict[str, Any] | None = None
+
+
+class _Location(msgspec.Struct):
+    latitude: Any = None
+    longitude: Any = None
+    elevation: Any = None
+    time_zone: str | None = None
+
+
+class _Context(msgspec.Struct):
+    instance_id: str | None = None
+    location: _Location | None = None
+    weather: dict[str, Any] | None = None
+
+
+class _Envelope(msgspec.Struct):
+    data: _Data
+    event_id: Any = None
+    timestamp: Any = None
+    source: str | None = None
+    correlation_id: str | None = None
+    context: _Context | None = None
+    normalized: _Normalized | None = None
+    weather: dict[str, Any] | None = None
+    processing: _Processing | None = None
+
+
+class _Batch(msgspec.Struct):
+    events: list[_Envelope]
+    correlation_id: Any = None
+
+
+_DECODER = msgspec.json.Decoder(_Batch)
+
+
+def decode_batch(body: bytes, max_events: int) -> DecodedBatch | None:
+    """The records of every event of ``body`` (see the module docstring), or None."""
+    try:
+        batch = _DECODER.decode(body)
+    except msgspec.DecodeError:  # msgspec.ValidationError included
+        return None
+    if not 0 < len(batch.events) <= max_events:
+        return None
+    records: list[Any] = []
+    try:
+        for envelope in batch.events:
+            record = _record(envelope)
+            if record is None:
+                return None
+            records.append(record)
+    except (ValidationError, OverflowError):
+        # `to_record`'s refusals, which the long way names per event; an integer too large
+        # for a float (the long way's JSON parse refuses it).
+        return None
+    return DecodedBatch(records, batch.correlation_id)
+
+
+def _record(envelope: _Envelope) -> Record | None:
+    """`to_record(check_envelope(envelope))`, or None where the quick check would fail."""
+    event_id = envelope.event_id
+    if not _plain_text(event_id, MAX_EVENT_ID_LENGTH) or envelope.timestamp is None:
+        return None
+    timestamp = to_rfc3339(envelope.timestamp, "timestamp")  # raises as check_envelope does
+    data = envelope.data
+    event_type = data.event_type
+    if not _plain_text(event_type, MAX_EVENT_TYPE_LENGTH):
+        return None
+    entity_id = data.entity_id
+    if event_type == "state_changed" or entity_id is not None:
+        if not _plain_text(entity_id, MAX_ENTITY_ID_LENGTH) or " " in entity_id:
+            return None
+        domain, dot, object_id = entity_id.partition(".")
+        if not dot or not domain or not object_id:
+            return None
+    attributes = data.attributes
+    if not _short_tags(attributes):
+        return None
+    context = envelope.context
+    instance_id = None
+    context_weather = None
+    if context is not None:
+        instance_id = context.instance_id
+        location = context.location
+        if location is not None and not (
+            _in_range(location.latitude, -90, 90)
+            and _in_range(location.longitude, -180, 180)
+            and _in_range(location.elevation, -1e5, 1e5)
+        ):
+            return None
+        context_weather = context.weather
+    normalized = envelope.normalized
+    if normalized is None:  # straight from Home Assistant: normalized here, as to_record does
+        view = {"entity_id": entity_id, "state": data.state, "attributes": attributes}
+        normalized = _Normalized(**normalize({"data": view}))
+    weather = envelope.weather
+    if weather is None:
+        weather = context_weather if context_weather is not None else {}
+    processing = envelope.processing
+    state_context = data.context
+    record = Record(
+        event_id,
+        event_time_ns(timestamp, event_id),
+        event_type,
+        _text(entity_id),
+        _text(normalized.domain),
+        _text(normalized.device_class),
+        _text(normalized.unit),
+        _text(envelope.source),
+        _text(instance_id),
+        data.state or None,
+        normalized.value,  # a finite float: JSON has no other (msgspec refuses 1e400)
+        data.old_state or None,
+        _json_object(attributes, "data.attributes") or "{}",
+        _json_object(data.data, "data.data"),
+        _text(state_context.id if state_context is not None else None),
+        _number(weather.get("temperature_c")),
+        _number(weather.get("humidity")),
+        _text(weather.get("condition")),
+        _number(weather.get("pressure_hpa")),
+        _number(processing.processing_time_ms) if processing is not None else None,
+    )
+    for tag in record[3:9]:  # the tags, entity_id to instance_id (source's limit too)
+        if tag is not None and len(tag) > MAX_TAG_LENGTH:
+            return None
+    return record
