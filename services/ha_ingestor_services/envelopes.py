@@ -128,6 +128,19 @@ def _plain_text(value: object, max_length: int) -> TypeGuard[str]:
     return type(value) is str and 0 < len(value) <= max_length and not value.isspace()
 
 
+def usual_names(event_type: object, entity_id: object) -> bool:
+    """The quick check of the event type and the entity id: plain text, and where there is
+    an entity id (always for a state change) the form ``domain.object_id`` without spaces."""
+    if not _plain_text(event_type, MAX_EVENT_TYPE_LENGTH):
+        return False
+    if event_type != "state_changed" and entity_id is None:
+        return True
+    if not _plain_text(entity_id, MAX_ENTITY_ID_LENGTH) or " " in entity_id:
+        return False
+    domain, dot, object_id = entity_id.partition(".")
+    return bool(dot and domain and object_id)
+
+
 def _quick_check(envelope: dict[str, Any]) -> dict[str, Any] | None:
     """`check_envelope`'s answer for the usual envelope, or None to take the long way.
 
@@ -152,16 +165,8 @@ def _quick_check(envelope: dict[str, Any]) -> dict[str, Any] | None:
     data = envelope.get("data")
     if type(data) is not dict:
         return None
-    event_type = data.get("event_type")
-    if not _plain_text(event_type, MAX_EVENT_TYPE_LENGTH):
+    if not usual_names(data.get("event_type"), data.get("entity_id")):
         return None
-    entity_id = data.get("entity_id")
-    if event_type == "state_changed" or entity_id is not None:
-        if not _plain_text(entity_id, MAX_ENTITY_ID_LENGTH) or " " in entity_id:
-            return None
-        domain, dot, object_id = entity_id.partition(".")
-        if not dot or not domain or not object_id:
-            return None
     state = data.get("state")
     old_state = data.get("old_state")
     if (state is not None and type(state) is not str) or (

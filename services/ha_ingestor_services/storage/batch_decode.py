@@ -21,12 +21,11 @@ import msgspec
 from ha_ingestor_pipeline.envelope import ValidationError, to_rfc3339
 from ha_ingestor_services.contract import DecodedBatch
 from ha_ingestor_services.envelopes import (
-    MAX_ENTITY_ID_LENGTH,
     MAX_EVENT_ID_LENGTH,
-    MAX_EVENT_TYPE_LENGTH,
     _in_range,
     _plain_text,
     _short_tags,
+    usual_names,
 )
 from ha_ingestor_services.normalize import normalize
 
@@ -124,16 +123,9 @@ def _record(envelope: _Envelope) -> Record | None:
         return None
     timestamp = to_rfc3339(envelope.timestamp, "timestamp")  # raises as check_envelope does
     data = envelope.data
-    event_type = data.event_type
-    if not _plain_text(event_type, MAX_EVENT_TYPE_LENGTH):
+    event_type, entity_id = data.event_type, data.entity_id
+    if not usual_names(event_type, entity_id):
         return None
-    entity_id = data.entity_id
-    if event_type == "state_changed" or entity_id is not None:
-        if not _plain_text(entity_id, MAX_ENTITY_ID_LENGTH) or " " in entity_id:
-            return None
-        domain, dot, object_id = entity_id.partition(".")
-        if not dot or not domain or not object_id:
-            return None
     attributes = data.attributes
     if not _short_tags(attributes):
         return None
