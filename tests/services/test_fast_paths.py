@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -206,3 +207,19 @@ def test_check_envelope_quick_check_answers_as_the_long_way(raw: dict[str, objec
     quick = envelopes_module._quick_check(raw)
     if quick is not None:
         assert _outcome(envelopes_module._check_fully, raw) == ("ok", quick)
+
+
+@pytest.mark.parametrize(
+    "entity_id",
+    ["sensor.t", "a.", ".b", "a. b", "a..b", "a", "", " ", "\u2003.x", "x" * 256, None, 1],
+)
+@pytest.mark.parametrize("event_type", ["state_changed", "call_service", "", " ", None])
+def test_usual_names_pass_only_what_the_long_way_accepts(
+    event_type: object, entity_id: object
+) -> None:
+    raw = _valid()
+    raw["data"].update(event_type=event_type, entity_id=entity_id)
+    if envelopes_module.usual_names(event_type, entity_id):
+        assert _outcome(envelopes_module._check_fully, raw)[0] == "ok"
+    else:
+        assert envelopes_module._quick_check(raw) is None
