@@ -8,8 +8,9 @@ case: JSON msgspec refuses, a part of another type, an event `check_envelope`'s 
 check would not pass or `to_record` would refuse, an empty or over-long batch. None
 sends the body the long way (``web.read_json``, ``check_envelope``, ``to_record``), which
 answers each event by itself and names every problem. Each test here is one of the long
-way's, in the same or a stricter form; tests/services/storage/test_batch_decode.py holds
-the two together on generated input.
+way's, in the same or a stricter form, and keys the structs do not name are skipped, as
+the long way ignores them; tests/services/storage/test_batch_decode.py holds the two
+together on generated input.
 """
 
 from __future__ import annotations

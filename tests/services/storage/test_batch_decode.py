@@ -42,7 +42,7 @@ def _body(events: list[Any], **extra: Any) -> bytes:
 
 
 def _enriched(event: dict[str, Any]) -> dict[str, Any]:
-    """As the enrichment forwards it (enrichment/service.py: `enrich`)."""
+    """Shaped as the enrichment forwards it (enrichment/service.py: `enrich`)."""
     return {
         **event,
         "normalized": normalize(event),
