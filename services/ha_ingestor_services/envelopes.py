@@ -58,7 +58,7 @@ def _check_tag_attributes(attributes: Mapping[str, Any]) -> None:
             )
 
 
-def _short_tags(attributes: dict[str, Any] | None) -> bool:
+def short_tags(attributes: dict[str, Any] | None) -> bool:
     """`_check_tag_attributes` passes (the quick way: most attributes hold neither)."""
     if attributes is None:
         return True
@@ -123,7 +123,16 @@ def _in_range(value: object, low: float, high: float) -> bool:
     return value is None or ((type(value) is float or type(value) is int) and low <= value <= high)
 
 
-def _plain_text(value: object, max_length: int) -> TypeGuard[str]:
+def usual_location(latitude: object, longitude: object, elevation: object) -> bool:
+    """The quick check of a location's numbers: each none or a plain number in range."""
+    return (
+        _in_range(latitude, -90, 90)
+        and _in_range(longitude, -180, 180)
+        and _in_range(elevation, -1e5, 1e5)
+    )
+
+
+def plain_text(value: object, max_length: int) -> TypeGuard[str]:
     """`_text`'s accepted case, for an exact str."""
     return type(value) is str and 0 < len(value) <= max_length and not value.isspace()
 
@@ -131,11 +140,11 @@ def _plain_text(value: object, max_length: int) -> TypeGuard[str]:
 def usual_names(event_type: object, entity_id: object) -> bool:
     """The quick check of the event type and the entity id: plain text, and where there is
     an entity id (always for a state change) the form ``domain.object_id`` without spaces."""
-    if not _plain_text(event_type, MAX_EVENT_TYPE_LENGTH):
+    if not plain_text(event_type, MAX_EVENT_TYPE_LENGTH):
         return False
     if event_type != "state_changed" and entity_id is None:
         return True
-    if not _plain_text(entity_id, MAX_ENTITY_ID_LENGTH) or " " in entity_id:
+    if not plain_text(entity_id, MAX_ENTITY_ID_LENGTH) or " " in entity_id:
         return False
     domain, dot, object_id = entity_id.partition(".")
     return bool(dot and domain and object_id)
@@ -148,7 +157,7 @@ def _quick_check(envelope: dict[str, Any]) -> dict[str, Any] | None:
     plain dicts), so whatever it lets through the long way accepts with the same
     answer; anything else (every error included) goes the long way, which names it.
     """
-    if not _plain_text(envelope.get("event_id"), MAX_EVENT_ID_LENGTH):
+    if not plain_text(envelope.get("event_id"), MAX_EVENT_ID_LENGTH):
         return None
     if "timestamp" not in envelope:
         return None
@@ -177,7 +186,7 @@ def _quick_check(envelope: dict[str, Any]) -> dict[str, Any] | None:
         value = data.get(key)
         if value is not None and type(value) is not dict:
             return None
-    if not _short_tags(data.get("attributes")):
+    if not short_tags(data.get("attributes")):
         return None
     context = envelope.get("context")
     if context is not None:
@@ -194,9 +203,9 @@ def _quick_check(envelope: dict[str, Any]) -> dict[str, Any] | None:
                 return None
             time_zone = location.get("time_zone")
             if not (
-                _in_range(location.get("latitude"), -90, 90)
-                and _in_range(location.get("longitude"), -180, 180)
-                and _in_range(location.get("elevation"), -1e5, 1e5)
+                usual_location(
+                    location.get("latitude"), location.get("longitude"), location.get("elevation")
+                )
                 and (time_zone is None or type(time_zone) is str)
             ):
                 return None

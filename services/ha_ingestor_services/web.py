@@ -413,13 +413,12 @@ async def _post_batch(request: web.Request) -> web.Response:
         body = await read_request_body(request, context.limits)
         decoded = context.service.decode_batch(body, context.limits.max_batch_events)
         if decoded is not None:
-            correlation = {"correlation_id": decoded.correlation_id}
-            correlation_id = _body_correlation_id(correlation, request)
+            correlation_id = _batch_correlation_id(decoded.correlation_id, request)
             results, elapsed_ms = await run_decoded(context, decoded.items, correlation_id)
         else:
             parsed = parse_json(body)
             raws = batch_events(parsed, context.limits)
-            correlation_id = _body_correlation_id(parsed, request)
+            correlation_id = _batch_correlation_id(_given_correlation_id(parsed), request)
             results, elapsed_ms = await run_events(context, raws, correlation_id)
     return json_response(_success_body(context.service, results, elapsed_ms, correlation_id))
 
@@ -431,7 +430,7 @@ async def _post_single(request: web.Request) -> web.Response:
         if not admitted:
             raise _busy(context)
         body = await read_json(request, context.limits)
-        correlation_id = _body_correlation_id(body, request)
+        correlation_id = _batch_correlation_id(_given_correlation_id(body), request)
         results, elapsed_ms = await run_events(context, [body], correlation_id)
     error = results[0].get("error")
     if results[0]["status"] == "rejected" and error is not None:
@@ -444,8 +443,13 @@ def _valid_correlation_id(given: str) -> bool:
     return 0 < len(given) <= 128 and given.isprintable()
 
 
-def _body_correlation_id(body: Any, request: web.Request) -> str:
-    given = body.get("correlation_id") if isinstance(body, dict) else None
+def _given_correlation_id(body: Any) -> object:
+    return body.get("correlation_id") if isinstance(body, dict) else None
+
+
+def _batch_correlation_id(given: object, request: web.Request) -> str:
+    """The request's correlation id: the header's, else ``given`` (the body's) when it is
+    text; 422 when that text is not a valid one."""
     if isinstance(given, str) and not _valid_correlation_id(given):
         raise RequestError(
             422,

@@ -15,7 +15,7 @@ together on generated input.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -23,14 +23,14 @@ from ha_ingestor_pipeline.envelope import ValidationError, to_rfc3339
 from ha_ingestor_services.contract import DecodedBatch
 from ha_ingestor_services.envelopes import (
     MAX_EVENT_ID_LENGTH,
-    _in_range,
-    _plain_text,
-    _short_tags,
+    plain_text,
+    short_tags,
+    usual_location,
     usual_names,
 )
-from ha_ingestor_services.normalize import normalize
+from ha_ingestor_services.normalize import Normalized, normalize
 
-from .records import MAX_TAG_LENGTH, Record, _json_object, _number, _text, event_time_ns
+from .records import Record, build_record
 
 
 class _Normalized(msgspec.Struct):
@@ -120,61 +120,40 @@ def decode_batch(body: bytes, max_events: int) -> DecodedBatch | None:
 def _record(envelope: _Envelope) -> Record | None:
     """`to_record(check_envelope(envelope))`, or None where the quick check would fail."""
     event_id = envelope.event_id
-    if not _plain_text(event_id, MAX_EVENT_ID_LENGTH) or envelope.timestamp is None:
+    if not plain_text(event_id, MAX_EVENT_ID_LENGTH) or envelope.timestamp is None:
         return None
     timestamp = to_rfc3339(envelope.timestamp, "timestamp")  # raises as check_envelope does
-    data = envelope.data
-    event_type, entity_id = data.event_type, data.entity_id
-    if not usual_names(event_type, entity_id):
+    data, context = envelope.data, envelope.context
+    entity_id, attributes = data.entity_id, data.attributes
+    if not usual_names(data.event_type, entity_id) or not short_tags(attributes):
         return None
-    attributes = data.attributes
-    if not _short_tags(attributes):
-        return None
-    context = envelope.context
-    instance_id = None
-    context_weather = None
-    if context is not None:
-        instance_id = context.instance_id
+    if context is not None and context.location is not None:
         location = context.location
-        if location is not None and not (
-            _in_range(location.latitude, -90, 90)
-            and _in_range(location.longitude, -180, 180)
-            and _in_range(location.elevation, -1e5, 1e5)
-        ):
+        if not usual_location(location.latitude, location.longitude, location.elevation):
             return None
-        context_weather = context.weather
-    normalized = envelope.normalized
-    if normalized is None:  # straight from Home Assistant: normalized here, as to_record does
-        view = {"entity_id": entity_id, "state": data.state, "attributes": attributes}
-        normalized = _Normalized(**normalize({"data": view}))
+    if envelope.normalized is None:  # straight from Home Assistant: normalized here
+        normalized = normalize(
+            {"data": {"entity_id": entity_id, "state": data.state, "attributes": attributes}}
+        )
+    else:  # every key of its type, as `_valid_normalized` asks
+        normalized = cast("Normalized", msgspec.structs.asdict(envelope.normalized))
     weather = envelope.weather
     if weather is None:
-        weather = context_weather if context_weather is not None else {}
-    processing = envelope.processing
-    state_context = data.context
-    record = Record(
+        weather = context.weather if context is not None and context.weather is not None else {}
+    state_context, processing = data.context, envelope.processing
+    return build_record(
         event_id,
-        event_time_ns(timestamp, event_id),
-        event_type,
-        _text(entity_id),
-        _text(normalized.domain),
-        _text(normalized.device_class),
-        _text(normalized.unit),
-        _text(envelope.source),
-        _text(instance_id),
-        data.state or None,
-        normalized.value,  # a finite float: JSON has no other (msgspec refuses 1e400)
-        data.old_state or None,
-        _json_object(attributes, "data.attributes") or "{}",
-        _json_object(data.data, "data.data"),
-        _text(state_context.id if state_context is not None else None),
-        _number(weather.get("temperature_c")),
-        _number(weather.get("humidity")),
-        _text(weather.get("condition")),
-        _number(weather.get("pressure_hpa")),
-        _number(processing.processing_time_ms) if processing is not None else None,
+        timestamp,
+        data.event_type,
+        entity_id,
+        normalized,
+        envelope.source,
+        context.instance_id if context is not None else None,
+        data.state,
+        data.old_state,
+        attributes,
+        data.data,
+        state_context.id if state_context is not None else None,
+        weather,
+        processing.processing_time_ms if processing is not None else None,
     )
-    for tag in record[3:9]:  # the tags, entity_id to instance_id (source's limit too)
-        if tag is not None and len(tag) > MAX_TAG_LENGTH:
-            return None
-    return record

@@ -203,38 +203,67 @@ def to_record(envelope: Mapping[str, Any]) -> Record:
     normalized = _valid_normalized(envelope.get("normalized")) or normalize(envelope)
     weather = _weather(envelope)
     processing = envelope.get("processing")
-    processing_ms = (
-        _number(processing.get("processing_time_ms")) if isinstance(processing, dict) else None
-    )
     context = envelope.get("context")
-    instance_id = context.get("instance_id") if isinstance(context, dict) else None
     state_context = data.get("context")
-    context_id = state_context.get("id") if isinstance(state_context, dict) else None
-    entity_id = _text(data.get("entity_id"))
-    attributes = data.get("attributes")
+    return build_record(
+        event_id,
+        envelope["timestamp"],
+        data["event_type"],
+        data.get("entity_id"),
+        normalized,
+        envelope.get("source"),
+        context.get("instance_id") if isinstance(context, dict) else None,
+        data.get("state"),
+        data.get("old_state"),
+        data.get("attributes"),
+        data.get("data"),
+        state_context.get("id") if isinstance(state_context, dict) else None,
+        weather,
+        processing.get("processing_time_ms") if isinstance(processing, dict) else None,
+    )
+
+
+def build_record(
+    event_id: str,
+    timestamp: str,
+    event_type: str,
+    entity_id: object,
+    normalized: Normalized,
+    source: object,
+    instance_id: object,
+    state: str | None,
+    old_state: str | None,
+    attributes: dict[str, Any] | None,
+    event_data: object,
+    context_id: object,
+    weather: Mapping[str, Any],
+    processing_time_ms: object,
+) -> Record:
+    """The record of a checked envelope's parts (`to_record`, and storage's typed
+    decoding); raises `ValidationError` for what no backend can keep."""
     # Positional (in `Record`'s field order): a third of the cost of keywords here.
     record = Record(
         event_id,
-        event_time_ns(envelope["timestamp"], event_id),
-        data["event_type"],
-        entity_id,
+        event_time_ns(timestamp, event_id),
+        event_type,
+        _text(entity_id),
         _text(normalized["domain"]),
         _text(normalized["device_class"]),
         _text(normalized["unit"]),
-        _text(envelope.get("source")),
+        _text(source),
         _text(instance_id),
         # An empty state is kept as none: InfluxDB 2.x's CSV answers cannot tell them apart.
-        data.get("state") or None,
+        state or None,
         normalized["value"],
-        data.get("old_state") or None,
+        old_state or None,
         _json_object(attributes, "data.attributes") or "{}",
-        _json_object(data.get("data"), "data.data"),
+        _json_object(event_data, "data.data"),
         _text(context_id),
         _number(weather.get("temperature_c")),
         _number(weather.get("humidity")),
         _text(weather.get("condition")),
         _number(weather.get("pressure_hpa")),
-        processing_ms,
+        _number(processing_time_ms),
     )
     for tag in record[3:9]:  # the tags: entity_id to instance_id
         if tag is not None and len(tag) > MAX_TAG_LENGTH:
