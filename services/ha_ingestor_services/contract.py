@@ -10,7 +10,7 @@ of the error body (docs/ARCHITECTURE.md, "Contracts").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -103,14 +103,6 @@ class EventService(Protocol):
     ) -> list[EventResult]:
         """One result per checked envelope, in order; raise `ServiceUnavailable` to answer 503."""
 
-    def decode_batch(self, body: bytes, max_events: int) -> DecodedBatch | None:
-        """The batch body read in one typed pass when every event is the usual case, for
-        `process_decoded`; None sends it the long way (JSON, `check_envelope`, `process`),
-        which answers each event by itself. Answers the same results either way."""
-
-    async def process_decoded(self, items: list[Any], correlation_id: str) -> list[EventResult]:
-        """`process` for the items of `decode_batch`: one result each, in order."""
-
     async def health(self) -> dict[str, DependencyHealth]:
         """Each dependency's state."""
 
@@ -126,3 +118,17 @@ class EventService(Protocol):
 
     def openapi_paths(self) -> dict[str, Any]:
         """OpenAPI path items of `routes` (the shared routes are documented already)."""
+
+
+@runtime_checkable
+class DecodesBatches(Protocol):
+    """An `EventService` that reads the usual batch body itself in one typed pass
+    (storage); `web.create_app` uses it where a service has it."""
+
+    def decode_batch(self, body: bytes, max_events: int) -> DecodedBatch | None:
+        """The batch body read in one typed pass when every event is the usual case, for
+        `process_decoded`; None sends it the long way (JSON, `check_envelope`, `process`),
+        which answers each event by itself. Answers the same results either way."""
+
+    async def process_decoded(self, items: list[Any], correlation_id: str) -> list[EventResult]:
+        """`process` for the items of `decode_batch`: one result each, in order."""

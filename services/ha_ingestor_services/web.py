@@ -63,6 +63,7 @@ from .contract import (
     NOT_FOUND,
     PAYLOAD_TOO_LARGE,
     UNAUTHORIZED,
+    DecodesBatches,
     DependencyHealth,
     EventService,
     RequestError,
@@ -135,6 +136,7 @@ class ServiceMetrics:
 @dataclass(slots=True)
 class _Context:
     service: EventService
+    decoder: DecodesBatches | None  # the service, when it reads batches itself
     token: str
     limits: Limits
     metrics: ServiceMetrics
@@ -357,11 +359,11 @@ async def run_events(
 
 
 async def run_decoded(
-    context: _Context, items: list[Any], correlation_id: str
+    context: _Context, decoder: DecodesBatches, items: list[Any], correlation_id: str
 ) -> tuple[list[EventResult], float]:
-    """`run_events` for a batch the service decoded itself (`EventService.decode_batch`)."""
+    """`run_events` for a batch the service decoded itself (`DecodesBatches`)."""
     started = time.perf_counter()
-    results = await context.service.process_decoded(items, correlation_id)
+    results = await decoder.process_decoded(items, correlation_id)
     if len(results) != len(items):
         raise RuntimeError(
             f"{context.service.name} answered {len(results)} results for {len(items)} events"
@@ -411,10 +413,15 @@ async def _post_batch(request: web.Request) -> web.Response:
         if not admitted:
             raise _busy(context)
         body = await read_request_body(request, context.limits)
-        decoded = context.service.decode_batch(body, context.limits.max_batch_events)
-        if decoded is not None:
+        decoder = context.decoder
+        decoded = (
+            decoder.decode_batch(body, context.limits.max_batch_events)
+            if decoder is not None
+            else None
+        )
+        if decoder is not None and decoded is not None:
             correlation_id = _batch_correlation_id(decoded.correlation_id, request)
-            results, elapsed_ms = await run_decoded(context, decoded.items, correlation_id)
+            results, elapsed_ms = await run_decoded(context, decoder, decoded.items, correlation_id)
         else:
             parsed = parse_json(body)
             raws = batch_events(parsed, context.limits)
@@ -562,6 +569,7 @@ def create_app(service: EventService, *, token: str, limits: Limits = Limits()) 
     app[LIMITS] = limits
     app[_CONTEXT] = _Context(
         service=service,
+        decoder=service if isinstance(service, DecodesBatches) else None,
         token=token,
         limits=limits,
         metrics=metrics,

@@ -12,8 +12,15 @@ import pytest
 from aiohttp import web
 
 from ha_ingestor_pipeline.envelope import EventResult
-from ha_ingestor_services.contract import DecodedBatch, DependencyHealth, ServiceUnavailable
+from ha_ingestor_services.contract import (
+    DecodedBatch,
+    DecodesBatches,
+    DependencyHealth,
+    ServiceUnavailable,
+)
+from ha_ingestor_services.enrichment.service import EnrichmentService
 from ha_ingestor_services.limits import Limits
+from ha_ingestor_services.storage.service import StorageService
 from ha_ingestor_services.web import create_app
 
 from .conftest import AUTH, TOKEN, Serve
@@ -219,6 +226,13 @@ async def test_a_batch_the_service_decodes_itself(
     assert service.decoded == ["a", "b", "d", "e"]
     async with client.get(url + "/api/v1/stats", headers=AUTH) as answer:
         assert (await answer.json())["events"]["stored"] == 2
+
+
+def test_storage_reads_batches_itself_and_the_enrichment_does_not() -> None:
+    """The app takes the typed path only for a `DecodesBatches` (storage's typed decoding);
+    the enrichment forwards envelopes as they came."""
+    assert issubclass(StorageService, DecodesBatches)
+    assert not issubclass(EnrichmentService, DecodesBatches)
 
 
 async def test_single_event(client: aiohttp.ClientSession, url: str) -> None:

@@ -58,7 +58,7 @@ from ha_ingestor_pipeline.http_client import (
 from ha_ingestor_pipeline.metrics import LatencyWindow
 from ha_ingestor_pipeline.retry import Outcome
 from ha_ingestor_services import __version__, tls
-from ha_ingestor_services.contract import DecodedBatch, DependencyHealth, ServiceUnavailable
+from ha_ingestor_services.contract import DependencyHealth, ServiceUnavailable
 from ha_ingestor_services.identity import IdentitySource
 from ha_ingestor_services.normalize import normalize
 
@@ -127,7 +127,11 @@ def _stored_in_order(envelopes: list[dict[str, Any]], body: object) -> list[Even
 
 
 class EnrichmentService:
-    """The `EventService` of the enrichment service (see `ha_ingestor_services.contract`)."""
+    """The `EventService` of the enrichment service (see `ha_ingestor_services.contract`).
+
+    Not a `DecodesBatches`: each envelope is checked as a dict and forwarded as it came;
+    decoding typed here gained nothing measurable (BENCHMARKS.md, "e2e").
+    """
 
     name = ENRICHMENT_SERVICE_NAME
     role = "enrichment"
@@ -266,14 +270,6 @@ class EnrichmentService:
         self._counters.batches += 1
         self._counters.events_enriched += len(envelopes)
         return await self._forward(clients.storage, envelopes, correlation_id)
-
-    def decode_batch(self, body: bytes, max_events: int) -> DecodedBatch | None:
-        # Each envelope is checked as a dict and forwarded as it came: decoding typed here
-        # gained nothing measurable (BENCHMARKS.md, "e2e").
-        return None
-
-    async def process_decoded(self, items: list[Any], correlation_id: str) -> list[EventResult]:
-        raise AssertionError("unreachable: decode_batch decodes nothing")
 
     def enrich(
         self,

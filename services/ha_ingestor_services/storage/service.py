@@ -79,7 +79,8 @@ def create_backend(settings: StorageSettings) -> StorageBackend:
 
 
 class StorageService:
-    """The `EventService` of the storage service (see `ha_ingestor_services.contract`)."""
+    """The `EventService` of the storage service, and a `DecodesBatches` (see
+    `ha_ingestor_services.contract`)."""
 
     name = STORAGE_SERVICE_NAME
     role = "storage"
